@@ -1,0 +1,156 @@
+package auth
+
+import (
+	"context"
+	"crypto/sha256"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
+)
+
+// CacheTTL bounds how long a cached principal may be served. The credential
+// service waits at most this long for every watcher to acknowledge a
+// revocation, so when a revoking call returns, no service can still serve a
+// principal it cached before the revocation: either the watcher dropped it,
+// or it aged out.
+const CacheTTL = 2 * time.Second
+
+// Remote authenticates by asking the credential service over gRPC, caching
+// answers while (and only while) its revocation watch is connected.
+type Remote struct {
+	client credentialv1.CredentialInternalServiceClient
+	lg     *zap.Logger
+	now    func() time.Time
+
+	mu        sync.Mutex
+	cache     map[[32]byte]cached
+	epoch     uint64 // bumped by every invalidation
+	watching  bool
+	lastReset time.Time
+}
+
+type cached struct {
+	p       *Principal
+	expires time.Time
+}
+
+const maxCacheEntries = 100_000
+
+// NewRemote returns an authenticator backed by the credential service. Call
+// Watch in a goroutine to enable caching.
+func NewRemote(client credentialv1.CredentialInternalServiceClient, lg *zap.Logger) *Remote {
+	return &Remote{client: client, lg: lg, now: time.Now, cache: map[[32]byte]cached{}}
+}
+
+// Authenticate implements Authenticator.
+func (r *Remote) Authenticate(ctx context.Context, raw string) (*Principal, error) {
+	key := sha256.Sum256([]byte(raw))
+	sent := r.now()
+	r.mu.Lock()
+	if c, ok := r.cache[key]; ok && r.watching && sent.Before(c.expires) {
+		r.mu.Unlock()
+		return c.p, nil
+	}
+	epoch, watching := r.epoch, r.watching
+	r.mu.Unlock()
+
+	resp, err := r.client.Authenticate(ctx, &credentialv1.AuthenticateRequest{Credential: raw})
+	if err != nil {
+		return nil, err
+	}
+	p := resp.GetPrincipal()
+	if !watching {
+		return p, nil
+	}
+	exp := sent.Add(CacheTTL) // from when we asked: an answer can be no fresher
+	if t := p.GetExpiresAt(); t != nil && t.AsTime().Before(exp) {
+		exp = t.AsTime()
+	}
+	r.mu.Lock()
+	// Cache only if nothing was invalidated while we asked: the answer may
+	// predate a revocation we have already applied.
+	if r.epoch == epoch && r.watching {
+		if len(r.cache) >= maxCacheEntries {
+			clear(r.cache)
+		}
+		r.cache[key] = cached{p: p, expires: exp}
+	}
+	r.mu.Unlock()
+	return proto.CloneOf(p), nil
+}
+
+func (r *Remote) invalidate(subjects []string, reset bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.epoch++
+	if reset {
+		clear(r.cache)
+		return
+	}
+	for k, c := range r.cache {
+		for _, s := range subjects {
+			if c.p.GetSubjectId() == s {
+				delete(r.cache, k)
+				break
+			}
+		}
+	}
+}
+
+func (r *Remote) setWatching(on bool) {
+	r.mu.Lock()
+	r.watching = on
+	r.epoch++
+	clear(r.cache)
+	r.mu.Unlock()
+}
+
+// Watch follows the credential service's revocation stream until ctx ends,
+// reconnecting with backoff. While disconnected nothing is cached.
+func (r *Remote) Watch(ctx context.Context) {
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		err := r.watchOnce(ctx)
+		r.setWatching(false)
+		if ctx.Err() != nil {
+			return
+		}
+		r.lg.Debug("revocation watch interrupted; caching off until it reconnects", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		if backoff < 2*time.Second {
+			backoff *= 2
+		}
+	}
+}
+
+func (r *Remote) watchOnce(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := r.client.WatchRevocations(ctx)
+	if err != nil {
+		return err
+	}
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if ev.GetSequence() == 0 {
+			// The opening event: the stream is live, caching may start.
+			r.setWatching(true)
+		} else {
+			r.invalidate(ev.GetSubjectIds(), ev.GetDropAll())
+		}
+		if err := stream.Send(&credentialv1.WatchRevocationsRequest{AckSequence: ev.GetSequence()}); err != nil {
+			return err
+		}
+	}
+}

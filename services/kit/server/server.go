@@ -1,0 +1,247 @@
+// Package server builds the gRPC server every service runs: request ids,
+// client IPs, zap logging (never credentials), panic recovery, authentication,
+// one error-mapping table, server reflection and grpc.health.v1.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"github.com/backlog/controlplane/services/kit/auth"
+	"github.com/backlog/controlplane/services/kit/clientip"
+	"github.com/backlog/controlplane/services/kit/errs"
+)
+
+// RequestIDKey is the metadata key carrying the request id.
+const RequestIDKey = "x-request-id"
+
+// Config configures a service's gRPC server.
+type Config struct {
+	// Name of the service, e.g. "credential"; used in logs and health.
+	Name   string
+	Logger *zap.Logger
+	// Errors maps the service's sentinel errors to statuses.
+	Errors *errs.Table
+	// Auth authenticates bearer credentials; nil disables authentication.
+	Auth auth.Authenticator
+	// NoAuth reports methods that do their own authentication (or none).
+	NoAuth func(fullMethod string) bool
+	// TrustedProxies may claim the client IP in metadata; default loopback.
+	TrustedProxies []netip.Prefix
+}
+
+// Server is a gRPC server with health and reflection registered.
+type Server struct {
+	GRPC   *grpc.Server
+	Health *health.Server
+	name   string
+	lg     *zap.Logger
+}
+
+// New builds the server. Register services on s.GRPC, then Serve.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Errors == nil {
+		cfg.Errors = errs.NewTable(cfg.Name + ".backlog")
+	}
+	if cfg.TrustedProxies == nil {
+		cfg.TrustedProxies = clientip.Loopback
+	}
+	lg := cfg.Logger.With(zap.String("service", cfg.Name))
+	ips := clientip.Resolver{Trusted: cfg.TrustedProxies}
+	skip := func(m string) bool {
+		if strings.HasPrefix(m, "/grpc.health.v1.") || strings.HasPrefix(m, "/grpc.reflection.") {
+			return true
+		}
+		return cfg.NoAuth != nil && cfg.NoAuth(m)
+	}
+	recov := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		lg.Error("panic in handler", zap.String("request-id", RequestID(ctx)), zap.Any("panic", sanitizePanic(p)), zap.Stack("stack"))
+		return status.Error(codes.Internal, "internal error; the server logged the cause")
+	})
+	unaryAuth, streamAuth := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		return h(ctx, req)
+	}, func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error { return h(srv, ss) }
+	if cfg.Auth != nil {
+		unaryAuth, streamAuth = auth.Interceptors(cfg.Auth, skip)
+	}
+	mapErr := func(ctx context.Context, method string, err error) error {
+		out, known := cfg.Errors.ToStatus(err)
+		if !known {
+			lg.Error("unmapped error", zap.String("method", method), zap.String("request-id", RequestID(ctx)), zap.Error(err))
+		}
+		return out
+	}
+	g := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(
+			func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+				ctx = withCallInfo(ctx, ips)
+				start := time.Now()
+				resp, err := h(ctx, req)
+				logCall(lg, ctx, info.FullMethod, start, err)
+				return resp, err
+			},
+			recovery.UnaryServerInterceptor(recov),
+			func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+				resp, err := h(ctx, req)
+				if err != nil {
+					return nil, mapErr(ctx, info.FullMethod, err)
+				}
+				return resp, nil
+			},
+			unaryAuth,
+		),
+		grpc.ChainStreamInterceptor(
+			func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+				ctx := withCallInfo(ss.Context(), ips)
+				start := time.Now()
+				err := h(srv, &ctxStream{ss, ctx})
+				logCall(lg, ctx, info.FullMethod, start, err)
+				return err
+			},
+			recovery.StreamServerInterceptor(recov),
+			func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+				if err := h(srv, ss); err != nil {
+					return mapErr(ss.Context(), info.FullMethod, err)
+				}
+				return nil
+			},
+			streamAuth,
+		),
+	)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(g, hs)
+	reflection.Register(g)
+	return &Server{GRPC: g, Health: hs, name: cfg.Name, lg: lg}
+}
+
+// Serve marks the server SERVING and serves lis until Stop.
+func (s *Server) Serve(lis net.Listener) error {
+	s.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	for name := range s.GRPC.GetServiceInfo() {
+		s.Health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
+	}
+	s.lg.Info("serving", zap.String("addr", lis.Addr().String()))
+	return s.GRPC.Serve(lis)
+}
+
+// Stop drains in-flight calls, forcing a stop after the grace period.
+func (s *Server) Stop(grace time.Duration) {
+	s.Health.Shutdown()
+	done := make(chan struct{})
+	go func() { s.GRPC.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		s.GRPC.Stop()
+	}
+}
+
+type callInfoKey struct{}
+
+type callInfo struct {
+	requestID string
+	clientIP  string
+}
+
+func withCallInfo(ctx context.Context, ips clientip.Resolver) context.Context {
+	ci := callInfo{clientIP: ips.FromGRPC(ctx)}
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get(RequestIDKey); len(v) > 0 && validRequestID(v[0]) {
+			ci.requestID = v[0]
+		}
+	}
+	if ci.requestID == "" {
+		var b [8]byte
+		rand.Read(b[:])
+		ci.requestID = hex.EncodeToString(b[:])
+	}
+	return context.WithValue(ctx, callInfoKey{}, ci)
+}
+
+func validRequestID(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// RequestID returns the request id of the call.
+func RequestID(ctx context.Context) string {
+	ci, _ := ctx.Value(callInfoKey{}).(callInfo)
+	return ci.requestID
+}
+
+// ClientIP returns the end client's IP of the call.
+func ClientIP(ctx context.Context) string {
+	ci, _ := ctx.Value(callInfoKey{}).(callInfo)
+	return ci.clientIP
+}
+
+func logCall(lg *zap.Logger, ctx context.Context, method string, start time.Time, err error) {
+	st := status.Convert(err)
+	fields := []zap.Field{
+		zap.String("method", method),
+		zap.String("code", st.Code().String()),
+		zap.Duration("duration", time.Since(start)),
+		zap.String("request-id", RequestID(ctx)),
+		zap.String("client-ip", ClientIP(ctx)),
+	}
+	if p := auth.FromContext(ctx); p != nil {
+		fields = append(fields, zap.String("subject-id", p.SubjectId), zap.String("workspace-id", p.WorkspaceId))
+	}
+	if err != nil {
+		// Status messages are written for callers and never hold credentials.
+		fields = append(fields, zap.String("error", st.Message()))
+	}
+	switch st.Code() {
+	case codes.OK:
+		lg.Debug("rpc", fields...)
+	case codes.Internal, codes.Unknown, codes.DataLoss:
+		lg.Error("rpc", fields...)
+	default:
+		lg.Info("rpc", fields...)
+	}
+}
+
+// sanitizePanic keeps a panic value's type but not values that could be
+// request data (a panic while handling a credential must not log it).
+func sanitizePanic(p any) any {
+	if e, ok := p.(error); ok {
+		_ = e
+		return "panic of type error"
+	}
+	if _, ok := p.(string); ok {
+		return "panic with a message (withheld: it may hold request data)"
+	}
+	return "panic"
+}
+
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (c *ctxStream) Context() context.Context { return c.ctx }
