@@ -1,0 +1,111 @@
+// Package credentialtest starts a real credential service on a loopback port
+// for other services' tests.
+package credentialtest
+
+import (
+	"context"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
+	"github.com/backlog/controlplane/services/credential"
+	"github.com/backlog/controlplane/services/kit/server"
+)
+
+// Env is a running credential service.
+type Env struct {
+	Addr          string
+	Conn          *grpc.ClientConn
+	Internal      credentialv1.CredentialInternalServiceClient
+	Public        credentialv1.CredentialServiceClient
+	OperatorToken string
+	Service       *credential.Service
+	DataDir       string
+}
+
+// Options tune Start.
+type Options struct {
+	Logger *zap.Logger
+	Config func(*credential.Config)
+}
+
+// Start runs a credential service in tb.TempDir() on 127.0.0.1:0.
+func Start(tb testing.TB) *Env { return StartWith(tb, Options{}) }
+
+// StartWith is Start with options.
+func StartWith(tb testing.TB, o Options) *Env {
+	tb.Helper()
+	lg := o.Logger
+	if lg == nil {
+		lg = zaptest.NewLogger(tb)
+	}
+	dir := tb.TempDir()
+	cfg := credential.Config{DataDir: dir, Logger: lg}
+	if o.Config != nil {
+		o.Config(&cfg)
+	}
+	svc, err := credential.New(cfg)
+	if err != nil {
+		tb.Fatalf("credential.New: %v", err)
+	}
+	srv := server.New(server.Config{Name: "credential", Logger: lg, Errors: svc.Errors(), Auth: svc.Authenticator(), NoAuth: svc.NoAuth})
+	svc.Register(srv.GRPC)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go srv.Serve(lis)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		conn.Close()
+		srv.Stop(time.Second)
+		svc.Close()
+	})
+	tok, err := os.ReadFile(credential.OperatorTokenPath(dir))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &Env{
+		Addr: lis.Addr().String(), Conn: conn, Service: svc, DataDir: dir,
+		Internal:      credentialv1.NewCredentialInternalServiceClient(conn),
+		Public:        credentialv1.NewCredentialServiceClient(conn),
+		OperatorToken: strings.TrimSpace(string(tok)),
+	}
+}
+
+// As returns ctx carrying token as the bearer credential.
+func As(ctx context.Context, token string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+}
+
+// NewWorkspace creates a workspace and returns its id and its owner's token.
+func (e *Env) NewWorkspace(tb testing.TB, name string) (wsID, ownerToken string) {
+	tb.Helper()
+	resp, err := e.Public.CreateWorkspace(As(context.Background(), e.OperatorToken), &credentialv1.CreateWorkspaceRequest{Name: name})
+	if err != nil {
+		tb.Fatalf("CreateWorkspace: %v", err)
+	}
+	return resp.Workspace.Id, resp.Token
+}
+
+// NewMember adds a member with role and returns its id and personal token.
+func (e *Env) NewMember(tb testing.TB, ws, ownerToken, role string) (memberID, token string) {
+	tb.Helper()
+	resp, err := e.Public.CreateMember(As(context.Background(), ownerToken), &credentialv1.CreateMemberRequest{WorkspaceId: ws, Name: role + " person", Role: role})
+	if err != nil {
+		tb.Fatalf("CreateMember: %v", err)
+	}
+	return resp.Member.Id, resp.Token
+}

@@ -1,0 +1,295 @@
+package credential
+
+import (
+	"context"
+	"crypto/subtle"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
+	credentialstorev1 "github.com/backlog/controlplane/gen/go/backlog/credentialstore/v1"
+	"github.com/backlog/controlplane/services/kit/audit"
+	"github.com/backlog/controlplane/services/kit/auth"
+	"github.com/backlog/controlplane/services/kit/credfmt"
+	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/store"
+)
+
+// Authenticate implements the internal API: resolve a raw credential.
+func (s *Service) Authenticate(ctx context.Context, req *credentialv1.AuthenticateRequest) (*credentialv1.AuthenticateResponse, error) {
+	p, _, err := s.authenticate(req.GetCredential())
+	if err != nil {
+		return nil, err
+	}
+	return &credentialv1.AuthenticateResponse{Principal: p}, nil
+}
+
+// issuable are the kinds sibling services may issue for their subjects.
+var issuable = map[credentialv1.CredentialKind]credentialv1.SubjectKind{
+	credentialv1.CredentialKind_CREDENTIAL_KIND_AUTOMATION_SECRET: credentialv1.SubjectKind_SUBJECT_KIND_AUTOMATION,
+	credentialv1.CredentialKind_CREDENTIAL_KIND_AGENT_KEY:         credentialv1.SubjectKind_SUBJECT_KIND_AGENT,
+	credentialv1.CredentialKind_CREDENTIAL_KIND_ROTATION_SECRET:   credentialv1.SubjectKind_SUBJECT_KIND_AGENT,
+}
+
+func validateSubject(subj *credentialv1.Subject) error {
+	if subj == nil || subj.Id == "" || subj.WorkspaceId == "" {
+		return errs.Invalid("subject", "id and workspace id are required")
+	}
+	if _, err := auth.ValidateScopes("subject.scopes", subj.Scopes); err != nil {
+		return err
+	}
+	if _, err := auth.ValidateTeamIDs("subject.team_ids", subj.TeamIds); err != nil {
+		return err
+	}
+	if subj.Kind == credentialv1.SubjectKind_SUBJECT_KIND_AGENT && subj.Role != auth.RoleMember && subj.Role != auth.RoleAdmin {
+		return errs.Invalid("subject.role", "an agent's role is member or admin")
+	}
+	return nil
+}
+
+// IssueCredential issues a credential for a (new or existing) subject. The
+// subject's grant is created or replaced in the same transaction.
+func (s *Service) IssueCredential(ctx context.Context, req *credentialv1.IssueCredentialRequest) (*credentialv1.IssueCredentialResponse, error) {
+	subj := req.GetSubject()
+	if err := validateSubject(subj); err != nil {
+		return nil, err
+	}
+	if want, ok := issuable[req.GetKind()]; !ok || want != subj.Kind {
+		return nil, errs.Invalid("kind", "cannot issue %s for a %s", req.GetKind(), subj.Kind)
+	}
+	if len(req.GetLabel()) > 100 {
+		return nil, errs.Invalid("label", "at most 100 characters")
+	}
+	raw := credfmt.New(prefixOf[req.GetKind()])
+	var rec *credentialstorev1.CredentialRecord
+	err := s.db.Update(ctx, func(tx *store.Tx) error {
+		var existing credentialstorev1.SubjectRecord
+		ok, err := store.Get(tx, bucketSubjects, []byte(subj.Id), &existing)
+		if err != nil {
+			return err
+		}
+		if ok && (existing.Revoked || existing.Subject.WorkspaceId != subj.WorkspaceId || existing.Subject.Kind != subj.Kind) {
+			return fmt.Errorf("subject %s: %w", subj.Id, errSubjectNotFound)
+		}
+		if err := store.Put(tx, bucketSubjects, []byte(subj.Id), &credentialstorev1.SubjectRecord{Subject: subj}); err != nil {
+			return err
+		}
+		rec, err = s.putCredential(tx, subj, req.GetKind(), raw, req.GetLabel())
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &credentialv1.IssueCredentialResponse{Credential: raw, Info: infoOf(rec)}, nil
+}
+
+func infoOf(rec *credentialstorev1.CredentialRecord) *credentialv1.CredentialInfo {
+	return &credentialv1.CredentialInfo{Id: rec.Id, Label: rec.Label, Kind: rec.Kind, CreatedAt: rec.CreatedAt, LastUsedAt: rec.LastUsedAt}
+}
+
+// revokeLive marks every live credential of subjectID (of kind, or all kinds
+// when kind is unspecified) revoked at now.
+func revokeLive(tx *store.Tx, subjectID string, kind credentialv1.CredentialKind, now time.Time) error {
+	var ids [][]byte
+	_, err := store.Scan(tx, bucketSubjectCreds, store.Key(subjectID, ""), nil, 0, func(k, _ []byte) (bool, error) {
+		ids = append(ids, append([]byte(nil), k[len(subjectID)+1:]...))
+		return true, nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		rec := &credentialstorev1.CredentialRecord{}
+		if ok, err := store.Get(tx, bucketCredentials, id, rec); err != nil || !ok {
+			return err
+		}
+		if rec.RevokedAt != nil || (kind != credentialv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED && rec.Kind != kind) {
+			continue
+		}
+		rec.RevokedAt = timestamppb.New(now)
+		if err := store.Put(tx, bucketCredentials, id, rec); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func getSubject(tx *store.Tx, ws, id string) (*credentialstorev1.SubjectRecord, error) {
+	rec := &credentialstorev1.SubjectRecord{}
+	ok, err := store.Get(tx, bucketSubjects, []byte(id), rec)
+	if err != nil {
+		return nil, err
+	}
+	if !ok || rec.Subject.WorkspaceId != ws {
+		return nil, fmt.Errorf("subject %s: %w", id, errSubjectNotFound)
+	}
+	return rec, nil
+}
+
+// RotateCredential revokes the subject's live credentials of a kind and
+// issues one new one in a single transaction: concurrent rotations serialize
+// and exactly one credential is live afterwards. Returns once every service
+// has dropped what it cached for the subject.
+func (s *Service) RotateCredential(ctx context.Context, req *credentialv1.RotateCredentialRequest) (*credentialv1.RotateCredentialResponse, error) {
+	if _, ok := issuable[req.GetKind()]; !ok {
+		return nil, errs.Invalid("kind", "cannot rotate %s", req.GetKind())
+	}
+	if len(req.GetLabel()) > 100 {
+		return nil, errs.Invalid("label", "at most 100 characters")
+	}
+	raw := credfmt.New(prefixOf[req.GetKind()])
+	var rec *credentialstorev1.CredentialRecord
+	err := s.db.Update(ctx, func(tx *store.Tx) error {
+		subj, err := getSubject(tx, req.GetWorkspaceId(), req.GetSubjectId())
+		if err != nil {
+			return err
+		}
+		if subj.Revoked {
+			return fmt.Errorf("subject %s: %w", req.GetSubjectId(), errSubjectNotFound)
+		}
+		if err := revokeLive(tx, subj.Subject.Id, req.GetKind(), s.cfg.Now()); err != nil {
+			return err
+		}
+		rec, err = s.putCredential(tx, subj.Subject, req.GetKind(), raw, req.GetLabel())
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.hub.publish(ctx, []string{req.GetSubjectId()})
+	return &credentialv1.RotateCredentialResponse{Credential: raw, Info: infoOf(rec)}, nil
+}
+
+// UpdateSubject replaces a subject's grant; every cache drops it before return.
+func (s *Service) UpdateSubject(ctx context.Context, req *credentialv1.UpdateSubjectRequest) (*credentialv1.UpdateSubjectResponse, error) {
+	subj := req.GetSubject()
+	if err := validateSubject(subj); err != nil {
+		return nil, err
+	}
+	err := s.db.Update(ctx, func(tx *store.Tx) error {
+		cur, err := getSubject(tx, subj.WorkspaceId, subj.Id)
+		if err != nil {
+			return err
+		}
+		if cur.Revoked || cur.Subject.Kind != subj.Kind {
+			return fmt.Errorf("subject %s: %w", subj.Id, errSubjectNotFound)
+		}
+		return store.Put(tx, bucketSubjects, []byte(subj.Id), &credentialstorev1.SubjectRecord{Subject: subj})
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.hub.publish(ctx, []string{subj.Id})
+	return &credentialv1.UpdateSubjectResponse{}, nil
+}
+
+// RevokeSubject revokes a subject and all its credentials for good.
+func (s *Service) RevokeSubject(ctx context.Context, req *credentialv1.RevokeSubjectRequest) (*credentialv1.RevokeSubjectResponse, error) {
+	err := s.db.Update(ctx, func(tx *store.Tx) error {
+		return s.revokeSubjectTx(tx, req.GetWorkspaceId(), req.GetSubjectId())
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.hub.publish(ctx, []string{req.GetSubjectId()})
+	return &credentialv1.RevokeSubjectResponse{}, nil
+}
+
+func (s *Service) revokeSubjectTx(tx *store.Tx, ws, id string) error {
+	subj, err := getSubject(tx, ws, id)
+	if err != nil {
+		return err
+	}
+	subj.Revoked = true
+	if err := store.Put(tx, bucketSubjects, []byte(id), subj); err != nil {
+		return err
+	}
+	return revokeLive(tx, id, credentialv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED, s.cfg.Now())
+}
+
+// VerifyCredential checks that raw is a live credential of kind belonging to
+// the subject (e.g. an agent's rotation secret). Any mismatch is the same 401.
+func (s *Service) VerifyCredential(ctx context.Context, req *credentialv1.VerifyCredentialRequest) (*credentialv1.VerifyCredentialResponse, error) {
+	parsed, err := credfmt.Parse(req.GetCredential())
+	if err != nil {
+		return nil, errs.Unauthenticated(err.Error())
+	}
+	if kindOf[parsed.Kind] != req.GetKind() {
+		return nil, errInvalid
+	}
+	h := s.hash(req.GetCredential())
+	rec := &credentialstorev1.CredentialRecord{}
+	subj := &credentialstorev1.SubjectRecord{}
+	var found bool
+	err = s.db.View(func(tx *store.Tx) error {
+		id := tx.Bucket(bucketHashes).Get(h)
+		if id == nil {
+			return nil
+		}
+		if ok, err := store.Get(tx, bucketCredentials, id, rec); err != nil || !ok {
+			return err
+		}
+		found, err = store.Get(tx, bucketSubjects, []byte(rec.SubjectId), subj)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !found || subtle.ConstantTimeCompare(rec.Hash, h) != 1 || rec.SubjectId != req.GetSubjectId() ||
+		rec.WorkspaceId != req.GetWorkspaceId() || rec.Kind != req.GetKind() {
+		return nil, errInvalid
+	}
+	if err := checkSubject(subj, rec.RevokedAt != nil); err != nil {
+		return nil, err
+	}
+	return &credentialv1.VerifyCredentialResponse{Info: infoOf(rec)}, nil
+}
+
+// WatchRevocations streams invalidations to a sibling service and reads its
+// acknowledgements.
+func (s *Service) WatchRevocations(stream credentialv1.CredentialInternalService_WatchRevocationsServer) error {
+	w := s.hub.add()
+	defer s.hub.remove(w)
+	ctx := stream.Context()
+	if err := stream.Send(&credentialv1.WatchRevocationsResponse{Sequence: 0}); err != nil {
+		return err
+	}
+	go func() {
+		for {
+			ack, err := stream.Recv()
+			if err != nil {
+				w.cancel()
+				return
+			}
+			w.ack(ack.GetAckSequence())
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-w.ctx.Done():
+			return errs.Unauthenticated("watch dropped: acknowledgements too slow")
+		case ev := <-w.events:
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// auditFailure records a failed attempt against a known subject.
+func (s *Service) auditFailure(ctx context.Context, ws, action, targetKind, targetID, detail string) {
+	if ws == "" {
+		return
+	}
+	ev := audit.Event(ctx, "credential", ws, action, targetKind, targetID, audit.Failure, detail)
+	if err := audit.Record(ctx, s.db, ev); err != nil {
+		s.lg.Warn("could not record audit event", errField(err))
+	}
+}
+
+var _ = proto.Clone

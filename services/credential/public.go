@@ -1,0 +1,490 @@
+package credential
+
+import (
+	"context"
+	"fmt"
+	"net/mail"
+	"slices"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
+	credentialstorev1 "github.com/backlog/controlplane/gen/go/backlog/credentialstore/v1"
+	"github.com/backlog/controlplane/services/kit/audit"
+	"github.com/backlog/controlplane/services/kit/auth"
+	"github.com/backlog/controlplane/services/kit/credfmt"
+	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/ids"
+	"github.com/backlog/controlplane/services/kit/page"
+	"github.com/backlog/controlplane/services/kit/store"
+)
+
+// ValidateName checks a display name: 1 to 100 characters, no control characters.
+func ValidateName(field, s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return "", errs.Invalid(field, "is required")
+	}
+	if !utf8.ValidString(s) || utf8.RuneCountInString(s) > 100 {
+		return "", errs.Invalid(field, "must be valid text of at most 100 characters")
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return "", errs.Invalid(field, "must not contain control characters")
+		}
+	}
+	return s, nil
+}
+
+func validateEmail(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return "", nil
+	}
+	a, err := mail.ParseAddress(s)
+	if err != nil || a.Address != s || len(s) > 254 {
+		return "", errs.Invalid("email", "is not an email address like name@example.com")
+	}
+	return strings.ToLower(s), nil
+}
+
+func validateRole(s string, dflt string) (string, error) {
+	if s == "" {
+		return dflt, nil
+	}
+	switch s {
+	case auth.RoleOwner, auth.RoleAdmin, auth.RoleMember:
+		return s, nil
+	}
+	return "", errs.Invalid("role", "%q is not a role: use owner, admin or member", clip(s))
+}
+
+func clip(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
+}
+
+// CreateWorkspace implements credentialv1.CredentialServiceServer.
+func (s *Service) CreateWorkspace(ctx context.Context, req *credentialv1.CreateWorkspaceRequest) (*credentialv1.CreateWorkspaceResponse, error) {
+	name, err := ValidateName("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	ownerName := req.GetOwnerName()
+	if strings.TrimSpace(ownerName) == "" {
+		ownerName = "Owner"
+	}
+	if ownerName, err = ValidateName("ownerName", ownerName); err != nil {
+		return nil, err
+	}
+	email, err := validateEmail(req.GetOwnerEmail())
+	if err != nil {
+		return nil, err
+	}
+	p := auth.FromContext(ctx)
+	if p.GetSubjectKind() != credentialv1.SubjectKind_SUBJECT_KIND_OPERATOR {
+		return nil, errs.Forbidden("only the operator token can create workspaces")
+	}
+	now := timestamppb.New(s.cfg.Now())
+	ws := &credentialv1.Workspace{Id: ids.New("ws"), Name: name, CreatedAt: now}
+	owner := &credentialv1.Member{Id: ids.New("mem"), WorkspaceId: ws.Id, Name: ownerName, Email: email, Role: auth.RoleOwner, CreatedAt: now, UpdatedAt: now}
+	raw := credfmt.New(credfmt.Personal)
+	err = s.db.Update(ctx, func(tx *store.Tx) error {
+		if err := store.Put(tx, bucketWorkspaces, []byte(ws.Id), ws); err != nil {
+			return err
+		}
+		if err := s.putMember(tx, owner, raw); err != nil {
+			return err
+		}
+		if err := audit.Put(tx, s.event(ctx, ws.Id, "workspace.create", "workspace", ws.Id, audit.Success, "")); err != nil {
+			return err
+		}
+		return audit.Put(tx, s.event(ctx, ws.Id, "member.create", "member", owner.Id, audit.Success, "role owner"))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &credentialv1.CreateWorkspaceResponse{Workspace: ws, Owner: owner, Token: raw}, nil
+}
+
+func (s *Service) putMember(tx *store.Tx, m *credentialv1.Member, raw string) error {
+	if err := store.Put(tx, bucketMembers, store.Key(m.WorkspaceId, m.Id), m); err != nil {
+		return err
+	}
+	subj := memberSubject(m)
+	if err := store.Put(tx, bucketSubjects, []byte(m.Id), &credentialstorev1.SubjectRecord{Subject: subj}); err != nil {
+		return err
+	}
+	_, err := s.putCredential(tx, subj, credentialv1.CredentialKind_CREDENTIAL_KIND_PERSONAL, raw, "personal")
+	return err
+}
+
+func memberSubject(m *credentialv1.Member) *credentialv1.Subject {
+	return &credentialv1.Subject{Kind: credentialv1.SubjectKind_SUBJECT_KIND_MEMBER, Id: m.Id, WorkspaceId: m.WorkspaceId, Name: m.Name, Role: m.Role}
+}
+
+// GetWorkspace implements credentialv1.CredentialServiceServer.
+func (s *Service) GetWorkspace(ctx context.Context, req *credentialv1.GetWorkspaceRequest) (*credentialv1.GetWorkspaceResponse, error) {
+	if _, err := auth.Require(ctx, req.GetWorkspaceId(), ""); err != nil {
+		return nil, err
+	}
+	ws := &credentialv1.Workspace{}
+	err := s.db.View(func(tx *store.Tx) error {
+		ok, err := store.Get(tx, bucketWorkspaces, []byte(req.GetWorkspaceId()), ws)
+		if err == nil && !ok {
+			err = fmt.Errorf("workspace %s: %w", req.GetWorkspaceId(), errWorkspaceNotFound)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &credentialv1.GetWorkspaceResponse{Workspace: ws}, nil
+}
+
+// ListMembers implements credentialv1.CredentialServiceServer.
+func (s *Service) ListMembers(ctx context.Context, req *credentialv1.ListMembersRequest) (*credentialv1.ListMembersResponse, error) {
+	size, err := page.Size(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	after, err := page.Decode(req.GetWorkspaceId(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := auth.RequireRole(ctx, req.GetWorkspaceId(), auth.RoleAdmin); err != nil {
+		return nil, err
+	}
+	resp := &credentialv1.ListMembersResponse{}
+	err = s.db.View(func(tx *store.Tx) error {
+		next, err := store.Scan(tx, bucketMembers, store.Key(req.GetWorkspaceId(), ""), after, size, func(k, v []byte) (bool, error) {
+			m := &credentialv1.Member{}
+			if _, err := store.Get(tx, bucketMembers, k, m); err != nil {
+				return false, err
+			}
+			resp.Members = append(resp.Members, m)
+			return true, nil
+		})
+		resp.NextPageToken = page.Encode(req.GetWorkspaceId(), next)
+		return err
+	})
+	return resp, err
+}
+
+// CreateMember implements credentialv1.CredentialServiceServer.
+func (s *Service) CreateMember(ctx context.Context, req *credentialv1.CreateMemberRequest) (*credentialv1.CreateMemberResponse, error) {
+	name, err := ValidateName("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	email, err := validateEmail(req.GetEmail())
+	if err != nil {
+		return nil, err
+	}
+	role, err := validateRole(req.GetRole(), auth.RoleMember)
+	if err != nil {
+		return nil, err
+	}
+	p, err := auth.RequireRole(ctx, req.GetWorkspaceId(), auth.RoleAdmin)
+	if err != nil {
+		return nil, err
+	}
+	if role == auth.RoleOwner && p.Role != auth.RoleOwner {
+		return nil, errNotOwner
+	}
+	now := timestamppb.New(s.cfg.Now())
+	m := &credentialv1.Member{Id: ids.New("mem"), WorkspaceId: req.GetWorkspaceId(), Name: name, Email: email, Role: role, CreatedAt: now, UpdatedAt: now}
+	raw := credfmt.New(credfmt.Personal)
+	err = s.db.Update(ctx, func(tx *store.Tx) error {
+		if email != "" {
+			if err := checkEmailFree(tx, m.WorkspaceId, "", email); err != nil {
+				return err
+			}
+		}
+		if err := s.putMember(tx, m, raw); err != nil {
+			return err
+		}
+		return audit.Put(tx, s.event(ctx, m.WorkspaceId, "member.create", "member", m.Id, audit.Success, "role "+role))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &credentialv1.CreateMemberResponse{Member: m, Token: raw}, nil
+}
+
+func eachMember(tx *store.Tx, ws string, fn func(*credentialv1.Member) error) error {
+	_, err := store.Scan(tx, bucketMembers, store.Key(ws, ""), nil, 0, func(k, v []byte) (bool, error) {
+		m := &credentialv1.Member{}
+		if _, err := store.Get(tx, bucketMembers, k, m); err != nil {
+			return false, err
+		}
+		return true, fn(m)
+	})
+	return err
+}
+
+func checkEmailFree(tx *store.Tx, ws, self, email string) error {
+	return eachMember(tx, ws, func(m *credentialv1.Member) error {
+		if m.Email == email && m.Id != self {
+			return errDuplicateEmail
+		}
+		return nil
+	})
+}
+
+func countOwners(tx *store.Tx, ws string) (int, error) {
+	n := 0
+	err := eachMember(tx, ws, func(m *credentialv1.Member) error {
+		if m.Role == auth.RoleOwner {
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+func getMember(tx *store.Tx, ws, id string) (*credentialv1.Member, error) {
+	m := &credentialv1.Member{}
+	ok, err := store.Get(tx, bucketMembers, store.Key(ws, id), m)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("member %s: %w", clip(id), errMemberNotFound)
+	}
+	return m, nil
+}
+
+// maskPaths normalises an update mask to snake_case and checks every path is allowed.
+func maskPaths(paths []string, allowed ...string) ([]string, error) {
+	if len(paths) == 0 {
+		return nil, errs.Invalid("updateMask", "nothing to update: send at least one of %s", strings.Join(allowed, ", "))
+	}
+	out := make([]string, 0, len(paths))
+	for _, p := range paths {
+		sn := snake(p)
+		if !slices.Contains(allowed, sn) {
+			return nil, errs.Invalid("updateMask", "%q cannot be updated; updatable fields: %s", clip(p), strings.Join(allowed, ", "))
+		}
+		out = append(out, sn)
+	}
+	return out, nil
+}
+
+func snake(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		if unicode.IsUpper(r) {
+			if i > 0 {
+				b.WriteByte('_')
+			}
+			r = unicode.ToLower(r)
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// UpdateMember implements credentialv1.CredentialServiceServer.
+func (s *Service) UpdateMember(ctx context.Context, req *credentialv1.UpdateMemberRequest) (*credentialv1.UpdateMemberResponse, error) {
+	paths, err := maskPaths(req.GetUpdateMask().GetPaths(), "name", "email", "role")
+	if err != nil {
+		return nil, err
+	}
+	in := req.GetMember()
+	var name, email, role string
+	for _, p := range paths {
+		switch p {
+		case "name":
+			if name, err = ValidateName("name", in.GetName()); err != nil {
+				return nil, err
+			}
+		case "email":
+			if email, err = validateEmail(in.GetEmail()); err != nil {
+				return nil, err
+			}
+		case "role":
+			if role, err = validateRole(in.GetRole(), ""); err != nil {
+				return nil, err
+			}
+			if role == "" {
+				return nil, errs.Invalid("role", "is required: owner, admin or member")
+			}
+		}
+	}
+	caller, err := auth.RequireRole(ctx, req.GetWorkspaceId(), auth.RoleAdmin)
+	if err != nil {
+		return nil, err
+	}
+	var out *credentialv1.Member
+	err = s.db.Update(ctx, func(tx *store.Tx) error {
+		m, err := getMember(tx, req.GetWorkspaceId(), req.GetMemberId())
+		if err != nil {
+			return err
+		}
+		for _, p := range paths {
+			switch p {
+			case "name":
+				m.Name = name
+			case "email":
+				if email != "" {
+					if err := checkEmailFree(tx, m.WorkspaceId, m.Id, email); err != nil {
+						return err
+					}
+				}
+				m.Email = email
+			case "role":
+				if (role == auth.RoleOwner || m.Role == auth.RoleOwner) && role != m.Role {
+					if caller.Role != auth.RoleOwner {
+						return errNotOwner
+					}
+					if m.Role == auth.RoleOwner {
+						if n, err := countOwners(tx, m.WorkspaceId); err != nil {
+							return err
+						} else if n <= 1 {
+							return errLastOwner
+						}
+					}
+				}
+				m.Role = role
+			}
+		}
+		m.UpdatedAt = timestamppb.New(s.cfg.Now())
+		if err := store.Put(tx, bucketMembers, store.Key(m.WorkspaceId, m.Id), m); err != nil {
+			return err
+		}
+		subj, err := getSubject(tx, m.WorkspaceId, m.Id)
+		if err != nil {
+			return err
+		}
+		subj.Subject.Name, subj.Subject.Role = m.Name, m.Role
+		if err := store.Put(tx, bucketSubjects, []byte(m.Id), subj); err != nil {
+			return err
+		}
+		out = m
+		return audit.Put(tx, s.event(ctx, m.WorkspaceId, "member.update", "member", m.Id, audit.Success, "fields "+strings.Join(paths, ",")))
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.hub.publish(ctx, []string{out.Id})
+	return &credentialv1.UpdateMemberResponse{Member: out}, nil
+}
+
+// DeleteMember implements credentialv1.CredentialServiceServer.
+func (s *Service) DeleteMember(ctx context.Context, req *credentialv1.DeleteMemberRequest) (*credentialv1.DeleteMemberResponse, error) {
+	caller, err := auth.RequireRole(ctx, req.GetWorkspaceId(), auth.RoleAdmin)
+	if err != nil {
+		return nil, err
+	}
+	err = s.db.Update(ctx, func(tx *store.Tx) error {
+		m, err := getMember(tx, req.GetWorkspaceId(), req.GetMemberId())
+		if err != nil {
+			return err
+		}
+		if m.Role == auth.RoleOwner {
+			if caller.Role != auth.RoleOwner {
+				return errNotOwner
+			}
+			if n, err := countOwners(tx, m.WorkspaceId); err != nil {
+				return err
+			} else if n <= 1 {
+				return errLastOwner
+			}
+		}
+		if err := tx.Bucket(bucketMembers).Delete(store.Key(m.WorkspaceId, m.Id)); err != nil {
+			return err
+		}
+		if err := s.revokeSubjectTx(tx, m.WorkspaceId, m.Id); err != nil {
+			return err
+		}
+		return audit.Put(tx, s.event(ctx, m.WorkspaceId, "member.delete", "member", m.Id, audit.Success, ""))
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.hub.publish(ctx, []string{req.GetMemberId()})
+	return &credentialv1.DeleteMemberResponse{}, nil
+}
+
+// Exchange implements credentialv1.CredentialServiceServer: an automation
+// secret (the Bearer credential) for a short-lived access token. It writes
+// nothing to disk on success.
+func (s *Service) Exchange(ctx context.Context, req *credentialv1.ExchangeRequest) (*credentialv1.ExchangeResponse, error) {
+	raw := auth.Bearer(ctx)
+	if raw == "" {
+		return nil, errs.Unauthenticated("missing credential: send the automation secret as Authorization: Bearer blg_auto_…")
+	}
+	parsed, err := credfmt.Parse(raw)
+	if err != nil {
+		return nil, errs.Unauthenticated(err.Error())
+	}
+	if parsed.Kind != credfmt.Automation {
+		return nil, errs.Unauthenticated(fmt.Sprintf("exchange takes an automation secret (blg_auto_…); this credential is of kind %q", parsed.Kind))
+	}
+	if req.GetTtlSeconds() < 0 {
+		return nil, errs.Invalid("ttlSeconds", "must be positive")
+	}
+	ttl := s.cfg.DefaultTokenTTL
+	if req.GetTtlSeconds() > 0 {
+		ttl = time.Duration(req.GetTtlSeconds()) * time.Second
+		if ttl > s.cfg.MaxTokenTTL {
+			return nil, errs.Invalid("ttlSeconds", "at most %d (the configured maximum)", int(s.cfg.MaxTokenTTL/time.Second))
+		}
+	}
+	scopes, err := auth.ValidateScopes("scopes", req.GetScopes())
+	if err != nil {
+		return nil, err
+	}
+	p, subj, err := s.authenticate(raw)
+	if err != nil {
+		if subj != nil {
+			s.auditFailure(ctx, subj.Subject.WorkspaceId, "auth.exchange", "automation", subj.Subject.Id, "refused")
+		}
+		return nil, err
+	}
+	restricted := len(scopes) > 0
+	for _, sc := range scopes {
+		if !slices.Contains(p.Scopes, sc) {
+			return nil, errs.Invalid("scopes", "%q is not granted to this automation; ask for a subset of %s", sc, strings.Join(p.Scopes, ", "))
+		}
+	}
+	now := s.cfg.Now().Truncate(time.Second) // tokens carry whole seconds
+	tok, exp, err := s.mintAccessToken(p.CredentialId, now, ttl, restricted, scopes)
+	if err != nil {
+		return nil, err
+	}
+	granted := p.Scopes
+	if restricted {
+		granted = scopes
+	}
+	return &credentialv1.ExchangeResponse{
+		AccessToken: tok, TokenType: "Bearer", ExpiresAt: timestamppb.New(exp),
+		ExpiresIn: int32(exp.Sub(now).Round(time.Second) / time.Second), AutomationId: p.SubjectId,
+		WorkspaceId: p.WorkspaceId, Scopes: granted, TeamIds: p.TeamIds,
+	}, nil
+}
+
+// WhoAmI implements credentialv1.CredentialServiceServer.
+func (s *Service) WhoAmI(ctx context.Context, _ *credentialv1.WhoAmIRequest) (*credentialv1.WhoAmIResponse, error) {
+	p := auth.FromContext(ctx)
+	if p == nil {
+		return nil, errs.Unauthenticated(auth.MsgMissing)
+	}
+	kind := map[credentialv1.CredentialKind]string{
+		credentialv1.CredentialKind_CREDENTIAL_KIND_OPERATOR:     "operator",
+		credentialv1.CredentialKind_CREDENTIAL_KIND_PERSONAL:     "member",
+		credentialv1.CredentialKind_CREDENTIAL_KIND_ACCESS_TOKEN: "access_token",
+		credentialv1.CredentialKind_CREDENTIAL_KIND_AGENT_KEY:    "agent",
+	}[p.CredentialKind]
+	return &credentialv1.WhoAmIResponse{
+		Kind: kind, WorkspaceId: p.WorkspaceId, SubjectId: p.SubjectId, Name: p.Name, Role: p.Role,
+		Scopes: p.Scopes, TeamIds: p.TeamIds, ExpiresAt: p.ExpiresAt, CredentialId: p.CredentialId,
+	}, nil
+}
