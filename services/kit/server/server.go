@@ -78,7 +78,9 @@ func New(cfg Config) *Server {
 	})
 	unaryAuth, streamAuth := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		return h(ctx, req)
-	}, func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error { return h(srv, ss) }
+	}, func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		return h(srv, ss)
+	}
 	if cfg.Auth != nil {
 		unaryAuth, streamAuth = auth.Interceptors(cfg.Auth, skip)
 	}

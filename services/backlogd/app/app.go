@@ -1,0 +1,199 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
+	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
+	"github.com/backlog/controlplane/services/automation"
+	"github.com/backlog/controlplane/services/credential"
+	"github.com/backlog/controlplane/services/gateway"
+	"github.com/backlog/controlplane/services/kit/auth"
+	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/server"
+)
+
+const shutdownGrace = 10 * time.Second
+
+// App is a running set of targets.
+type App struct {
+	cfg     Config
+	lg      *zap.Logger
+	closers []func()
+	errc    chan error
+	cancel  context.CancelFunc
+}
+
+// Start opens every selected target's store and starts its listener. It
+// returns once all are listening; Wait reports the first serving error.
+func Start(cfg Config, lg *zap.Logger) (*App, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &App{cfg: cfg, lg: lg, errc: make(chan error, 8), cancel: cancel}
+	ok := false
+	defer func() {
+		if !ok {
+			a.Stop()
+		}
+	}()
+	for _, t := range cfg.Targets {
+		var err error
+		switch t {
+		case TargetCredential:
+			err = a.startCredential()
+		case TargetAutomation:
+			err = a.startAutomation(ctx)
+		case TargetAgent:
+			err = a.startHealthOnly(TargetAgent, cfg.AgentAddr)
+		case TargetVault:
+			err = a.startHealthOnly(TargetVault, cfg.VaultAddr)
+		case TargetGateway:
+			err = a.startGateway()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", t, err)
+		}
+	}
+	ok = true
+	return a, nil
+}
+
+// Errc reports a target that stopped serving.
+func (a *App) Errc() <-chan error { return a.errc }
+
+// Stop shuts every target down gracefully, in reverse start order.
+func (a *App) Stop() {
+	a.cancel()
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		a.closers[i]()
+	}
+	a.closers = nil
+}
+
+func (a *App) onClose(f func()) { a.closers = append(a.closers, f) }
+
+func dial(addr string) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+}
+
+// serve starts a kit server on addr.
+func (a *App) serve(name, addr string, srv *server.Server) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+	go func() {
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			a.errc <- fmt.Errorf("%s: %w", name, err)
+		}
+	}()
+	a.onClose(func() { srv.Stop(shutdownGrace) })
+	return nil
+}
+
+func (a *App) startCredential() error {
+	peers := map[string]auditv1.AuditServiceClient{}
+	for name, addr := range map[string]string{TargetAutomation: a.cfg.AutomationAddr, TargetAgent: a.cfg.AgentAddr, TargetVault: a.cfg.VaultAddr} {
+		conn, err := dial(addr)
+		if err != nil {
+			return err
+		}
+		a.onClose(func() { conn.Close() })
+		peers[name] = auditv1.NewAuditServiceClient(conn)
+	}
+	svc, err := credential.New(credential.Config{
+		DataDir: a.cfg.DataDir, Logger: a.lg, DefaultTokenTTL: a.cfg.DefaultTokenTTL,
+		MaxTokenTTL: a.cfg.MaxTokenTTL, AuditPeers: peers,
+	})
+	if err != nil {
+		return err
+	}
+	a.onClose(func() { svc.Close() })
+	srv := server.New(server.Config{Name: TargetCredential, Logger: a.lg, Errors: svc.Errors(),
+		Auth: svc.Authenticator(), NoAuth: svc.NoAuth, TrustedProxies: a.cfg.TrustedProxies})
+	svc.Register(srv.GRPC)
+	return a.serve(TargetCredential, a.cfg.CredentialAddr, srv)
+}
+
+// remoteAuth dials the credential service and follows its revocations.
+func (a *App) remoteAuth(ctx context.Context) (auth.Authenticator, credentialv1.CredentialInternalServiceClient, error) {
+	conn, err := dial(a.cfg.CredentialAddr)
+	if err != nil {
+		return nil, nil, err
+	}
+	a.onClose(func() { conn.Close() })
+	client := credentialv1.NewCredentialInternalServiceClient(conn)
+	remote := auth.NewRemote(client, a.lg)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); remote.Watch(ctx) }()
+	a.onClose(wg.Wait)
+	return remote, client, nil
+}
+
+func (a *App) startAutomation(ctx context.Context) error {
+	authn, client, err := a.remoteAuth(ctx)
+	if err != nil {
+		return err
+	}
+	svc, err := automation.New(automation.Config{DataDir: a.cfg.DataDir, Logger: a.lg, Credential: client})
+	if err != nil {
+		return err
+	}
+	a.onClose(func() { svc.Close() })
+	srv := server.New(server.Config{Name: TargetAutomation, Logger: a.lg, Errors: svc.Errors(),
+		Auth: authn, NoAuth: svc.NoAuth, TrustedProxies: a.cfg.TrustedProxies})
+	svc.Register(srv.GRPC)
+	return a.serve(TargetAutomation, a.cfg.AutomationAddr, srv)
+}
+
+// startHealthOnly runs a service whose API is not built yet: it answers
+// health and reflection only, and registers no API it cannot serve.
+func (a *App) startHealthOnly(name, addr string) error {
+	a.lg.Warn("this service's API is not implemented yet; serving health only", zap.String("target", name))
+	srv := server.New(server.Config{Name: name, Logger: a.lg, Errors: errs.NewTable(name + ".backlog")})
+	return a.serve(name, addr, srv)
+}
+
+func (a *App) startGateway() error {
+	gw, err := gateway.New(gateway.Config{
+		CredentialAddr: a.cfg.CredentialAddr, AutomationAddr: a.cfg.AutomationAddr,
+		AgentAddr: a.cfg.AgentAddr, VaultAddr: a.cfg.VaultAddr,
+		TrustedProxies: a.cfg.TrustedProxies, Logger: a.lg,
+	})
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", a.cfg.HTTPAddr)
+	if err != nil {
+		gw.Close()
+		return fmt.Errorf("listen %s: %w", a.cfg.HTTPAddr, err)
+	}
+	hs := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	go func() {
+		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.errc <- fmt.Errorf("gateway: %w", err)
+		}
+	}()
+	a.lg.Info("serving", zap.String("service", TargetGateway), zap.String("addr", lis.Addr().String()))
+	a.onClose(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		defer cancel()
+		hs.Shutdown(ctx)
+		gw.Close()
+	})
+	return nil
+}
+
+// Has reports whether target is selected.
+func (c Config) Has(target string) bool { return slices.Contains(c.Targets, target) }

@@ -1,0 +1,127 @@
+// Package app runs backlogd: any set of targets (services and the gateway) in
+// one process, each service on its own gRPC listener, talking to the others
+// over gRPC even when they share the process.
+package app
+
+import (
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/backlog/controlplane/services/kit/clientip"
+)
+
+// Targets backlogd can run.
+const (
+	TargetCredential = "credential"
+	TargetAutomation = "automation"
+	TargetAgent      = "agent"
+	TargetVault      = "vault"
+	TargetGateway    = "gateway"
+)
+
+// AllTargets is what -target=all means, in start order.
+var AllTargets = []string{TargetCredential, TargetAutomation, TargetAgent, TargetVault, TargetGateway}
+
+// Config is backlogd's configuration; every field is a flag and an
+// environment variable (BACKLOG_ + the flag in upper snake case).
+type Config struct {
+	Targets        []string
+	DataDir        string
+	HTTPAddr       string
+	CredentialAddr string
+	AutomationAddr string
+	AgentAddr      string
+	VaultAddr      string
+	LogLevel       string
+	TrustedProxies []netip.Prefix
+
+	DefaultTokenTTL time.Duration
+	MaxTokenTTL     time.Duration
+
+	VaultEgressCAFile       string
+	VaultEgressAllowPrivate bool
+}
+
+// ParseFlags reads args and the environment into a Config.
+func ParseFlags(name string, args []string, getenv func(string) string) (Config, error) {
+	var c Config
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	target := fs.String("target", "all", "all, or a comma list of credential, automation, agent, vault, gateway")
+	fs.StringVar(&c.DataDir, "data-dir", "./data", "each service keeps its bbolt file here")
+	fs.StringVar(&c.HTTPAddr, "http-addr", "127.0.0.1:8080", "REST gateway listen address")
+	fs.StringVar(&c.CredentialAddr, "credential-addr", "127.0.0.1:9101", "credential service gRPC address")
+	fs.StringVar(&c.AutomationAddr, "automation-addr", "127.0.0.1:9102", "automation service gRPC address")
+	fs.StringVar(&c.AgentAddr, "agent-addr", "127.0.0.1:9103", "agent service gRPC address")
+	fs.StringVar(&c.VaultAddr, "vault-addr", "127.0.0.1:9104", "secret vault service gRPC address")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	proxies := fs.String("trusted-proxies", "127.0.0.0/8,::1/128", "CIDRs whose X-Forwarded-For (gateway) and client-IP metadata (services) are believed")
+	fs.DurationVar(&c.DefaultTokenTTL, "token-ttl", time.Hour, "default lifetime of an access token")
+	fs.DurationVar(&c.MaxTokenTTL, "max-token-ttl", 24*time.Hour, "longest lifetime an exchange may ask for")
+	fs.StringVar(&c.VaultEgressCAFile, "vault-egress-ca-file", "", "extra CA certificates trusted for HTTP Request steps")
+	fs.BoolVar(&c.VaultEgressAllowPrivate, "vault-egress-allow-private", false, "allow HTTP Request steps to loopback/private addresses")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	// Environment variables fill flags not given on the command line.
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		env := EnvName(f.Name)
+		if v := getenv(env); v != "" {
+			if err := f.Value.Set(v); err != nil && envErr == nil {
+				envErr = fmt.Errorf("%s=%q: %v", env, v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return c, envErr
+	}
+	var err error
+	if c.Targets, err = parseTargets(*target); err != nil {
+		return c, err
+	}
+	if c.TrustedProxies, err = clientip.ParsePrefixes(*proxies); err != nil {
+		return c, fmt.Errorf("-trusted-proxies: %v", err)
+	}
+	if c.DefaultTokenTTL <= 0 || c.DefaultTokenTTL > c.MaxTokenTTL {
+		return c, fmt.Errorf("-token-ttl must be positive and at most -max-token-ttl (%s)", c.MaxTokenTTL)
+	}
+	return c, nil
+}
+
+// EnvName is the environment variable of a flag: BACKLOG_DATA_DIR for data-dir.
+func EnvName(flagName string) string {
+	return "BACKLOG_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func parseTargets(s string) ([]string, error) {
+	if s == "all" || s == "" {
+		return AllTargets, nil
+	}
+	var out []string
+	for _, t := range strings.Split(s, ",") {
+		t = strings.TrimSpace(t)
+		if !slices.Contains(AllTargets, t) {
+			return nil, fmt.Errorf("-target: unknown target %q (want all, or a comma list of %s)", t, strings.Join(AllTargets, ", "))
+		}
+		if !slices.Contains(out, t) {
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}
+
+// Getenv is os.Getenv, for ParseFlags.
+var Getenv = os.Getenv
