@@ -21,7 +21,7 @@ import (
 // merged with every peer's. Event ids sort by time in every service, so one
 // cursor (the last id returned) pages through all of them at once.
 func (s *Service) ListAuditEvents(ctx context.Context, req *auditv1.ListAuditEventsRequest) (*auditv1.ListAuditEventsResponse, error) {
-	if _, err := auth.RequireRole(ctx, req.GetWorkspaceId(), auth.RoleAdmin); err != nil {
+	if _, err := auth.Require(ctx, req.GetWorkspaceId(), auth.AuditRead); err != nil {
 		return nil, err
 	}
 	local, err := audit.List(s.db, req)

@@ -50,22 +50,27 @@ func validateSubject(subj *credentialv1.Subject) error {
 	return nil
 }
 
-// IssueCredential issues a credential for a (new or existing) subject. The
+// IssueCredential issues credentials for a (new or existing) subject. The
 // subject's grant is created or replaced in the same transaction.
 func (s *Service) IssueCredential(ctx context.Context, req *credentialv1.IssueCredentialRequest) (*credentialv1.IssueCredentialResponse, error) {
 	subj := req.GetSubject()
 	if err := validateSubject(subj); err != nil {
 		return nil, err
 	}
-	if want, ok := issuable[req.GetKind()]; !ok || want != subj.Kind {
-		return nil, errs.Invalid("kind", "cannot issue %s for a %s", req.GetKind(), subj.Kind)
+	kinds := req.GetKinds()
+	if len(kinds) == 0 {
+		kinds = []credentialv1.CredentialKind{req.GetKind()}
+	}
+	if err := checkKinds(kinds, subj.Kind); err != nil {
+		return nil, err
 	}
 	if len(req.GetLabel()) > 100 {
 		return nil, errs.Invalid("label", "at most 100 characters")
 	}
-	raw := credfmt.New(prefixOf[req.GetKind()])
-	var rec *credentialstorev1.CredentialRecord
+	raws := newRaws(kinds)
+	var out []*credentialv1.IssuedCredential
 	err := s.db.Update(ctx, func(tx *store.Tx) error {
+		out = out[:0]
 		var existing credentialstorev1.SubjectRecord
 		ok, err := store.Get(tx, bucketSubjects, []byte(subj.Id), &existing)
 		if err != nil {
@@ -77,13 +82,110 @@ func (s *Service) IssueCredential(ctx context.Context, req *credentialv1.IssueCr
 		if err := store.Put(tx, bucketSubjects, []byte(subj.Id), &credentialstorev1.SubjectRecord{Subject: subj}); err != nil {
 			return err
 		}
-		rec, err = s.putCredential(tx, subj, req.GetKind(), raw, req.GetLabel())
-		return err
+		for i, k := range kinds {
+			rec, err := s.putCredential(tx, subj, k, raws[i], req.GetLabel())
+			if err != nil {
+				return err
+			}
+			out = append(out, &credentialv1.IssuedCredential{Credential: raws[i], Info: infoOf(rec)})
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &credentialv1.IssueCredentialResponse{Credential: raw, Info: infoOf(rec)}, nil
+	return &credentialv1.IssueCredentialResponse{Credential: out[0].Credential, Info: out[0].Info, Credentials: out}, nil
+}
+
+func checkKinds(kinds []credentialv1.CredentialKind, subjectKind credentialv1.SubjectKind) error {
+	seen := map[credentialv1.CredentialKind]bool{}
+	for _, k := range kinds {
+		want, ok := issuable[k]
+		if !ok || (subjectKind != credentialv1.SubjectKind_SUBJECT_KIND_UNSPECIFIED && want != subjectKind) {
+			return errs.Invalid("kinds", "cannot issue %s for a %s", k, subjectKind)
+		}
+		if seen[k] {
+			return errs.Invalid("kinds", "%s asked twice", k)
+		}
+		seen[k] = true
+	}
+	return nil
+}
+
+func newRaws(kinds []credentialv1.CredentialKind) []string {
+	raws := make([]string, len(kinds))
+	for i, k := range kinds {
+		raws[i] = credfmt.New(prefixOf[k])
+	}
+	return raws
+}
+
+// RotateCredentials rotates several kinds together, optionally as a
+// compare-and-swap on credentials the caller presented: of two concurrent
+// self-rotations with the same pair, exactly one wins.
+func (s *Service) RotateCredentials(ctx context.Context, req *credentialv1.RotateCredentialsRequest) (*credentialv1.RotateCredentialsResponse, error) {
+	kinds := req.GetKinds()
+	if len(kinds) == 0 {
+		return nil, errs.Invalid("kinds", "name at least one credential kind to rotate")
+	}
+	if err := checkKinds(kinds, credentialv1.SubjectKind_SUBJECT_KIND_UNSPECIFIED); err != nil {
+		return nil, err
+	}
+	if len(req.GetLabel()) > 100 {
+		return nil, errs.Invalid("label", "at most 100 characters")
+	}
+	expect := make([][]byte, len(req.GetExpectCredentials()))
+	for i, raw := range req.GetExpectCredentials() {
+		if _, err := credfmt.Parse(raw); err != nil {
+			return nil, errInvalid
+		}
+		expect[i] = s.hash(raw)
+	}
+	raws := newRaws(kinds)
+	var out []*credentialv1.IssuedCredential
+	err := s.db.Update(ctx, func(tx *store.Tx) error {
+		out = out[:0]
+		subj, err := getSubject(tx, req.GetWorkspaceId(), req.GetSubjectId())
+		if err != nil {
+			return err
+		}
+		if subj.Revoked {
+			return fmt.Errorf("subject %s: %w", req.GetSubjectId(), errSubjectNotFound)
+		}
+		for _, h := range expect {
+			if !liveCredentialOf(tx, h, subj.Subject.Id) {
+				return errInvalid
+			}
+		}
+		for i, k := range kinds {
+			if err := revokeLive(tx, subj.Subject.Id, k, s.cfg.Now()); err != nil {
+				return err
+			}
+			rec, err := s.putCredential(tx, subj.Subject, k, raws[i], req.GetLabel())
+			if err != nil {
+				return err
+			}
+			out = append(out, &credentialv1.IssuedCredential{Credential: raws[i], Info: infoOf(rec)})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.hub.publish(ctx, []string{req.GetSubjectId()})
+	return &credentialv1.RotateCredentialsResponse{Credentials: out}, nil
+}
+
+// liveCredentialOf reports whether the credential with keyed hash h is live
+// and belongs to subjectID.
+func liveCredentialOf(tx *store.Tx, h []byte, subjectID string) bool {
+	id := tx.Bucket(bucketHashes).Get(h)
+	if id == nil {
+		return false
+	}
+	rec := &credentialstorev1.CredentialRecord{}
+	ok, err := store.Get(tx, bucketCredentials, id, rec)
+	return err == nil && ok && rec.RevokedAt == nil && rec.SubjectId == subjectID && subtle.ConstantTimeCompare(rec.Hash, h) == 1
 }
 
 func infoOf(rec *credentialstorev1.CredentialRecord) *credentialv1.CredentialInfo {

@@ -91,7 +91,7 @@ func (s *Server) Register(g grpc.ServiceRegistrar) { auditv1.RegisterAuditServic
 
 // ListAuditEvents implements auditv1.AuditServiceServer for this store only.
 func (s *Server) ListAuditEvents(ctx context.Context, req *auditv1.ListAuditEventsRequest) (*auditv1.ListAuditEventsResponse, error) {
-	if _, err := auth.RequireRole(ctx, req.GetWorkspaceId(), auth.RoleAdmin); err != nil {
+	if _, err := auth.Require(ctx, req.GetWorkspaceId(), auth.AuditRead); err != nil {
 		return nil, err
 	}
 	return List(s.DB, req)

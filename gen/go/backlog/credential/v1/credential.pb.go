@@ -1634,10 +1634,13 @@ func (x *AuthenticateResponse) GetPrincipal() *Principal {
 }
 
 type IssueCredentialRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Subject       *Subject               `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
-	Kind          CredentialKind         `protobuf:"varint,2,opt,name=kind,proto3,enum=backlog.credential.v1.CredentialKind" json:"kind,omitempty"`
-	Label         string                 `protobuf:"bytes,3,opt,name=label,proto3" json:"label,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Subject *Subject               `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
+	Kind    CredentialKind         `protobuf:"varint,2,opt,name=kind,proto3,enum=backlog.credential.v1.CredentialKind" json:"kind,omitempty"`
+	Label   string                 `protobuf:"bytes,3,opt,name=label,proto3" json:"label,omitempty"`
+	// When set, one credential of each of these kinds is issued in the same
+	// transaction (kind is then ignored), e.g. an agent's key and rotation secret.
+	Kinds         []CredentialKind `protobuf:"varint,4,rep,packed,name=kinds,proto3,enum=backlog.credential.v1.CredentialKind" json:"kinds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1693,11 +1696,20 @@ func (x *IssueCredentialRequest) GetLabel() string {
 	return ""
 }
 
+func (x *IssueCredentialRequest) GetKinds() []CredentialKind {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
+}
+
 type IssueCredentialResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The raw credential. The credential service keeps only its keyed hash.
-	Credential    string          `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
-	Info          *CredentialInfo `protobuf:"bytes,2,opt,name=info,proto3" json:"info,omitempty"`
+	// The raw credential (of kind, or of kinds[0]). Only its keyed hash is kept.
+	Credential string          `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	Info       *CredentialInfo `protobuf:"bytes,2,opt,name=info,proto3" json:"info,omitempty"`
+	// Every credential issued, in the order of kinds (or just kind).
+	Credentials   []*IssuedCredential `protobuf:"bytes,3,rep,name=credentials,proto3" json:"credentials,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1746,6 +1758,188 @@ func (x *IssueCredentialResponse) GetInfo() *CredentialInfo {
 	return nil
 }
 
+func (x *IssueCredentialResponse) GetCredentials() []*IssuedCredential {
+	if x != nil {
+		return x.Credentials
+	}
+	return nil
+}
+
+// IssuedCredential is a raw credential, returned once, with its metadata.
+type IssuedCredential struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Credential    string                 `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	Info          *CredentialInfo        `protobuf:"bytes,2,opt,name=info,proto3" json:"info,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssuedCredential) Reset() {
+	*x = IssuedCredential{}
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssuedCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssuedCredential) ProtoMessage() {}
+
+func (x *IssuedCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssuedCredential.ProtoReflect.Descriptor instead.
+func (*IssuedCredential) Descriptor() ([]byte, []int) {
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *IssuedCredential) GetCredential() string {
+	if x != nil {
+		return x.Credential
+	}
+	return ""
+}
+
+func (x *IssuedCredential) GetInfo() *CredentialInfo {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+type RotateCredentialsRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	SubjectId   string                 `protobuf:"bytes,2,opt,name=subject_id,json=subjectId,proto3" json:"subject_id,omitempty"`
+	Kinds       []CredentialKind       `protobuf:"varint,3,rep,packed,name=kinds,proto3,enum=backlog.credential.v1.CredentialKind" json:"kinds,omitempty"`
+	// Raw credentials that must still be live for the subject (compare-and-swap).
+	ExpectCredentials []string `protobuf:"bytes,4,rep,name=expect_credentials,json=expectCredentials,proto3" json:"expect_credentials,omitempty"`
+	Label             string   `protobuf:"bytes,5,opt,name=label,proto3" json:"label,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RotateCredentialsRequest) Reset() {
+	*x = RotateCredentialsRequest{}
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateCredentialsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateCredentialsRequest) ProtoMessage() {}
+
+func (x *RotateCredentialsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateCredentialsRequest.ProtoReflect.Descriptor instead.
+func (*RotateCredentialsRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RotateCredentialsRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *RotateCredentialsRequest) GetSubjectId() string {
+	if x != nil {
+		return x.SubjectId
+	}
+	return ""
+}
+
+func (x *RotateCredentialsRequest) GetKinds() []CredentialKind {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
+}
+
+func (x *RotateCredentialsRequest) GetExpectCredentials() []string {
+	if x != nil {
+		return x.ExpectCredentials
+	}
+	return nil
+}
+
+func (x *RotateCredentialsRequest) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+type RotateCredentialsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per kind, in the order asked.
+	Credentials   []*IssuedCredential `protobuf:"bytes,1,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateCredentialsResponse) Reset() {
+	*x = RotateCredentialsResponse{}
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateCredentialsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateCredentialsResponse) ProtoMessage() {}
+
+func (x *RotateCredentialsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateCredentialsResponse.ProtoReflect.Descriptor instead.
+func (*RotateCredentialsResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RotateCredentialsResponse) GetCredentials() []*IssuedCredential {
+	if x != nil {
+		return x.Credentials
+	}
+	return nil
+}
+
 type RotateCredentialRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
@@ -1758,7 +1952,7 @@ type RotateCredentialRequest struct {
 
 func (x *RotateCredentialRequest) Reset() {
 	*x = RotateCredentialRequest{}
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[25]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +1964,7 @@ func (x *RotateCredentialRequest) String() string {
 func (*RotateCredentialRequest) ProtoMessage() {}
 
 func (x *RotateCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[25]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +1977,7 @@ func (x *RotateCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCredentialRequest.ProtoReflect.Descriptor instead.
 func (*RotateCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{25}
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RotateCredentialRequest) GetWorkspaceId() string {
@@ -1824,7 +2018,7 @@ type RotateCredentialResponse struct {
 
 func (x *RotateCredentialResponse) Reset() {
 	*x = RotateCredentialResponse{}
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[26]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +2030,7 @@ func (x *RotateCredentialResponse) String() string {
 func (*RotateCredentialResponse) ProtoMessage() {}
 
 func (x *RotateCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[26]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +2043,7 @@ func (x *RotateCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCredentialResponse.ProtoReflect.Descriptor instead.
 func (*RotateCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{26}
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RotateCredentialResponse) GetCredential() string {
@@ -1875,7 +2069,7 @@ type UpdateSubjectRequest struct {
 
 func (x *UpdateSubjectRequest) Reset() {
 	*x = UpdateSubjectRequest{}
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[27]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1887,7 +2081,7 @@ func (x *UpdateSubjectRequest) String() string {
 func (*UpdateSubjectRequest) ProtoMessage() {}
 
 func (x *UpdateSubjectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[27]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1900,7 +2094,7 @@ func (x *UpdateSubjectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSubjectRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSubjectRequest) Descriptor() ([]byte, []int) {
-	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{27}
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UpdateSubjectRequest) GetSubject() *Subject {
@@ -1918,7 +2112,7 @@ type UpdateSubjectResponse struct {
 
 func (x *UpdateSubjectResponse) Reset() {
 	*x = UpdateSubjectResponse{}
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[28]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1930,7 +2124,7 @@ func (x *UpdateSubjectResponse) String() string {
 func (*UpdateSubjectResponse) ProtoMessage() {}
 
 func (x *UpdateSubjectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[28]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1943,7 +2137,7 @@ func (x *UpdateSubjectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSubjectResponse.ProtoReflect.Descriptor instead.
 func (*UpdateSubjectResponse) Descriptor() ([]byte, []int) {
-	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{28}
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{31}
 }
 
 type RevokeSubjectRequest struct {
@@ -1956,7 +2150,7 @@ type RevokeSubjectRequest struct {
 
 func (x *RevokeSubjectRequest) Reset() {
 	*x = RevokeSubjectRequest{}
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[29]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1968,7 +2162,7 @@ func (x *RevokeSubjectRequest) String() string {
 func (*RevokeSubjectRequest) ProtoMessage() {}
 
 func (x *RevokeSubjectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[29]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1981,7 +2175,7 @@ func (x *RevokeSubjectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeSubjectRequest.ProtoReflect.Descriptor instead.
 func (*RevokeSubjectRequest) Descriptor() ([]byte, []int) {
-	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{29}
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RevokeSubjectRequest) GetWorkspaceId() string {
@@ -2006,7 +2200,7 @@ type RevokeSubjectResponse struct {
 
 func (x *RevokeSubjectResponse) Reset() {
 	*x = RevokeSubjectResponse{}
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[30]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2018,7 +2212,7 @@ func (x *RevokeSubjectResponse) String() string {
 func (*RevokeSubjectResponse) ProtoMessage() {}
 
 func (x *RevokeSubjectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[30]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2031,7 +2225,7 @@ func (x *RevokeSubjectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeSubjectResponse.ProtoReflect.Descriptor instead.
 func (*RevokeSubjectResponse) Descriptor() ([]byte, []int) {
-	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{30}
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{33}
 }
 
 type VerifyCredentialRequest struct {
@@ -2046,7 +2240,7 @@ type VerifyCredentialRequest struct {
 
 func (x *VerifyCredentialRequest) Reset() {
 	*x = VerifyCredentialRequest{}
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[31]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2058,7 +2252,7 @@ func (x *VerifyCredentialRequest) String() string {
 func (*VerifyCredentialRequest) ProtoMessage() {}
 
 func (x *VerifyCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[31]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2071,7 +2265,7 @@ func (x *VerifyCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyCredentialRequest.ProtoReflect.Descriptor instead.
 func (*VerifyCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{31}
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *VerifyCredentialRequest) GetWorkspaceId() string {
@@ -2111,7 +2305,7 @@ type VerifyCredentialResponse struct {
 
 func (x *VerifyCredentialResponse) Reset() {
 	*x = VerifyCredentialResponse{}
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[32]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2123,7 +2317,7 @@ func (x *VerifyCredentialResponse) String() string {
 func (*VerifyCredentialResponse) ProtoMessage() {}
 
 func (x *VerifyCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[32]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2136,7 +2330,7 @@ func (x *VerifyCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyCredentialResponse.ProtoReflect.Descriptor instead.
 func (*VerifyCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{32}
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *VerifyCredentialResponse) GetInfo() *CredentialInfo {
@@ -2156,7 +2350,7 @@ type WatchRevocationsRequest struct {
 
 func (x *WatchRevocationsRequest) Reset() {
 	*x = WatchRevocationsRequest{}
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[33]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2168,7 +2362,7 @@ func (x *WatchRevocationsRequest) String() string {
 func (*WatchRevocationsRequest) ProtoMessage() {}
 
 func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[33]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2181,7 +2375,7 @@ func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRevocationsRequest.ProtoReflect.Descriptor instead.
 func (*WatchRevocationsRequest) Descriptor() ([]byte, []int) {
-	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{33}
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *WatchRevocationsRequest) GetAckSequence() uint64 {
@@ -2205,7 +2399,7 @@ type WatchRevocationsResponse struct {
 
 func (x *WatchRevocationsResponse) Reset() {
 	*x = WatchRevocationsResponse{}
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[34]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2217,7 +2411,7 @@ func (x *WatchRevocationsResponse) String() string {
 func (*WatchRevocationsResponse) ProtoMessage() {}
 
 func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[34]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2230,7 +2424,7 @@ func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRevocationsResponse.ProtoReflect.Descriptor instead.
 func (*WatchRevocationsResponse) Descriptor() ([]byte, []int) {
-	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{34}
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *WatchRevocationsResponse) GetSubjectIds() []string {
@@ -2381,16 +2575,32 @@ const file_backlog_credential_v1_credential_proto_rawDesc = "" +
 	"credential\x18\x01 \x01(\tR\n" +
 	"credential\"V\n" +
 	"\x14AuthenticateResponse\x12>\n" +
-	"\tprincipal\x18\x01 \x01(\v2 .backlog.credential.v1.PrincipalR\tprincipal\"\xa3\x01\n" +
+	"\tprincipal\x18\x01 \x01(\v2 .backlog.credential.v1.PrincipalR\tprincipal\"\xe0\x01\n" +
 	"\x16IssueCredentialRequest\x128\n" +
 	"\asubject\x18\x01 \x01(\v2\x1e.backlog.credential.v1.SubjectR\asubject\x129\n" +
 	"\x04kind\x18\x02 \x01(\x0e2%.backlog.credential.v1.CredentialKindR\x04kind\x12\x14\n" +
-	"\x05label\x18\x03 \x01(\tR\x05label\"t\n" +
+	"\x05label\x18\x03 \x01(\tR\x05label\x12;\n" +
+	"\x05kinds\x18\x04 \x03(\x0e2%.backlog.credential.v1.CredentialKindR\x05kinds\"\xbf\x01\n" +
 	"\x17IssueCredentialResponse\x12\x1e\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\tR\n" +
 	"credential\x129\n" +
-	"\x04info\x18\x02 \x01(\v2%.backlog.credential.v1.CredentialInfoR\x04info\"\xac\x01\n" +
+	"\x04info\x18\x02 \x01(\v2%.backlog.credential.v1.CredentialInfoR\x04info\x12I\n" +
+	"\vcredentials\x18\x03 \x03(\v2'.backlog.credential.v1.IssuedCredentialR\vcredentials\"m\n" +
+	"\x10IssuedCredential\x12\x1e\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\tR\n" +
+	"credential\x129\n" +
+	"\x04info\x18\x02 \x01(\v2%.backlog.credential.v1.CredentialInfoR\x04info\"\xde\x01\n" +
+	"\x18RotateCredentialsRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x1d\n" +
+	"\n" +
+	"subject_id\x18\x02 \x01(\tR\tsubjectId\x12;\n" +
+	"\x05kinds\x18\x03 \x03(\x0e2%.backlog.credential.v1.CredentialKindR\x05kinds\x12-\n" +
+	"\x12expect_credentials\x18\x04 \x03(\tR\x11expectCredentials\x12\x14\n" +
+	"\x05label\x18\x05 \x01(\tR\x05label\"f\n" +
+	"\x19RotateCredentialsResponse\x12I\n" +
+	"\vcredentials\x18\x01 \x03(\v2'.backlog.credential.v1.IssuedCredentialR\vcredentials\"\xac\x01\n" +
 	"\x17RotateCredentialRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x1d\n" +
 	"\n" +
@@ -2449,11 +2659,12 @@ const file_backlog_credential_v1_credential_proto_rawDesc = "" +
 	"\fUpdateMember\x12*.backlog.credential.v1.UpdateMemberRequest\x1a+.backlog.credential.v1.UpdateMemberResponse\"A\x82\xd3\xe4\x93\x02;:\x06member21/v1/workspaces/{workspace_id}/members/{member_id}\x12\xa2\x01\n" +
 	"\fDeleteMember\x12*.backlog.credential.v1.DeleteMemberRequest\x1a+.backlog.credential.v1.DeleteMemberResponse\"9\x82\xd3\xe4\x93\x023*1/v1/workspaces/{workspace_id}/members/{member_id}\x12y\n" +
 	"\bExchange\x12&.backlog.credential.v1.ExchangeRequest\x1a'.backlog.credential.v1.ExchangeResponse\"\x1c\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/v1/auth/exchange\x12n\n" +
-	"\x06WhoAmI\x12$.backlog.credential.v1.WhoAmIRequest\x1a%.backlog.credential.v1.WhoAmIResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/auth/whoami2\xb1\x06\n" +
+	"\x06WhoAmI\x12$.backlog.credential.v1.WhoAmIRequest\x1a%.backlog.credential.v1.WhoAmIResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/auth/whoami2\xa9\a\n" +
 	"\x19CredentialInternalService\x12g\n" +
 	"\fAuthenticate\x12*.backlog.credential.v1.AuthenticateRequest\x1a+.backlog.credential.v1.AuthenticateResponse\x12p\n" +
 	"\x0fIssueCredential\x12-.backlog.credential.v1.IssueCredentialRequest\x1a..backlog.credential.v1.IssueCredentialResponse\x12s\n" +
-	"\x10RotateCredential\x12..backlog.credential.v1.RotateCredentialRequest\x1a/.backlog.credential.v1.RotateCredentialResponse\x12j\n" +
+	"\x10RotateCredential\x12..backlog.credential.v1.RotateCredentialRequest\x1a/.backlog.credential.v1.RotateCredentialResponse\x12v\n" +
+	"\x11RotateCredentials\x12/.backlog.credential.v1.RotateCredentialsRequest\x1a0.backlog.credential.v1.RotateCredentialsResponse\x12j\n" +
 	"\rUpdateSubject\x12+.backlog.credential.v1.UpdateSubjectRequest\x1a,.backlog.credential.v1.UpdateSubjectResponse\x12j\n" +
 	"\rRevokeSubject\x12+.backlog.credential.v1.RevokeSubjectRequest\x1a,.backlog.credential.v1.RevokeSubjectResponse\x12s\n" +
 	"\x10VerifyCredential\x12..backlog.credential.v1.VerifyCredentialRequest\x1a/.backlog.credential.v1.VerifyCredentialResponse\x12w\n" +
@@ -2472,58 +2683,61 @@ func file_backlog_credential_v1_credential_proto_rawDescGZIP() []byte {
 }
 
 var file_backlog_credential_v1_credential_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_backlog_credential_v1_credential_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_backlog_credential_v1_credential_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_backlog_credential_v1_credential_proto_goTypes = []any{
-	(CredentialKind)(0),              // 0: backlog.credential.v1.CredentialKind
-	(SubjectKind)(0),                 // 1: backlog.credential.v1.SubjectKind
-	(*Workspace)(nil),                // 2: backlog.credential.v1.Workspace
-	(*Member)(nil),                   // 3: backlog.credential.v1.Member
-	(*CredentialInfo)(nil),           // 4: backlog.credential.v1.CredentialInfo
-	(*Principal)(nil),                // 5: backlog.credential.v1.Principal
-	(*Subject)(nil),                  // 6: backlog.credential.v1.Subject
-	(*CreateWorkspaceRequest)(nil),   // 7: backlog.credential.v1.CreateWorkspaceRequest
-	(*CreateWorkspaceResponse)(nil),  // 8: backlog.credential.v1.CreateWorkspaceResponse
-	(*GetWorkspaceRequest)(nil),      // 9: backlog.credential.v1.GetWorkspaceRequest
-	(*GetWorkspaceResponse)(nil),     // 10: backlog.credential.v1.GetWorkspaceResponse
-	(*ListMembersRequest)(nil),       // 11: backlog.credential.v1.ListMembersRequest
-	(*ListMembersResponse)(nil),      // 12: backlog.credential.v1.ListMembersResponse
-	(*CreateMemberRequest)(nil),      // 13: backlog.credential.v1.CreateMemberRequest
-	(*CreateMemberResponse)(nil),     // 14: backlog.credential.v1.CreateMemberResponse
-	(*UpdateMemberRequest)(nil),      // 15: backlog.credential.v1.UpdateMemberRequest
-	(*UpdateMemberResponse)(nil),     // 16: backlog.credential.v1.UpdateMemberResponse
-	(*DeleteMemberRequest)(nil),      // 17: backlog.credential.v1.DeleteMemberRequest
-	(*DeleteMemberResponse)(nil),     // 18: backlog.credential.v1.DeleteMemberResponse
-	(*ExchangeRequest)(nil),          // 19: backlog.credential.v1.ExchangeRequest
-	(*ExchangeResponse)(nil),         // 20: backlog.credential.v1.ExchangeResponse
-	(*WhoAmIRequest)(nil),            // 21: backlog.credential.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),           // 22: backlog.credential.v1.WhoAmIResponse
-	(*AuthenticateRequest)(nil),      // 23: backlog.credential.v1.AuthenticateRequest
-	(*AuthenticateResponse)(nil),     // 24: backlog.credential.v1.AuthenticateResponse
-	(*IssueCredentialRequest)(nil),   // 25: backlog.credential.v1.IssueCredentialRequest
-	(*IssueCredentialResponse)(nil),  // 26: backlog.credential.v1.IssueCredentialResponse
-	(*RotateCredentialRequest)(nil),  // 27: backlog.credential.v1.RotateCredentialRequest
-	(*RotateCredentialResponse)(nil), // 28: backlog.credential.v1.RotateCredentialResponse
-	(*UpdateSubjectRequest)(nil),     // 29: backlog.credential.v1.UpdateSubjectRequest
-	(*UpdateSubjectResponse)(nil),    // 30: backlog.credential.v1.UpdateSubjectResponse
-	(*RevokeSubjectRequest)(nil),     // 31: backlog.credential.v1.RevokeSubjectRequest
-	(*RevokeSubjectResponse)(nil),    // 32: backlog.credential.v1.RevokeSubjectResponse
-	(*VerifyCredentialRequest)(nil),  // 33: backlog.credential.v1.VerifyCredentialRequest
-	(*VerifyCredentialResponse)(nil), // 34: backlog.credential.v1.VerifyCredentialResponse
-	(*WatchRevocationsRequest)(nil),  // 35: backlog.credential.v1.WatchRevocationsRequest
-	(*WatchRevocationsResponse)(nil), // 36: backlog.credential.v1.WatchRevocationsResponse
-	(*timestamppb.Timestamp)(nil),    // 37: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),    // 38: google.protobuf.FieldMask
+	(CredentialKind)(0),               // 0: backlog.credential.v1.CredentialKind
+	(SubjectKind)(0),                  // 1: backlog.credential.v1.SubjectKind
+	(*Workspace)(nil),                 // 2: backlog.credential.v1.Workspace
+	(*Member)(nil),                    // 3: backlog.credential.v1.Member
+	(*CredentialInfo)(nil),            // 4: backlog.credential.v1.CredentialInfo
+	(*Principal)(nil),                 // 5: backlog.credential.v1.Principal
+	(*Subject)(nil),                   // 6: backlog.credential.v1.Subject
+	(*CreateWorkspaceRequest)(nil),    // 7: backlog.credential.v1.CreateWorkspaceRequest
+	(*CreateWorkspaceResponse)(nil),   // 8: backlog.credential.v1.CreateWorkspaceResponse
+	(*GetWorkspaceRequest)(nil),       // 9: backlog.credential.v1.GetWorkspaceRequest
+	(*GetWorkspaceResponse)(nil),      // 10: backlog.credential.v1.GetWorkspaceResponse
+	(*ListMembersRequest)(nil),        // 11: backlog.credential.v1.ListMembersRequest
+	(*ListMembersResponse)(nil),       // 12: backlog.credential.v1.ListMembersResponse
+	(*CreateMemberRequest)(nil),       // 13: backlog.credential.v1.CreateMemberRequest
+	(*CreateMemberResponse)(nil),      // 14: backlog.credential.v1.CreateMemberResponse
+	(*UpdateMemberRequest)(nil),       // 15: backlog.credential.v1.UpdateMemberRequest
+	(*UpdateMemberResponse)(nil),      // 16: backlog.credential.v1.UpdateMemberResponse
+	(*DeleteMemberRequest)(nil),       // 17: backlog.credential.v1.DeleteMemberRequest
+	(*DeleteMemberResponse)(nil),      // 18: backlog.credential.v1.DeleteMemberResponse
+	(*ExchangeRequest)(nil),           // 19: backlog.credential.v1.ExchangeRequest
+	(*ExchangeResponse)(nil),          // 20: backlog.credential.v1.ExchangeResponse
+	(*WhoAmIRequest)(nil),             // 21: backlog.credential.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),            // 22: backlog.credential.v1.WhoAmIResponse
+	(*AuthenticateRequest)(nil),       // 23: backlog.credential.v1.AuthenticateRequest
+	(*AuthenticateResponse)(nil),      // 24: backlog.credential.v1.AuthenticateResponse
+	(*IssueCredentialRequest)(nil),    // 25: backlog.credential.v1.IssueCredentialRequest
+	(*IssueCredentialResponse)(nil),   // 26: backlog.credential.v1.IssueCredentialResponse
+	(*IssuedCredential)(nil),          // 27: backlog.credential.v1.IssuedCredential
+	(*RotateCredentialsRequest)(nil),  // 28: backlog.credential.v1.RotateCredentialsRequest
+	(*RotateCredentialsResponse)(nil), // 29: backlog.credential.v1.RotateCredentialsResponse
+	(*RotateCredentialRequest)(nil),   // 30: backlog.credential.v1.RotateCredentialRequest
+	(*RotateCredentialResponse)(nil),  // 31: backlog.credential.v1.RotateCredentialResponse
+	(*UpdateSubjectRequest)(nil),      // 32: backlog.credential.v1.UpdateSubjectRequest
+	(*UpdateSubjectResponse)(nil),     // 33: backlog.credential.v1.UpdateSubjectResponse
+	(*RevokeSubjectRequest)(nil),      // 34: backlog.credential.v1.RevokeSubjectRequest
+	(*RevokeSubjectResponse)(nil),     // 35: backlog.credential.v1.RevokeSubjectResponse
+	(*VerifyCredentialRequest)(nil),   // 36: backlog.credential.v1.VerifyCredentialRequest
+	(*VerifyCredentialResponse)(nil),  // 37: backlog.credential.v1.VerifyCredentialResponse
+	(*WatchRevocationsRequest)(nil),   // 38: backlog.credential.v1.WatchRevocationsRequest
+	(*WatchRevocationsResponse)(nil),  // 39: backlog.credential.v1.WatchRevocationsResponse
+	(*timestamppb.Timestamp)(nil),     // 40: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),     // 41: google.protobuf.FieldMask
 }
 var file_backlog_credential_v1_credential_proto_depIdxs = []int32{
-	37, // 0: backlog.credential.v1.Workspace.created_at:type_name -> google.protobuf.Timestamp
-	37, // 1: backlog.credential.v1.Member.created_at:type_name -> google.protobuf.Timestamp
-	37, // 2: backlog.credential.v1.Member.updated_at:type_name -> google.protobuf.Timestamp
+	40, // 0: backlog.credential.v1.Workspace.created_at:type_name -> google.protobuf.Timestamp
+	40, // 1: backlog.credential.v1.Member.created_at:type_name -> google.protobuf.Timestamp
+	40, // 2: backlog.credential.v1.Member.updated_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: backlog.credential.v1.CredentialInfo.kind:type_name -> backlog.credential.v1.CredentialKind
-	37, // 4: backlog.credential.v1.CredentialInfo.created_at:type_name -> google.protobuf.Timestamp
-	37, // 5: backlog.credential.v1.CredentialInfo.last_used_at:type_name -> google.protobuf.Timestamp
+	40, // 4: backlog.credential.v1.CredentialInfo.created_at:type_name -> google.protobuf.Timestamp
+	40, // 5: backlog.credential.v1.CredentialInfo.last_used_at:type_name -> google.protobuf.Timestamp
 	0,  // 6: backlog.credential.v1.Principal.credential_kind:type_name -> backlog.credential.v1.CredentialKind
 	1,  // 7: backlog.credential.v1.Principal.subject_kind:type_name -> backlog.credential.v1.SubjectKind
-	37, // 8: backlog.credential.v1.Principal.expires_at:type_name -> google.protobuf.Timestamp
+	40, // 8: backlog.credential.v1.Principal.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 9: backlog.credential.v1.Subject.kind:type_name -> backlog.credential.v1.SubjectKind
 	2,  // 10: backlog.credential.v1.CreateWorkspaceResponse.workspace:type_name -> backlog.credential.v1.Workspace
 	3,  // 11: backlog.credential.v1.CreateWorkspaceResponse.owner:type_name -> backlog.credential.v1.Member
@@ -2531,54 +2745,61 @@ var file_backlog_credential_v1_credential_proto_depIdxs = []int32{
 	3,  // 13: backlog.credential.v1.ListMembersResponse.members:type_name -> backlog.credential.v1.Member
 	3,  // 14: backlog.credential.v1.CreateMemberResponse.member:type_name -> backlog.credential.v1.Member
 	3,  // 15: backlog.credential.v1.UpdateMemberRequest.member:type_name -> backlog.credential.v1.Member
-	38, // 16: backlog.credential.v1.UpdateMemberRequest.update_mask:type_name -> google.protobuf.FieldMask
+	41, // 16: backlog.credential.v1.UpdateMemberRequest.update_mask:type_name -> google.protobuf.FieldMask
 	3,  // 17: backlog.credential.v1.UpdateMemberResponse.member:type_name -> backlog.credential.v1.Member
-	37, // 18: backlog.credential.v1.ExchangeResponse.expires_at:type_name -> google.protobuf.Timestamp
-	37, // 19: backlog.credential.v1.WhoAmIResponse.expires_at:type_name -> google.protobuf.Timestamp
+	40, // 18: backlog.credential.v1.ExchangeResponse.expires_at:type_name -> google.protobuf.Timestamp
+	40, // 19: backlog.credential.v1.WhoAmIResponse.expires_at:type_name -> google.protobuf.Timestamp
 	5,  // 20: backlog.credential.v1.AuthenticateResponse.principal:type_name -> backlog.credential.v1.Principal
 	6,  // 21: backlog.credential.v1.IssueCredentialRequest.subject:type_name -> backlog.credential.v1.Subject
 	0,  // 22: backlog.credential.v1.IssueCredentialRequest.kind:type_name -> backlog.credential.v1.CredentialKind
-	4,  // 23: backlog.credential.v1.IssueCredentialResponse.info:type_name -> backlog.credential.v1.CredentialInfo
-	0,  // 24: backlog.credential.v1.RotateCredentialRequest.kind:type_name -> backlog.credential.v1.CredentialKind
-	4,  // 25: backlog.credential.v1.RotateCredentialResponse.info:type_name -> backlog.credential.v1.CredentialInfo
-	6,  // 26: backlog.credential.v1.UpdateSubjectRequest.subject:type_name -> backlog.credential.v1.Subject
-	0,  // 27: backlog.credential.v1.VerifyCredentialRequest.kind:type_name -> backlog.credential.v1.CredentialKind
-	4,  // 28: backlog.credential.v1.VerifyCredentialResponse.info:type_name -> backlog.credential.v1.CredentialInfo
-	7,  // 29: backlog.credential.v1.CredentialService.CreateWorkspace:input_type -> backlog.credential.v1.CreateWorkspaceRequest
-	9,  // 30: backlog.credential.v1.CredentialService.GetWorkspace:input_type -> backlog.credential.v1.GetWorkspaceRequest
-	11, // 31: backlog.credential.v1.CredentialService.ListMembers:input_type -> backlog.credential.v1.ListMembersRequest
-	13, // 32: backlog.credential.v1.CredentialService.CreateMember:input_type -> backlog.credential.v1.CreateMemberRequest
-	15, // 33: backlog.credential.v1.CredentialService.UpdateMember:input_type -> backlog.credential.v1.UpdateMemberRequest
-	17, // 34: backlog.credential.v1.CredentialService.DeleteMember:input_type -> backlog.credential.v1.DeleteMemberRequest
-	19, // 35: backlog.credential.v1.CredentialService.Exchange:input_type -> backlog.credential.v1.ExchangeRequest
-	21, // 36: backlog.credential.v1.CredentialService.WhoAmI:input_type -> backlog.credential.v1.WhoAmIRequest
-	23, // 37: backlog.credential.v1.CredentialInternalService.Authenticate:input_type -> backlog.credential.v1.AuthenticateRequest
-	25, // 38: backlog.credential.v1.CredentialInternalService.IssueCredential:input_type -> backlog.credential.v1.IssueCredentialRequest
-	27, // 39: backlog.credential.v1.CredentialInternalService.RotateCredential:input_type -> backlog.credential.v1.RotateCredentialRequest
-	29, // 40: backlog.credential.v1.CredentialInternalService.UpdateSubject:input_type -> backlog.credential.v1.UpdateSubjectRequest
-	31, // 41: backlog.credential.v1.CredentialInternalService.RevokeSubject:input_type -> backlog.credential.v1.RevokeSubjectRequest
-	33, // 42: backlog.credential.v1.CredentialInternalService.VerifyCredential:input_type -> backlog.credential.v1.VerifyCredentialRequest
-	35, // 43: backlog.credential.v1.CredentialInternalService.WatchRevocations:input_type -> backlog.credential.v1.WatchRevocationsRequest
-	8,  // 44: backlog.credential.v1.CredentialService.CreateWorkspace:output_type -> backlog.credential.v1.CreateWorkspaceResponse
-	10, // 45: backlog.credential.v1.CredentialService.GetWorkspace:output_type -> backlog.credential.v1.GetWorkspaceResponse
-	12, // 46: backlog.credential.v1.CredentialService.ListMembers:output_type -> backlog.credential.v1.ListMembersResponse
-	14, // 47: backlog.credential.v1.CredentialService.CreateMember:output_type -> backlog.credential.v1.CreateMemberResponse
-	16, // 48: backlog.credential.v1.CredentialService.UpdateMember:output_type -> backlog.credential.v1.UpdateMemberResponse
-	18, // 49: backlog.credential.v1.CredentialService.DeleteMember:output_type -> backlog.credential.v1.DeleteMemberResponse
-	20, // 50: backlog.credential.v1.CredentialService.Exchange:output_type -> backlog.credential.v1.ExchangeResponse
-	22, // 51: backlog.credential.v1.CredentialService.WhoAmI:output_type -> backlog.credential.v1.WhoAmIResponse
-	24, // 52: backlog.credential.v1.CredentialInternalService.Authenticate:output_type -> backlog.credential.v1.AuthenticateResponse
-	26, // 53: backlog.credential.v1.CredentialInternalService.IssueCredential:output_type -> backlog.credential.v1.IssueCredentialResponse
-	28, // 54: backlog.credential.v1.CredentialInternalService.RotateCredential:output_type -> backlog.credential.v1.RotateCredentialResponse
-	30, // 55: backlog.credential.v1.CredentialInternalService.UpdateSubject:output_type -> backlog.credential.v1.UpdateSubjectResponse
-	32, // 56: backlog.credential.v1.CredentialInternalService.RevokeSubject:output_type -> backlog.credential.v1.RevokeSubjectResponse
-	34, // 57: backlog.credential.v1.CredentialInternalService.VerifyCredential:output_type -> backlog.credential.v1.VerifyCredentialResponse
-	36, // 58: backlog.credential.v1.CredentialInternalService.WatchRevocations:output_type -> backlog.credential.v1.WatchRevocationsResponse
-	44, // [44:59] is the sub-list for method output_type
-	29, // [29:44] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	0,  // 23: backlog.credential.v1.IssueCredentialRequest.kinds:type_name -> backlog.credential.v1.CredentialKind
+	4,  // 24: backlog.credential.v1.IssueCredentialResponse.info:type_name -> backlog.credential.v1.CredentialInfo
+	27, // 25: backlog.credential.v1.IssueCredentialResponse.credentials:type_name -> backlog.credential.v1.IssuedCredential
+	4,  // 26: backlog.credential.v1.IssuedCredential.info:type_name -> backlog.credential.v1.CredentialInfo
+	0,  // 27: backlog.credential.v1.RotateCredentialsRequest.kinds:type_name -> backlog.credential.v1.CredentialKind
+	27, // 28: backlog.credential.v1.RotateCredentialsResponse.credentials:type_name -> backlog.credential.v1.IssuedCredential
+	0,  // 29: backlog.credential.v1.RotateCredentialRequest.kind:type_name -> backlog.credential.v1.CredentialKind
+	4,  // 30: backlog.credential.v1.RotateCredentialResponse.info:type_name -> backlog.credential.v1.CredentialInfo
+	6,  // 31: backlog.credential.v1.UpdateSubjectRequest.subject:type_name -> backlog.credential.v1.Subject
+	0,  // 32: backlog.credential.v1.VerifyCredentialRequest.kind:type_name -> backlog.credential.v1.CredentialKind
+	4,  // 33: backlog.credential.v1.VerifyCredentialResponse.info:type_name -> backlog.credential.v1.CredentialInfo
+	7,  // 34: backlog.credential.v1.CredentialService.CreateWorkspace:input_type -> backlog.credential.v1.CreateWorkspaceRequest
+	9,  // 35: backlog.credential.v1.CredentialService.GetWorkspace:input_type -> backlog.credential.v1.GetWorkspaceRequest
+	11, // 36: backlog.credential.v1.CredentialService.ListMembers:input_type -> backlog.credential.v1.ListMembersRequest
+	13, // 37: backlog.credential.v1.CredentialService.CreateMember:input_type -> backlog.credential.v1.CreateMemberRequest
+	15, // 38: backlog.credential.v1.CredentialService.UpdateMember:input_type -> backlog.credential.v1.UpdateMemberRequest
+	17, // 39: backlog.credential.v1.CredentialService.DeleteMember:input_type -> backlog.credential.v1.DeleteMemberRequest
+	19, // 40: backlog.credential.v1.CredentialService.Exchange:input_type -> backlog.credential.v1.ExchangeRequest
+	21, // 41: backlog.credential.v1.CredentialService.WhoAmI:input_type -> backlog.credential.v1.WhoAmIRequest
+	23, // 42: backlog.credential.v1.CredentialInternalService.Authenticate:input_type -> backlog.credential.v1.AuthenticateRequest
+	25, // 43: backlog.credential.v1.CredentialInternalService.IssueCredential:input_type -> backlog.credential.v1.IssueCredentialRequest
+	30, // 44: backlog.credential.v1.CredentialInternalService.RotateCredential:input_type -> backlog.credential.v1.RotateCredentialRequest
+	28, // 45: backlog.credential.v1.CredentialInternalService.RotateCredentials:input_type -> backlog.credential.v1.RotateCredentialsRequest
+	32, // 46: backlog.credential.v1.CredentialInternalService.UpdateSubject:input_type -> backlog.credential.v1.UpdateSubjectRequest
+	34, // 47: backlog.credential.v1.CredentialInternalService.RevokeSubject:input_type -> backlog.credential.v1.RevokeSubjectRequest
+	36, // 48: backlog.credential.v1.CredentialInternalService.VerifyCredential:input_type -> backlog.credential.v1.VerifyCredentialRequest
+	38, // 49: backlog.credential.v1.CredentialInternalService.WatchRevocations:input_type -> backlog.credential.v1.WatchRevocationsRequest
+	8,  // 50: backlog.credential.v1.CredentialService.CreateWorkspace:output_type -> backlog.credential.v1.CreateWorkspaceResponse
+	10, // 51: backlog.credential.v1.CredentialService.GetWorkspace:output_type -> backlog.credential.v1.GetWorkspaceResponse
+	12, // 52: backlog.credential.v1.CredentialService.ListMembers:output_type -> backlog.credential.v1.ListMembersResponse
+	14, // 53: backlog.credential.v1.CredentialService.CreateMember:output_type -> backlog.credential.v1.CreateMemberResponse
+	16, // 54: backlog.credential.v1.CredentialService.UpdateMember:output_type -> backlog.credential.v1.UpdateMemberResponse
+	18, // 55: backlog.credential.v1.CredentialService.DeleteMember:output_type -> backlog.credential.v1.DeleteMemberResponse
+	20, // 56: backlog.credential.v1.CredentialService.Exchange:output_type -> backlog.credential.v1.ExchangeResponse
+	22, // 57: backlog.credential.v1.CredentialService.WhoAmI:output_type -> backlog.credential.v1.WhoAmIResponse
+	24, // 58: backlog.credential.v1.CredentialInternalService.Authenticate:output_type -> backlog.credential.v1.AuthenticateResponse
+	26, // 59: backlog.credential.v1.CredentialInternalService.IssueCredential:output_type -> backlog.credential.v1.IssueCredentialResponse
+	31, // 60: backlog.credential.v1.CredentialInternalService.RotateCredential:output_type -> backlog.credential.v1.RotateCredentialResponse
+	29, // 61: backlog.credential.v1.CredentialInternalService.RotateCredentials:output_type -> backlog.credential.v1.RotateCredentialsResponse
+	33, // 62: backlog.credential.v1.CredentialInternalService.UpdateSubject:output_type -> backlog.credential.v1.UpdateSubjectResponse
+	35, // 63: backlog.credential.v1.CredentialInternalService.RevokeSubject:output_type -> backlog.credential.v1.RevokeSubjectResponse
+	37, // 64: backlog.credential.v1.CredentialInternalService.VerifyCredential:output_type -> backlog.credential.v1.VerifyCredentialResponse
+	39, // 65: backlog.credential.v1.CredentialInternalService.WatchRevocations:output_type -> backlog.credential.v1.WatchRevocationsResponse
+	50, // [50:66] is the sub-list for method output_type
+	34, // [34:50] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_backlog_credential_v1_credential_proto_init() }
@@ -2592,7 +2813,7 @@ func file_backlog_credential_v1_credential_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_backlog_credential_v1_credential_proto_rawDesc), len(file_backlog_credential_v1_credential_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   35,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

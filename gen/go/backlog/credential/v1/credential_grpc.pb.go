@@ -411,13 +411,14 @@ var CredentialService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	CredentialInternalService_Authenticate_FullMethodName     = "/backlog.credential.v1.CredentialInternalService/Authenticate"
-	CredentialInternalService_IssueCredential_FullMethodName  = "/backlog.credential.v1.CredentialInternalService/IssueCredential"
-	CredentialInternalService_RotateCredential_FullMethodName = "/backlog.credential.v1.CredentialInternalService/RotateCredential"
-	CredentialInternalService_UpdateSubject_FullMethodName    = "/backlog.credential.v1.CredentialInternalService/UpdateSubject"
-	CredentialInternalService_RevokeSubject_FullMethodName    = "/backlog.credential.v1.CredentialInternalService/RevokeSubject"
-	CredentialInternalService_VerifyCredential_FullMethodName = "/backlog.credential.v1.CredentialInternalService/VerifyCredential"
-	CredentialInternalService_WatchRevocations_FullMethodName = "/backlog.credential.v1.CredentialInternalService/WatchRevocations"
+	CredentialInternalService_Authenticate_FullMethodName      = "/backlog.credential.v1.CredentialInternalService/Authenticate"
+	CredentialInternalService_IssueCredential_FullMethodName   = "/backlog.credential.v1.CredentialInternalService/IssueCredential"
+	CredentialInternalService_RotateCredential_FullMethodName  = "/backlog.credential.v1.CredentialInternalService/RotateCredential"
+	CredentialInternalService_RotateCredentials_FullMethodName = "/backlog.credential.v1.CredentialInternalService/RotateCredentials"
+	CredentialInternalService_UpdateSubject_FullMethodName     = "/backlog.credential.v1.CredentialInternalService/UpdateSubject"
+	CredentialInternalService_RevokeSubject_FullMethodName     = "/backlog.credential.v1.CredentialInternalService/RevokeSubject"
+	CredentialInternalService_VerifyCredential_FullMethodName  = "/backlog.credential.v1.CredentialInternalService/VerifyCredential"
+	CredentialInternalService_WatchRevocations_FullMethodName  = "/backlog.credential.v1.CredentialInternalService/WatchRevocations"
 )
 
 // CredentialInternalServiceClient is the client API for CredentialInternalService service.
@@ -435,6 +436,12 @@ type CredentialInternalServiceClient interface {
 	// RotateCredential revokes every live credential of a subject of one kind and
 	// issues a new one, atomically.
 	RotateCredential(ctx context.Context, in *RotateCredentialRequest, opts ...grpc.CallOption) (*RotateCredentialResponse, error)
+	// RotateCredentials rotates several kinds of a subject's credentials together
+	// in one transaction (an agent's API key and rotation secret). With
+	// expect_credentials set it is a compare-and-swap: every expected raw
+	// credential must still be live for the subject, or nothing changes and the
+	// call fails with Unauthenticated.
+	RotateCredentials(ctx context.Context, in *RotateCredentialsRequest, opts ...grpc.CallOption) (*RotateCredentialsResponse, error)
 	// UpdateSubject changes what a subject's credentials grant (scopes, teams,
 	// role, suspension). Takes effect on the next request everywhere.
 	UpdateSubject(ctx context.Context, in *UpdateSubjectRequest, opts ...grpc.CallOption) (*UpdateSubjectResponse, error)
@@ -482,6 +489,16 @@ func (c *credentialInternalServiceClient) RotateCredential(ctx context.Context, 
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RotateCredentialResponse)
 	err := c.cc.Invoke(ctx, CredentialInternalService_RotateCredential_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *credentialInternalServiceClient) RotateCredentials(ctx context.Context, in *RotateCredentialsRequest, opts ...grpc.CallOption) (*RotateCredentialsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateCredentialsResponse)
+	err := c.cc.Invoke(ctx, CredentialInternalService_RotateCredentials_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -546,6 +563,12 @@ type CredentialInternalServiceServer interface {
 	// RotateCredential revokes every live credential of a subject of one kind and
 	// issues a new one, atomically.
 	RotateCredential(context.Context, *RotateCredentialRequest) (*RotateCredentialResponse, error)
+	// RotateCredentials rotates several kinds of a subject's credentials together
+	// in one transaction (an agent's API key and rotation secret). With
+	// expect_credentials set it is a compare-and-swap: every expected raw
+	// credential must still be live for the subject, or nothing changes and the
+	// call fails with Unauthenticated.
+	RotateCredentials(context.Context, *RotateCredentialsRequest) (*RotateCredentialsResponse, error)
 	// UpdateSubject changes what a subject's credentials grant (scopes, teams,
 	// role, suspension). Takes effect on the next request everywhere.
 	UpdateSubject(context.Context, *UpdateSubjectRequest) (*UpdateSubjectResponse, error)
@@ -577,6 +600,9 @@ func (UnimplementedCredentialInternalServiceServer) IssueCredential(context.Cont
 }
 func (UnimplementedCredentialInternalServiceServer) RotateCredential(context.Context, *RotateCredentialRequest) (*RotateCredentialResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateCredential not implemented")
+}
+func (UnimplementedCredentialInternalServiceServer) RotateCredentials(context.Context, *RotateCredentialsRequest) (*RotateCredentialsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateCredentials not implemented")
 }
 func (UnimplementedCredentialInternalServiceServer) UpdateSubject(context.Context, *UpdateSubjectRequest) (*UpdateSubjectResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateSubject not implemented")
@@ -666,6 +692,24 @@ func _CredentialInternalService_RotateCredential_Handler(srv interface{}, ctx co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CredentialInternalService_RotateCredentials_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateCredentialsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CredentialInternalServiceServer).RotateCredentials(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CredentialInternalService_RotateCredentials_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CredentialInternalServiceServer).RotateCredentials(ctx, req.(*RotateCredentialsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _CredentialInternalService_UpdateSubject_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(UpdateSubjectRequest)
 	if err := dec(in); err != nil {
@@ -745,6 +789,10 @@ var CredentialInternalService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RotateCredential",
 			Handler:    _CredentialInternalService_RotateCredential_Handler,
+		},
+		{
+			MethodName: "RotateCredentials",
+			Handler:    _CredentialInternalService_RotateCredentials_Handler,
 		},
 		{
 			MethodName: "UpdateSubject",

@@ -1,0 +1,203 @@
+// Package automation is the automation service: it keeps a workspace's
+// automations (scripts, CI jobs, integrations) in its own bbolt store and asks
+// the credential service over gRPC to issue, rotate and revoke their secrets.
+// A raw secret passes through this service exactly twice — in the responses
+// of CreateAutomation and RotateAutomationSecret — and is never stored or
+// logged here.
+package automation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"path/filepath"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	automationv1 "github.com/backlog/controlplane/gen/go/backlog/automation/v1"
+	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
+	"github.com/backlog/controlplane/services/kit/audit"
+	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/store"
+)
+
+// serviceName names this service in logs and audit events.
+const serviceName = "automation"
+
+// compensateTimeout bounds a compensating call made after the caller's
+// request has already failed (or been cancelled).
+const compensateTimeout = 10 * time.Second
+
+// Config configures the automation service.
+type Config struct {
+	// DataDir holds the store file, DataDir/automation.db.
+	DataDir string
+	Logger  *zap.Logger
+	// Credential is the credential service's internal API, over gRPC.
+	Credential credentialv1.CredentialInternalServiceClient
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Service implements automationv1.AutomationService.
+type Service struct {
+	automationv1.UnsafeAutomationServiceServer
+
+	db    *store.DB
+	lg    *zap.Logger
+	cred  credentialv1.CredentialInternalServiceClient
+	now   func() time.Time
+	errs  *errs.Table
+	audit *audit.Server
+	locks *keyLocks
+}
+
+// New opens the store and returns the service.
+func New(cfg Config) (*Service, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("automation: DataDir is required")
+	}
+	if cfg.Credential == nil {
+		return nil, errors.New("automation: a credential service client is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	lg := cfg.Logger.With(zap.String("service", serviceName))
+	db, err := store.Open(filepath.Join(cfg.DataDir, "automation.db"), buckets, lg)
+	if err != nil {
+		return nil, fmt.Errorf("automation: %w", err)
+	}
+	return &Service{
+		db:    db,
+		lg:    lg,
+		cred:  cfg.Credential,
+		now:   cfg.Now,
+		errs:  newErrorTable(),
+		audit: &audit.Server{DB: db},
+		locks: newKeyLocks(),
+	}, nil
+}
+
+// Register registers the AutomationService and this service's own
+// AuditService (its local events) on g.
+func (s *Service) Register(g grpc.ServiceRegistrar) {
+	automationv1.RegisterAutomationServiceServer(g, s)
+	s.audit.Register(g)
+}
+
+// Errors maps this service's sentinel errors to gRPC codes.
+func (s *Service) Errors() *errs.Table { return s.errs }
+
+// NoAuth reports the methods that skip bearer authentication: none. Every
+// AutomationService method and the audit list need a credential.
+func (s *Service) NoAuth(fullMethod string) bool { return false }
+
+// DB is the service's store.
+func (s *Service) DB() *store.DB { return s.db }
+
+// Close closes the store after pending writes.
+func (s *Service) Close() error { return s.db.Close() }
+
+// credErr turns a failed call to the credential service into an error for
+// our caller. Statuses are never passed on wholesale: an Unavailable from the
+// credential service carries its dial target, which is none of the caller's
+// business, and an Unauthenticated would tell a caller with a perfectly good
+// token that *its* credential is bad.
+func (s *Service) credErr(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return fmt.Errorf("credential service %s: %v", op, err) // Internal, cause logged by the server kit
+	}
+	switch st.Code() {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		s.lg.Warn("credential service call failed", zap.String("op", op), zap.String("code", st.Code().String()), zap.String("error", st.Message()))
+		return ErrCredentialUnavailable
+	case codes.Canceled:
+		return context.Canceled
+	case codes.NotFound:
+		return ErrNotFound
+	case codes.InvalidArgument, codes.FailedPrecondition, codes.ResourceExhausted:
+		// Written for callers by the credential service (e.g. a label it
+		// refuses): pass on as is.
+		return st.Err()
+	}
+	// Anything else means the two services disagree: Internal, logged.
+	return fmt.Errorf("credential service %s: %s: %s", op, st.Code(), st.Message())
+}
+
+// revokeSubject revokes every credential of an automation, for a compensating
+// action after the caller's request failed: it runs even if ctx is done.
+func (s *Service) revokeSubject(ctx context.Context, ws, id, why string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), compensateTimeout)
+	defer cancel()
+	_, err := s.cred.RevokeSubject(ctx, &credentialv1.RevokeSubjectRequest{WorkspaceId: ws, SubjectId: id})
+	if err != nil && status.Code(err) != codes.NotFound {
+		// The secret was never handed out, but it is live until revoked. The
+		// automation id lets an operator find and revoke it.
+		s.lg.Error("compensating revocation failed; an unrecorded automation secret may be live",
+			zap.String("automation-id", id), zap.String("workspace-id", ws), zap.String("why", why), zap.Error(err))
+		return
+	}
+	s.lg.Warn("revoked the credentials of an automation that was not recorded",
+		zap.String("automation-id", id), zap.String("workspace-id", ws), zap.String("why", why))
+}
+
+// recordFailure writes a failure audit event in a transaction of its own.
+// Best effort: the request has already failed and the caller learns that.
+func (s *Service) recordFailure(ctx context.Context, ws, action, id string, cause error) {
+	detail := "failed"
+	if st, ok := status.FromError(cause); ok {
+		detail = "failed: " + st.Code().String()
+	} else if errors.Is(cause, store.ErrUnavailable) {
+		detail = "failed: store unavailable"
+	} else if errors.Is(cause, ErrCredentialUnavailable) {
+		detail = "failed: credential service unavailable"
+	}
+	ev := audit.Event(ctx, serviceName, ws, action, "automation", id, audit.Failure, detail)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), compensateTimeout)
+	defer cancel()
+	if err := audit.Record(ctx, s.db, ev); err != nil {
+		s.lg.Warn("could not record a failure audit event", zap.String("action", action), zap.String("automation-id", id), zap.Error(err))
+	}
+}
+
+// keyLocks serialises the read-modify-write mutations of one automation
+// (update, delete, rotate) within this process. The store file is locked to
+// one process, so this is every writer. Hashing to a fixed set of slots
+// bounds memory; unrelated automations sharing a slot only wait a little.
+type keyLocks struct {
+	slots [64]chan struct{}
+}
+
+func newKeyLocks() *keyLocks {
+	l := &keyLocks{}
+	for i := range l.slots {
+		l.slots[i] = make(chan struct{}, 1)
+	}
+	return l
+}
+
+// lock takes the slot of key, or gives up when ctx ends.
+func (l *keyLocks) lock(ctx context.Context, key string) (unlock func(), err error) {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	ch := l.slots[h.Sum32()%uint32(len(l.slots))]
+	select {
+	case ch <- struct{}{}:
+		return func() { <-ch }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
