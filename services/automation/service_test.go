@@ -113,7 +113,8 @@ func newHarness(t *testing.T) *harness {
 		}
 		return err
 	}
-	credConn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithUnaryInterceptor(capture))
+	credConn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithUnaryInterceptor(capture),
+		grpc.WithPerRPCCredentials(auth.ServiceCredentials{Token: env.ServiceToken}))
 	if err != nil {
 		t.Fatal(err)
 	}

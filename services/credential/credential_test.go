@@ -12,7 +12,10 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
@@ -323,5 +326,40 @@ func TestConcurrentRotationsLeaveOneLiveSecret(t *testing.T) {
 	}
 	if live != 1 {
 		t.Fatalf("%d secrets live after concurrent rotations, want 1", live)
+	}
+}
+
+func TestInternalAPIRequiresServiceCredential(t *testing.T) {
+	env := credentialtest.Start(t)
+	ws, owner := env.NewWorkspace(t, "Acme")
+	conn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stranger := credentialv1.NewCredentialInternalServiceClient(conn)
+	req := &credentialv1.IssueCredentialRequest{
+		Subject: &credentialv1.Subject{Kind: credentialv1.SubjectKind_SUBJECT_KIND_AUTOMATION, Id: "auto_x", WorkspaceId: ws},
+		Kind:    credentialv1.CredentialKind_CREDENTIAL_KIND_AUTOMATION_SECRET,
+	}
+	bg := context.Background()
+	for name, ctx := range map[string]context.Context{
+		"no service credential":    bg,
+		"a member's token":         as(bg, owner),
+		"wrong service credential": metadata.AppendToOutgoingContext(bg, auth.ServiceTokenKey, credfmt.New(credfmt.Service)),
+	} {
+		if _, err := stranger.IssueCredential(ctx, req); code(err) != codes.Unauthenticated {
+			t.Errorf("%s: IssueCredential = %v, want Unauthenticated", name, err)
+		}
+		if _, err := stranger.Authenticate(ctx, &credentialv1.AuthenticateRequest{Credential: owner}); code(err) != codes.Unauthenticated {
+			t.Errorf("%s: Authenticate = %v, want Unauthenticated", name, err)
+		}
+	}
+	// The public API on the same port is unaffected.
+	if _, err := credentialv1.NewCredentialServiceClient(conn).WhoAmI(as(bg, owner), &credentialv1.WhoAmIRequest{}); err != nil {
+		t.Fatalf("public API: %v", err)
+	}
+	if _, err := env.Internal.IssueCredential(bg, req); err != nil {
+		t.Fatalf("with the service credential: %v", err)
 	}
 }

@@ -135,6 +135,12 @@ func (s *Service) NoAuth(fullMethod string) bool {
 		strings.HasPrefix(fullMethod, "/"+credentialv1.CredentialInternalService_ServiceDesc.ServiceName+"/")
 }
 
+// Internal lists the methods only sibling services may call (they present
+// the service credential).
+func (s *Service) Internal(fullMethod string) bool {
+	return strings.HasPrefix(fullMethod, "/"+credentialv1.CredentialInternalService_ServiceDesc.ServiceName+"/")
+}
+
 // DB is the service's store.
 func (s *Service) DB() *store.DB { return s.db }
 

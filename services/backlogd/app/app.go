@@ -28,11 +28,12 @@ const shutdownGrace = 10 * time.Second
 
 // App is a running set of targets.
 type App struct {
-	cfg     Config
-	lg      *zap.Logger
-	closers []func()
-	errc    chan error
-	cancel  context.CancelFunc
+	cfg      Config
+	svcToken string
+	lg       *zap.Logger
+	closers  []func()
+	errc     chan error
+	cancel   context.CancelFunc
 }
 
 // Start opens every selected target's store and starts its listener. It
@@ -41,6 +42,14 @@ func Start(cfg Config, lg *zap.Logger) (*App, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &App{cfg: cfg, lg: lg, errc: make(chan error, 8), cancel: cancel}
 	ok := false
+	if !(len(cfg.Targets) == 1 && cfg.Targets[0] == TargetGateway) { // the gateway never holds it
+		tok, err := auth.LoadOrCreateServiceToken(cfg.ServiceTokenFile, true)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		a.svcToken = tok
+	}
 	defer func() {
 		if !ok {
 			a.Stop()
@@ -82,8 +91,10 @@ func (a *App) Stop() {
 
 func (a *App) onClose(f func()) { a.closers = append(a.closers, f) }
 
-func dial(addr string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// dial connects to a sibling service, presenting the service credential.
+func (a *App) dial(addr string) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(auth.ServiceCredentials{Token: a.svcToken}))
 }
 
 // serve starts a kit server on addr.
@@ -104,7 +115,7 @@ func (a *App) serve(name, addr string, srv *server.Server) error {
 func (a *App) startCredential() error {
 	peers := map[string]auditv1.AuditServiceClient{}
 	for name, addr := range map[string]string{TargetAutomation: a.cfg.AutomationAddr, TargetAgent: a.cfg.AgentAddr, TargetVault: a.cfg.VaultAddr} {
-		conn, err := dial(addr)
+		conn, err := a.dial(addr)
 		if err != nil {
 			return err
 		}
@@ -120,14 +131,15 @@ func (a *App) startCredential() error {
 	}
 	a.onClose(func() { svc.Close() })
 	srv := server.New(server.Config{Name: TargetCredential, Logger: a.lg, Errors: svc.Errors(),
-		Auth: svc.Authenticator(), NoAuth: svc.NoAuth, TrustedProxies: a.cfg.TrustedProxies})
+		Auth: svc.Authenticator(), NoAuth: svc.NoAuth, TrustedProxies: a.cfg.TrustedProxies,
+		Internal: svc.Internal, ServiceToken: a.svcToken})
 	svc.Register(srv.GRPC)
 	return a.serve(TargetCredential, a.cfg.CredentialAddr, srv)
 }
 
 // remoteAuth dials the credential service and follows its revocations.
 func (a *App) remoteAuth(ctx context.Context) (auth.Authenticator, credentialv1.CredentialInternalServiceClient, error) {
-	conn, err := dial(a.cfg.CredentialAddr)
+	conn, err := a.dial(a.cfg.CredentialAddr)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -39,6 +40,9 @@ type Config struct {
 	VaultAddr      string
 	LogLevel       string
 	TrustedProxies []netip.Prefix
+	// ServiceTokenFile holds the service credential siblings present to each
+	// other's internal RPCs (default <data-dir>/service-token, created if missing).
+	ServiceTokenFile string
 
 	DefaultTokenTTL time.Duration
 	MaxTokenTTL     time.Duration
@@ -59,6 +63,7 @@ func ParseFlags(name string, args []string, getenv func(string) string) (Config,
 	fs.StringVar(&c.AgentAddr, "agent-addr", "127.0.0.1:9103", "agent service gRPC address")
 	fs.StringVar(&c.VaultAddr, "vault-addr", "127.0.0.1:9104", "secret vault service gRPC address")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.ServiceTokenFile, "service-token-file", "", "service credential for internal RPCs between services (default <data-dir>/service-token, created if missing; give every process the same one)")
 	proxies := fs.String("trusted-proxies", "127.0.0.0/8,::1/128", "CIDRs whose X-Forwarded-For (gateway) and client-IP metadata (services) are believed")
 	fs.DurationVar(&c.DefaultTokenTTL, "token-ttl", time.Hour, "default lifetime of an access token")
 	fs.DurationVar(&c.MaxTokenTTL, "max-token-ttl", 24*time.Hour, "longest lifetime an exchange may ask for")
@@ -87,6 +92,9 @@ func ParseFlags(name string, args []string, getenv func(string) string) (Config,
 	})
 	if envErr != nil {
 		return c, envErr
+	}
+	if c.ServiceTokenFile == "" {
+		c.ServiceTokenFile = filepath.Join(c.DataDir, "service-token")
 	}
 	var err error
 	if c.Targets, err = parseTargets(*target); err != nil {

@@ -18,6 +18,8 @@ import (
 
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	"github.com/backlog/controlplane/services/credential"
+	"github.com/backlog/controlplane/services/kit/auth"
+	"github.com/backlog/controlplane/services/kit/credfmt"
 	"github.com/backlog/controlplane/services/kit/server"
 )
 
@@ -28,8 +30,10 @@ type Env struct {
 	Internal      credentialv1.CredentialInternalServiceClient
 	Public        credentialv1.CredentialServiceClient
 	OperatorToken string
-	Service       *credential.Service
-	DataDir       string
+	// ServiceToken is the service credential internal RPCs require.
+	ServiceToken string
+	Service      *credential.Service
+	DataDir      string
 }
 
 // Options tune Start.
@@ -57,14 +61,19 @@ func StartWith(tb testing.TB, o Options) *Env {
 	if err != nil {
 		tb.Fatalf("credential.New: %v", err)
 	}
-	srv := server.New(server.Config{Name: "credential", Logger: lg, Errors: svc.Errors(), Auth: svc.Authenticator(), NoAuth: svc.NoAuth})
+	svcToken := credfmt.New(credfmt.Service)
+	srv := server.New(server.Config{Name: "credential", Logger: lg, Errors: svc.Errors(), Auth: svc.Authenticator(),
+		NoAuth: svc.NoAuth, Internal: svc.Internal, ServiceToken: svcToken})
 	svc.Register(srv.GRPC)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	go srv.Serve(lis)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// The harness's connection acts as a sibling service: it holds the
+	// service credential that internal RPCs require.
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(auth.ServiceCredentials{Token: svcToken}))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -82,6 +91,7 @@ func StartWith(tb testing.TB, o Options) *Env {
 		Internal:      credentialv1.NewCredentialInternalServiceClient(conn),
 		Public:        credentialv1.NewCredentialServiceClient(conn),
 		OperatorToken: strings.TrimSpace(string(tok)),
+		ServiceToken:  svcToken,
 	}
 }
 

@@ -27,10 +27,13 @@ const (
 	AccessToken    Kind = "at"
 	AgentKey       Kind = "agk"
 	RotationSecret Kind = "rot"
+	// Service is held by the control plane's own services to call each
+	// other's internal RPCs.
+	Service Kind = "svc"
 )
 
 // Kinds lists every known kind.
-var Kinds = []Kind{Operator, Personal, Automation, AccessToken, AgentKey, RotationSecret}
+var Kinds = []Kind{Operator, Personal, Automation, AccessToken, AgentKey, RotationSecret, Service}
 
 const (
 	base62       = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

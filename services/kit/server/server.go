@@ -43,6 +43,10 @@ type Config struct {
 	NoAuth func(fullMethod string) bool
 	// TrustedProxies may claim the client IP in metadata; default loopback.
 	TrustedProxies []netip.Prefix
+	// Internal reports methods only sibling services may call: they must
+	// present ServiceToken (see auth.CheckService).
+	Internal     func(fullMethod string) bool
+	ServiceToken string
 }
 
 // Server is a gRPC server with health and reflection registered.
@@ -84,6 +88,7 @@ func New(cfg Config) *Server {
 	if cfg.Auth != nil {
 		unaryAuth, streamAuth = auth.Interceptors(cfg.Auth, skip)
 	}
+	internal := func(m string) bool { return cfg.Internal != nil && cfg.Internal(m) }
 	mapErr := func(ctx context.Context, method string, err error) error {
 		out, known := cfg.Errors.ToStatus(err)
 		if !known {
@@ -108,6 +113,14 @@ func New(cfg Config) *Server {
 				}
 				return resp, nil
 			},
+			func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+				if internal(info.FullMethod) {
+					if err := auth.CheckService(ctx, cfg.ServiceToken); err != nil {
+						return nil, err
+					}
+				}
+				return h(ctx, req)
+			},
 			unaryAuth,
 		),
 		grpc.ChainStreamInterceptor(
@@ -124,6 +137,14 @@ func New(cfg Config) *Server {
 					return mapErr(ss.Context(), info.FullMethod, err)
 				}
 				return nil
+			},
+			func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+				if internal(info.FullMethod) {
+					if err := auth.CheckService(ss.Context(), cfg.ServiceToken); err != nil {
+						return err
+					}
+				}
+				return h(srv, ss)
 			},
 			streamAuth,
 		),
