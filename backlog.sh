@@ -20,7 +20,10 @@ if stale; then
 	# Build to a temp name and rename, so concurrent runs never see half a binary.
 	tmp="$root/bin/.backlog.$$"
 	trap 'rm -f "$tmp"' EXIT
-	(cd "$root" && go build -o "$tmp" ./services/cli/cmd/backlog) >&2
+	# Built from the CLI's module directory: the same as
+	# `go build ./services/cli/cmd/backlog` at the root with go.work, and it
+	# still works with GOWORK=off (the module's go.mod replaces ../kit).
+	(cd "$root/services/cli" && go build -o "$tmp" ./cmd/backlog) >&2
 	mv -f "$tmp" "$bin"
 	trap - EXIT
 fi

@@ -10,6 +10,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
@@ -19,6 +21,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/credfmt"
 	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/ids"
+	"github.com/backlog/controlplane/services/kit/metrics"
 	"github.com/backlog/controlplane/services/kit/page"
 	"github.com/backlog/controlplane/services/kit/store"
 )
@@ -416,7 +419,8 @@ func (s *Service) DeleteMember(ctx context.Context, req *credentialv1.DeleteMemb
 // Exchange implements credentialv1.CredentialServiceServer: an automation
 // secret (the Bearer credential) for a short-lived access token. It writes
 // nothing to disk on success.
-func (s *Service) Exchange(ctx context.Context, req *credentialv1.ExchangeRequest) (*credentialv1.ExchangeResponse, error) {
+func (s *Service) Exchange(ctx context.Context, req *credentialv1.ExchangeRequest) (resp *credentialv1.ExchangeResponse, err error) {
+	defer func() { metrics.Exchanges.WithLabelValues(exchangeOutcome(err)).Inc() }()
 	raw := auth.Bearer(ctx)
 	if raw == "" {
 		return nil, errs.Unauthenticated("missing credential: send the automation secret as Authorization: Bearer blg_auto_…")
@@ -469,6 +473,20 @@ func (s *Service) Exchange(ctx context.Context, req *credentialv1.ExchangeReques
 		ExpiresIn: int32(exp.Sub(now).Round(time.Second) / time.Second), AutomationId: p.SubjectId,
 		WorkspaceId: p.WorkspaceId, Scopes: granted, TeamIds: p.TeamIds,
 	}, nil
+}
+
+func exchangeOutcome(err error) string {
+	switch status.Code(err) {
+	case codes.OK:
+		return "issued"
+	case codes.Unauthenticated:
+		return "unauthenticated"
+	case codes.PermissionDenied:
+		return "forbidden"
+	case codes.InvalidArgument:
+		return "invalid"
+	}
+	return "error"
 }
 
 // WhoAmI implements credentialv1.CredentialServiceServer.

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -21,6 +22,7 @@ import (
 	"github.com/backlog/controlplane/services/gateway"
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/metrics"
 	"github.com/backlog/controlplane/services/kit/server"
 )
 
@@ -55,6 +57,11 @@ func Start(cfg Config, lg *zap.Logger) (*App, error) {
 			a.Stop()
 		}
 	}()
+	if cfg.MetricsAddr != "" {
+		if err := a.startMetrics(); err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+	}
 	for _, t := range cfg.Targets {
 		var err error
 		switch t {
@@ -204,6 +211,20 @@ func (a *App) startGateway() error {
 		hs.Shutdown(ctx)
 		gw.Close()
 	})
+	return nil
+}
+
+// startMetrics serves the process's Prometheus registry on -metrics-addr.
+func (a *App) startMetrics() error {
+	lis, err := net.Listen("tcp", a.cfg.MetricsAddr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(metrics.NewRegistry(), promhttp.HandlerOpts{}))
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(lis)
+	a.onClose(func() { hs.Close() })
 	return nil
 }
 

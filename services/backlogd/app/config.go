@@ -43,6 +43,8 @@ type Config struct {
 	// ServiceTokenFile holds the service credential siblings present to each
 	// other's internal RPCs (default <data-dir>/service-token, created if missing).
 	ServiceTokenFile string
+	// MetricsAddr serves Prometheus metrics at /metrics when set.
+	MetricsAddr string
 
 	DefaultTokenTTL time.Duration
 	MaxTokenTTL     time.Duration
@@ -62,6 +64,7 @@ func ParseFlags(name string, args []string, getenv func(string) string) (Config,
 	fs.StringVar(&c.AutomationAddr, "automation-addr", "127.0.0.1:9102", "automation service gRPC address")
 	fs.StringVar(&c.AgentAddr, "agent-addr", "127.0.0.1:9103", "agent service gRPC address")
 	fs.StringVar(&c.VaultAddr, "vault-addr", "127.0.0.1:9104", "secret vault service gRPC address")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://<addr>/metrics (off when empty)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.ServiceTokenFile, "service-token-file", "", "service credential for internal RPCs between services (default <data-dir>/service-token, created if missing; give every process the same one)")
 	proxies := fs.String("trusted-proxies", "127.0.0.0/8,::1/128", "CIDRs whose X-Forwarded-For (gateway) and client-IP metadata (services) are believed")

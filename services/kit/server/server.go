@@ -25,6 +25,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/clientip"
 	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/metrics"
 )
 
 // RequestIDKey is the metadata key carrying the request id.
@@ -98,6 +99,7 @@ func New(cfg Config) *Server {
 	}
 	g := grpc.NewServer(
 		grpc.ChainUnaryInterceptor(
+			metrics.RPC.UnaryServerInterceptor(),
 			func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 				ctx = withCallInfo(ctx, ips)
 				start := time.Now()
@@ -124,6 +126,7 @@ func New(cfg Config) *Server {
 			unaryAuth,
 		),
 		grpc.ChainStreamInterceptor(
+			metrics.RPC.StreamServerInterceptor(),
 			func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 				ctx := withCallInfo(ss.Context(), ips)
 				start := time.Now()
@@ -152,6 +155,7 @@ func New(cfg Config) *Server {
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
+	metrics.RPC.InitializeMetrics(g)
 	return &Server{GRPC: g, Health: hs, name: cfg.Name, lg: lg}
 }
 

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/backlog/controlplane/services/kit/metrics"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 )
@@ -45,8 +47,9 @@ type DB struct {
 }
 
 type call struct {
-	fn   func(*Tx) error
-	done chan error
+	fn     func(*Tx) error
+	done   chan error
+	queued time.Time
 }
 
 // Open opens (creating if needed, mode 0600) the bbolt file at path and makes
@@ -119,7 +122,7 @@ func (d *DB) Update(ctx context.Context, fn func(*Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	c := &call{fn: fn, done: make(chan error, 1)}
+	c := &call{fn: fn, done: make(chan error, 1), queued: time.Now()}
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
@@ -181,6 +184,12 @@ func (d *DB) commit(batch []*call, fault func() error) {
 			batch[fe.idx].done <- fe.err
 			batch = append(batch[:fe.idx:fe.idx], batch[fe.idx+1:]...)
 			continue
+		}
+		name := filepath.Base(d.db.Path())
+		metrics.StoreBatchSize.WithLabelValues(name).Observe(float64(len(batch)))
+		now := time.Now()
+		for _, c := range batch {
+			metrics.StoreCommitSeconds.WithLabelValues(name).Observe(now.Sub(c.queued).Seconds())
 		}
 		if err != nil {
 			d.lg.Error("store commit failed", zap.String("path", d.db.Path()), zap.Int("batch", len(batch)), zap.Error(err))
