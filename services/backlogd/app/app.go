@@ -20,6 +20,7 @@ import (
 	"github.com/backlog/controlplane/services/automation"
 	"github.com/backlog/controlplane/services/credential"
 	"github.com/backlog/controlplane/services/gateway"
+	"github.com/backlog/controlplane/services/kit/admin"
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/metrics"
@@ -138,9 +139,10 @@ func (a *App) startCredential() error {
 	}
 	a.onClose(func() { svc.Close() })
 	srv := server.New(server.Config{Name: TargetCredential, Logger: a.lg, Errors: svc.Errors(),
-		Auth: svc.Authenticator(), NoAuth: svc.NoAuth, TrustedProxies: a.cfg.TrustedProxies,
-		Internal: svc.Internal, ServiceToken: a.svcToken})
+		Auth: svc.Authenticator(), NoAuth: either(svc.NoAuth, admin.IsAdminMethod), TrustedProxies: a.cfg.TrustedProxies,
+		Internal: either(svc.Internal, admin.IsAdminMethod), ServiceToken: a.svcToken})
 	svc.Register(srv.GRPC)
+	(&admin.Server{DB: svc.DB()}).Register(srv.GRPC)
 	return a.serve(TargetCredential, a.cfg.CredentialAddr, srv)
 }
 
@@ -171,8 +173,10 @@ func (a *App) startAutomation(ctx context.Context) error {
 	}
 	a.onClose(func() { svc.Close() })
 	srv := server.New(server.Config{Name: TargetAutomation, Logger: a.lg, Errors: svc.Errors(),
-		Auth: authn, NoAuth: svc.NoAuth, TrustedProxies: a.cfg.TrustedProxies})
+		Auth: authn, NoAuth: either(svc.NoAuth, admin.IsAdminMethod), TrustedProxies: a.cfg.TrustedProxies,
+		Internal: admin.IsAdminMethod, ServiceToken: a.svcToken})
 	svc.Register(srv.GRPC)
+	(&admin.Server{DB: svc.DB()}).Register(srv.GRPC)
 	return a.serve(TargetAutomation, a.cfg.AutomationAddr, srv)
 }
 
@@ -226,6 +230,18 @@ func (a *App) startMetrics() error {
 	go hs.Serve(lis)
 	a.onClose(func() { hs.Close() })
 	return nil
+}
+
+// either combines method predicates.
+func either(fs ...func(string) bool) func(string) bool {
+	return func(m string) bool {
+		for _, f := range fs {
+			if f(m) {
+				return true
+			}
+		}
+		return false
+	}
 }
 
 // Has reports whether target is selected.

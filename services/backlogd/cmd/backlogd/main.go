@@ -3,12 +3,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -27,6 +29,9 @@ func main() {
 }
 
 func run(args []string) error {
+	if len(args) > 0 && (args[0] == "backup" || args[0] == "restore") {
+		return runBackup(args[0], args[1:])
+	}
 	cfg, err := app.ParseFlags("backlogd", args, os.Getenv)
 	if err != nil {
 		return err
@@ -52,4 +57,31 @@ func run(args []string) error {
 		a.Stop()
 		return err
 	}
+}
+
+// runBackup runs `backlogd backup -out DIR` (online, against running
+// services) or `backlogd restore -from DIR` (offline, into -data-dir).
+func runBackup(cmd string, args []string) error {
+	cfg, dir, err := app.ParseBackupFlags(cmd, args, os.Getenv)
+	if err != nil {
+		return err
+	}
+	if cmd == "backup" {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		m, err := app.Backup(ctx, cfg, dir)
+		if err != nil {
+			return err
+		}
+		for name, n := range m.Stores {
+			fmt.Printf("backed up %s (%d bytes) to %s\n", name, n, dir)
+		}
+		fmt.Println("key files (credential.key, the vault key-encryption key, service-token) are not in the backup: keep copies of them apart")
+		return nil
+	}
+	restored, err := app.Restore(dir, cfg.DataDir)
+	for _, name := range restored {
+		fmt.Printf("restored %s into %s\n", name, cfg.DataDir)
+	}
+	return err
 }

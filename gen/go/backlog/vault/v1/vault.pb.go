@@ -37,11 +37,15 @@ type Secret struct {
 	Value     string                 `protobuf:"bytes,5,opt,name=value,proto3" json:"value,omitempty"`
 	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	// "active", "revoked" or "expired".
-	State         string                 `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"`
-	Version       int64                  `protobuf:"varint,8,opt,name=version,proto3" json:"version,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
-	LastUsedAt    *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=last_used_at,json=lastUsedAt,proto3" json:"last_used_at,omitempty"`
+	State     string                 `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"`
+	Version   int64                  `protobuf:"varint,8,opt,name=version,proto3" json:"version,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// When the secret was last substituted into an HTTP Request step or
+	// resolved; unset if never.
+	LastUsedAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=last_used_at,json=lastUsedAt,proto3" json:"last_used_at,omitempty"`
+	// When the secret was revoked; unset unless state is "revoked".
+	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -149,6 +153,13 @@ func (x *Secret) GetUpdatedAt() *timestamppb.Timestamp {
 func (x *Secret) GetLastUsedAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.LastUsedAt
+	}
+	return nil
+}
+
+func (x *Secret) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
 	}
 	return nil
 }
@@ -880,10 +891,22 @@ func (x *RunHttpRequestRequest) GetBody() string {
 type RunHttpRequestResponse struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	StatusCode int32                  `protobuf:"varint,1,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
-	Headers    map[string]string      `protobuf:"bytes,2,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Body       string                 `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`
+	// Response headers (several values of one header joined with ", "). Any
+	// substituted secret value the target echoed is replaced with
+	// "[REDACTED:<name>]".
+	Headers map[string]string `protobuf:"bytes,2,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The response body, with echoed secret values redacted like the headers.
+	Body string `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`
 	// Names of the secrets that were substituted.
-	SecretsUsed   []string `protobuf:"bytes,4,rep,name=secrets_used,json=secretsUsed,proto3" json:"secrets_used,omitempty"`
+	SecretsUsed []string `protobuf:"bytes,4,rep,name=secrets_used,json=secretsUsed,proto3" json:"secrets_used,omitempty"`
+	// The target sent more than the vault's response size cap; body holds the
+	// first part.
+	BodyTruncated bool `protobuf:"varint,5,opt,name=body_truncated,json=bodyTruncated,proto3" json:"body_truncated,omitempty"`
+	// How body is encoded: "" (UTF-8 text as received), "base64" (the body was
+	// not valid UTF-8), or "withheld" (the target compressed the body with an
+	// encoding the vault did not ask for, so it could not be checked for
+	// secret values; body is empty).
+	BodyEncoding  string `protobuf:"bytes,6,opt,name=body_encoding,json=bodyEncoding,proto3" json:"body_encoding,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -946,11 +969,259 @@ func (x *RunHttpRequestResponse) GetSecretsUsed() []string {
 	return nil
 }
 
+func (x *RunHttpRequestResponse) GetBodyTruncated() bool {
+	if x != nil {
+		return x.BodyTruncated
+	}
+	return false
+}
+
+func (x *RunHttpRequestResponse) GetBodyEncoding() string {
+	if x != nil {
+		return x.BodyEncoding
+	}
+	return ""
+}
+
+type ResolveRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	// Name of an integration secret.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The calling service, for the audit trail (e.g. "integrations").
+	Caller string `protobuf:"bytes,3,opt,name=caller,proto3" json:"caller,omitempty"`
+	// Why the value is needed, for the audit trail (e.g. a connection id).
+	Purpose       string `protobuf:"bytes,4,opt,name=purpose,proto3" json:"purpose,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResolveRequest) Reset() {
+	*x = ResolveRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolveRequest) ProtoMessage() {}
+
+func (x *ResolveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolveRequest.ProtoReflect.Descriptor instead.
+func (*ResolveRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ResolveRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *ResolveRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ResolveRequest) GetCaller() string {
+	if x != nil {
+		return x.Caller
+	}
+	return ""
+}
+
+func (x *ResolveRequest) GetPurpose() string {
+	if x != nil {
+		return x.Purpose
+	}
+	return ""
+}
+
+type ResolveResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The secret's metadata (value unset).
+	Secret *Secret `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	// The secret's value.
+	Value         string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResolveResponse) Reset() {
+	*x = ResolveResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolveResponse) ProtoMessage() {}
+
+func (x *ResolveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolveResponse.ProtoReflect.Descriptor instead.
+func (*ResolveResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ResolveResponse) GetSecret() *Secret {
+	if x != nil {
+		return x.Secret
+	}
+	return nil
+}
+
+func (x *ResolveResponse) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+type RotateKekRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Absolute path, on the vault's host, of the new key-encryption key file
+	// (32 random bytes, raw or as 64 hex digits; mode 0600 or stricter).
+	KekFile       string `protobuf:"bytes,1,opt,name=kek_file,json=kekFile,proto3" json:"kek_file,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateKekRequest) Reset() {
+	*x = RotateKekRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKekRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKekRequest) ProtoMessage() {}
+
+func (x *RotateKekRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKekRequest.ProtoReflect.Descriptor instead.
+func (*RotateKekRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RotateKekRequest) GetKekFile() string {
+	if x != nil {
+		return x.KekFile
+	}
+	return ""
+}
+
+type RotateKekResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id (fingerprint) of the key-encryption key now in use.
+	KekId string `protobuf:"bytes,1,opt,name=kek_id,json=kekId,proto3" json:"kek_id,omitempty"`
+	// Ids of the keys that were replaced; no data key is wrapped by them any more.
+	RetiredKekIds []string `protobuf:"bytes,2,rep,name=retired_kek_ids,json=retiredKekIds,proto3" json:"retired_kek_ids,omitempty"`
+	// How many workspace data keys were rewrapped.
+	DataKeysRewrapped int32 `protobuf:"varint,3,opt,name=data_keys_rewrapped,json=dataKeysRewrapped,proto3" json:"data_keys_rewrapped,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RotateKekResponse) Reset() {
+	*x = RotateKekResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKekResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKekResponse) ProtoMessage() {}
+
+func (x *RotateKekResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKekResponse.ProtoReflect.Descriptor instead.
+func (*RotateKekResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RotateKekResponse) GetKekId() string {
+	if x != nil {
+		return x.KekId
+	}
+	return ""
+}
+
+func (x *RotateKekResponse) GetRetiredKekIds() []string {
+	if x != nil {
+		return x.RetiredKekIds
+	}
+	return nil
+}
+
+func (x *RotateKekResponse) GetDataKeysRewrapped() int32 {
+	if x != nil {
+		return x.DataKeysRewrapped
+	}
+	return 0
+}
+
 var File_backlog_vault_v1_vault_proto protoreflect.FileDescriptor
 
 const file_backlog_vault_v1_vault_proto_rawDesc = "" +
 	"\n" +
-	"\x1cbacklog/vault/v1/vault.proto\x12\x10backlog.vault.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x03\n" +
+	"\x1cbacklog/vault/v1/vault.proto\x12\x10backlog.vault.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x03\n" +
 	"\x06Secret\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -967,7 +1238,9 @@ const file_backlog_vault_v1_vault_proto_rawDesc = "" +
 	"updated_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12<\n" +
 	"\flast_used_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"lastUsedAt\"\xcb\x01\n" +
+	"lastUsedAt\x129\n" +
+	"\n" +
+	"revoked_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\"\xcb\x01\n" +
 	"\x12ListSecretsRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12B\n" +
@@ -1018,16 +1291,32 @@ const file_backlog_vault_v1_vault_proto_rawDesc = "" +
 	"\x04body\x18\x05 \x01(\tR\x04body\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfd\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc9\x02\n" +
 	"\x16RunHttpRequestResponse\x12\x1f\n" +
 	"\vstatus_code\x18\x01 \x01(\x05R\n" +
 	"statusCode\x12O\n" +
 	"\aheaders\x18\x02 \x03(\v25.backlog.vault.v1.RunHttpRequestResponse.HeadersEntryR\aheaders\x12\x12\n" +
 	"\x04body\x18\x03 \x01(\tR\x04body\x12!\n" +
-	"\fsecrets_used\x18\x04 \x03(\tR\vsecretsUsed\x1a:\n" +
+	"\fsecrets_used\x18\x04 \x03(\tR\vsecretsUsed\x12%\n" +
+	"\x0ebody_truncated\x18\x05 \x01(\bR\rbodyTruncated\x12#\n" +
+	"\rbody_encoding\x18\x06 \x01(\tR\fbodyEncoding\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xab\b\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"y\n" +
+	"\x0eResolveRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06caller\x18\x03 \x01(\tR\x06caller\x12\x18\n" +
+	"\apurpose\x18\x04 \x01(\tR\apurpose\"Y\n" +
+	"\x0fResolveResponse\x120\n" +
+	"\x06secret\x18\x01 \x01(\v2\x18.backlog.vault.v1.SecretR\x06secret\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"-\n" +
+	"\x10RotateKekRequest\x12\x19\n" +
+	"\bkek_file\x18\x01 \x01(\tR\akekFile\"\x82\x01\n" +
+	"\x11RotateKekResponse\x12\x15\n" +
+	"\x06kek_id\x18\x01 \x01(\tR\x05kekId\x12&\n" +
+	"\x0fretired_kek_ids\x18\x02 \x03(\tR\rretiredKekIds\x12.\n" +
+	"\x13data_keys_rewrapped\x18\x03 \x01(\x05R\x11dataKeysRewrapped2\xab\b\n" +
 	"\fVaultService\x12\x89\x01\n" +
 	"\vListSecrets\x12$.backlog.vault.v1.ListSecretsRequest\x1a%.backlog.vault.v1.ListSecretsResponse\"-\x82\xd3\xe4\x93\x02'\x12%/v1/workspaces/{workspace_id}/secrets\x12\x8f\x01\n" +
 	"\fCreateSecret\x12%.backlog.vault.v1.CreateSecretRequest\x1a&.backlog.vault.v1.CreateSecretResponse\"0\x82\xd3\xe4\x93\x02*:\x01*\"%/v1/workspaces/{workspace_id}/secrets\x12\x8a\x01\n" +
@@ -1035,7 +1324,10 @@ const file_backlog_vault_v1_vault_proto_rawDesc = "" +
 	"\fUpdateSecret\x12%.backlog.vault.v1.UpdateSecretRequest\x1a&.backlog.vault.v1.UpdateSecretResponse\"<\x82\xd3\xe4\x93\x026:\x06secret2,/v1/workspaces/{workspace_id}/secrets/{name}\x12\x9d\x01\n" +
 	"\fRevokeSecret\x12%.backlog.vault.v1.RevokeSecretRequest\x1a&.backlog.vault.v1.RevokeSecretResponse\">\x82\xd3\xe4\x93\x028:\x01*\"3/v1/workspaces/{workspace_id}/secrets/{name}/revoke\x12\x93\x01\n" +
 	"\fDeleteSecret\x12%.backlog.vault.v1.DeleteSecretRequest\x1a&.backlog.vault.v1.DeleteSecretResponse\"4\x82\xd3\xe4\x93\x02.*,/v1/workspaces/{workspace_id}/secrets/{name}\x12\x9b\x01\n" +
-	"\x0eRunHttpRequest\x12'.backlog.vault.v1.RunHttpRequestRequest\x1a(.backlog.vault.v1.RunHttpRequestResponse\"6\x82\xd3\xe4\x93\x020:\x01*\"+/v1/workspaces/{workspace_id}/http-requestsBAZ?github.com/backlog/controlplane/gen/go/backlog/vault/v1;vaultv1b\x06proto3"
+	"\x0eRunHttpRequest\x12'.backlog.vault.v1.RunHttpRequestRequest\x1a(.backlog.vault.v1.RunHttpRequestResponse\"6\x82\xd3\xe4\x93\x020:\x01*\"+/v1/workspaces/{workspace_id}/http-requests2\xbc\x01\n" +
+	"\x14VaultInternalService\x12N\n" +
+	"\aResolve\x12 .backlog.vault.v1.ResolveRequest\x1a!.backlog.vault.v1.ResolveResponse\x12T\n" +
+	"\tRotateKek\x12\".backlog.vault.v1.RotateKekRequest\x1a#.backlog.vault.v1.RotateKekResponseBAZ?github.com/backlog/controlplane/gen/go/backlog/vault/v1;vaultv1b\x06proto3"
 
 var (
 	file_backlog_vault_v1_vault_proto_rawDescOnce sync.Once
@@ -1049,7 +1341,7 @@ func file_backlog_vault_v1_vault_proto_rawDescGZIP() []byte {
 	return file_backlog_vault_v1_vault_proto_rawDescData
 }
 
-var file_backlog_vault_v1_vault_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_backlog_vault_v1_vault_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_backlog_vault_v1_vault_proto_goTypes = []any{
 	(*Secret)(nil),                 // 0: backlog.vault.v1.Secret
 	(*ListSecretsRequest)(nil),     // 1: backlog.vault.v1.ListSecretsRequest
@@ -1066,47 +1358,57 @@ var file_backlog_vault_v1_vault_proto_goTypes = []any{
 	(*DeleteSecretResponse)(nil),   // 12: backlog.vault.v1.DeleteSecretResponse
 	(*RunHttpRequestRequest)(nil),  // 13: backlog.vault.v1.RunHttpRequestRequest
 	(*RunHttpRequestResponse)(nil), // 14: backlog.vault.v1.RunHttpRequestResponse
-	nil,                            // 15: backlog.vault.v1.RunHttpRequestRequest.HeadersEntry
-	nil,                            // 16: backlog.vault.v1.RunHttpRequestResponse.HeadersEntry
-	(*timestamppb.Timestamp)(nil),  // 17: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 18: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),  // 19: google.protobuf.FieldMask
+	(*ResolveRequest)(nil),         // 15: backlog.vault.v1.ResolveRequest
+	(*ResolveResponse)(nil),        // 16: backlog.vault.v1.ResolveResponse
+	(*RotateKekRequest)(nil),       // 17: backlog.vault.v1.RotateKekRequest
+	(*RotateKekResponse)(nil),      // 18: backlog.vault.v1.RotateKekResponse
+	nil,                            // 19: backlog.vault.v1.RunHttpRequestRequest.HeadersEntry
+	nil,                            // 20: backlog.vault.v1.RunHttpRequestResponse.HeadersEntry
+	(*timestamppb.Timestamp)(nil),  // 21: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 22: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),  // 23: google.protobuf.FieldMask
 }
 var file_backlog_vault_v1_vault_proto_depIdxs = []int32{
-	17, // 0: backlog.vault.v1.Secret.expires_at:type_name -> google.protobuf.Timestamp
-	17, // 1: backlog.vault.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
-	17, // 2: backlog.vault.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
-	17, // 3: backlog.vault.v1.Secret.last_used_at:type_name -> google.protobuf.Timestamp
-	18, // 4: backlog.vault.v1.ListSecretsRequest.expiring_within:type_name -> google.protobuf.Duration
-	0,  // 5: backlog.vault.v1.ListSecretsResponse.secrets:type_name -> backlog.vault.v1.Secret
-	17, // 6: backlog.vault.v1.CreateSecretRequest.expires_at:type_name -> google.protobuf.Timestamp
-	0,  // 7: backlog.vault.v1.CreateSecretResponse.secret:type_name -> backlog.vault.v1.Secret
-	0,  // 8: backlog.vault.v1.GetSecretResponse.secret:type_name -> backlog.vault.v1.Secret
-	0,  // 9: backlog.vault.v1.UpdateSecretRequest.secret:type_name -> backlog.vault.v1.Secret
-	19, // 10: backlog.vault.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
-	0,  // 11: backlog.vault.v1.UpdateSecretResponse.secret:type_name -> backlog.vault.v1.Secret
-	0,  // 12: backlog.vault.v1.RevokeSecretResponse.secret:type_name -> backlog.vault.v1.Secret
-	15, // 13: backlog.vault.v1.RunHttpRequestRequest.headers:type_name -> backlog.vault.v1.RunHttpRequestRequest.HeadersEntry
-	16, // 14: backlog.vault.v1.RunHttpRequestResponse.headers:type_name -> backlog.vault.v1.RunHttpRequestResponse.HeadersEntry
-	1,  // 15: backlog.vault.v1.VaultService.ListSecrets:input_type -> backlog.vault.v1.ListSecretsRequest
-	3,  // 16: backlog.vault.v1.VaultService.CreateSecret:input_type -> backlog.vault.v1.CreateSecretRequest
-	5,  // 17: backlog.vault.v1.VaultService.GetSecret:input_type -> backlog.vault.v1.GetSecretRequest
-	7,  // 18: backlog.vault.v1.VaultService.UpdateSecret:input_type -> backlog.vault.v1.UpdateSecretRequest
-	9,  // 19: backlog.vault.v1.VaultService.RevokeSecret:input_type -> backlog.vault.v1.RevokeSecretRequest
-	11, // 20: backlog.vault.v1.VaultService.DeleteSecret:input_type -> backlog.vault.v1.DeleteSecretRequest
-	13, // 21: backlog.vault.v1.VaultService.RunHttpRequest:input_type -> backlog.vault.v1.RunHttpRequestRequest
-	2,  // 22: backlog.vault.v1.VaultService.ListSecrets:output_type -> backlog.vault.v1.ListSecretsResponse
-	4,  // 23: backlog.vault.v1.VaultService.CreateSecret:output_type -> backlog.vault.v1.CreateSecretResponse
-	6,  // 24: backlog.vault.v1.VaultService.GetSecret:output_type -> backlog.vault.v1.GetSecretResponse
-	8,  // 25: backlog.vault.v1.VaultService.UpdateSecret:output_type -> backlog.vault.v1.UpdateSecretResponse
-	10, // 26: backlog.vault.v1.VaultService.RevokeSecret:output_type -> backlog.vault.v1.RevokeSecretResponse
-	12, // 27: backlog.vault.v1.VaultService.DeleteSecret:output_type -> backlog.vault.v1.DeleteSecretResponse
-	14, // 28: backlog.vault.v1.VaultService.RunHttpRequest:output_type -> backlog.vault.v1.RunHttpRequestResponse
-	22, // [22:29] is the sub-list for method output_type
-	15, // [15:22] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	21, // 0: backlog.vault.v1.Secret.expires_at:type_name -> google.protobuf.Timestamp
+	21, // 1: backlog.vault.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
+	21, // 2: backlog.vault.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
+	21, // 3: backlog.vault.v1.Secret.last_used_at:type_name -> google.protobuf.Timestamp
+	21, // 4: backlog.vault.v1.Secret.revoked_at:type_name -> google.protobuf.Timestamp
+	22, // 5: backlog.vault.v1.ListSecretsRequest.expiring_within:type_name -> google.protobuf.Duration
+	0,  // 6: backlog.vault.v1.ListSecretsResponse.secrets:type_name -> backlog.vault.v1.Secret
+	21, // 7: backlog.vault.v1.CreateSecretRequest.expires_at:type_name -> google.protobuf.Timestamp
+	0,  // 8: backlog.vault.v1.CreateSecretResponse.secret:type_name -> backlog.vault.v1.Secret
+	0,  // 9: backlog.vault.v1.GetSecretResponse.secret:type_name -> backlog.vault.v1.Secret
+	0,  // 10: backlog.vault.v1.UpdateSecretRequest.secret:type_name -> backlog.vault.v1.Secret
+	23, // 11: backlog.vault.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
+	0,  // 12: backlog.vault.v1.UpdateSecretResponse.secret:type_name -> backlog.vault.v1.Secret
+	0,  // 13: backlog.vault.v1.RevokeSecretResponse.secret:type_name -> backlog.vault.v1.Secret
+	19, // 14: backlog.vault.v1.RunHttpRequestRequest.headers:type_name -> backlog.vault.v1.RunHttpRequestRequest.HeadersEntry
+	20, // 15: backlog.vault.v1.RunHttpRequestResponse.headers:type_name -> backlog.vault.v1.RunHttpRequestResponse.HeadersEntry
+	0,  // 16: backlog.vault.v1.ResolveResponse.secret:type_name -> backlog.vault.v1.Secret
+	1,  // 17: backlog.vault.v1.VaultService.ListSecrets:input_type -> backlog.vault.v1.ListSecretsRequest
+	3,  // 18: backlog.vault.v1.VaultService.CreateSecret:input_type -> backlog.vault.v1.CreateSecretRequest
+	5,  // 19: backlog.vault.v1.VaultService.GetSecret:input_type -> backlog.vault.v1.GetSecretRequest
+	7,  // 20: backlog.vault.v1.VaultService.UpdateSecret:input_type -> backlog.vault.v1.UpdateSecretRequest
+	9,  // 21: backlog.vault.v1.VaultService.RevokeSecret:input_type -> backlog.vault.v1.RevokeSecretRequest
+	11, // 22: backlog.vault.v1.VaultService.DeleteSecret:input_type -> backlog.vault.v1.DeleteSecretRequest
+	13, // 23: backlog.vault.v1.VaultService.RunHttpRequest:input_type -> backlog.vault.v1.RunHttpRequestRequest
+	15, // 24: backlog.vault.v1.VaultInternalService.Resolve:input_type -> backlog.vault.v1.ResolveRequest
+	17, // 25: backlog.vault.v1.VaultInternalService.RotateKek:input_type -> backlog.vault.v1.RotateKekRequest
+	2,  // 26: backlog.vault.v1.VaultService.ListSecrets:output_type -> backlog.vault.v1.ListSecretsResponse
+	4,  // 27: backlog.vault.v1.VaultService.CreateSecret:output_type -> backlog.vault.v1.CreateSecretResponse
+	6,  // 28: backlog.vault.v1.VaultService.GetSecret:output_type -> backlog.vault.v1.GetSecretResponse
+	8,  // 29: backlog.vault.v1.VaultService.UpdateSecret:output_type -> backlog.vault.v1.UpdateSecretResponse
+	10, // 30: backlog.vault.v1.VaultService.RevokeSecret:output_type -> backlog.vault.v1.RevokeSecretResponse
+	12, // 31: backlog.vault.v1.VaultService.DeleteSecret:output_type -> backlog.vault.v1.DeleteSecretResponse
+	14, // 32: backlog.vault.v1.VaultService.RunHttpRequest:output_type -> backlog.vault.v1.RunHttpRequestResponse
+	16, // 33: backlog.vault.v1.VaultInternalService.Resolve:output_type -> backlog.vault.v1.ResolveResponse
+	18, // 34: backlog.vault.v1.VaultInternalService.RotateKek:output_type -> backlog.vault.v1.RotateKekResponse
+	26, // [26:35] is the sub-list for method output_type
+	17, // [17:26] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_backlog_vault_v1_vault_proto_init() }
@@ -1120,9 +1422,9 @@ func file_backlog_vault_v1_vault_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_backlog_vault_v1_vault_proto_rawDesc), len(file_backlog_vault_v1_vault_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   21,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_backlog_vault_v1_vault_proto_goTypes,
 		DependencyIndexes: file_backlog_vault_v1_vault_proto_depIdxs,

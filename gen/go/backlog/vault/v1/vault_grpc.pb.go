@@ -367,3 +367,169 @@ var VaultService_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "backlog/vault/v1/vault.proto",
 }
+
+const (
+	VaultInternalService_Resolve_FullMethodName   = "/backlog.vault.v1.VaultInternalService/Resolve"
+	VaultInternalService_RotateKek_FullMethodName = "/backlog.vault.v1.VaultInternalService/RotateKek"
+)
+
+// VaultInternalServiceClient is the client API for VaultInternalService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// VaultInternalService is called by trusted control-plane services and by
+// operators over gRPC only: it has no HTTP annotations and the gateway never
+// registers it. Callers authenticate with the service token in the gRPC
+// metadata key "x-backlog-service-token" (not a bearer credential); when the
+// vault has no service token configured, every method is refused.
+type VaultInternalServiceClient interface {
+	// Resolve returns an integration secret's value, for a trusted internal
+	// service that opens a persistent connection with it. Webhook secrets are
+	// not resolvable: they only ever leave the vault inside an HTTP Request
+	// step. Every call is audited (actor kind "service").
+	Resolve(ctx context.Context, in *ResolveRequest, opts ...grpc.CallOption) (*ResolveResponse, error)
+	// RotateKek loads a new key-encryption key from a file on the vault's host
+	// and rewraps every workspace data key with it, online: both keys stay
+	// loaded until every data key is rewrapped, so no request fails meanwhile.
+	RotateKek(ctx context.Context, in *RotateKekRequest, opts ...grpc.CallOption) (*RotateKekResponse, error)
+}
+
+type vaultInternalServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewVaultInternalServiceClient(cc grpc.ClientConnInterface) VaultInternalServiceClient {
+	return &vaultInternalServiceClient{cc}
+}
+
+func (c *vaultInternalServiceClient) Resolve(ctx context.Context, in *ResolveRequest, opts ...grpc.CallOption) (*ResolveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResolveResponse)
+	err := c.cc.Invoke(ctx, VaultInternalService_Resolve_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultInternalServiceClient) RotateKek(ctx context.Context, in *RotateKekRequest, opts ...grpc.CallOption) (*RotateKekResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateKekResponse)
+	err := c.cc.Invoke(ctx, VaultInternalService_RotateKek_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// VaultInternalServiceServer is the server API for VaultInternalService service.
+// All implementations must embed UnimplementedVaultInternalServiceServer
+// for forward compatibility.
+//
+// VaultInternalService is called by trusted control-plane services and by
+// operators over gRPC only: it has no HTTP annotations and the gateway never
+// registers it. Callers authenticate with the service token in the gRPC
+// metadata key "x-backlog-service-token" (not a bearer credential); when the
+// vault has no service token configured, every method is refused.
+type VaultInternalServiceServer interface {
+	// Resolve returns an integration secret's value, for a trusted internal
+	// service that opens a persistent connection with it. Webhook secrets are
+	// not resolvable: they only ever leave the vault inside an HTTP Request
+	// step. Every call is audited (actor kind "service").
+	Resolve(context.Context, *ResolveRequest) (*ResolveResponse, error)
+	// RotateKek loads a new key-encryption key from a file on the vault's host
+	// and rewraps every workspace data key with it, online: both keys stay
+	// loaded until every data key is rewrapped, so no request fails meanwhile.
+	RotateKek(context.Context, *RotateKekRequest) (*RotateKekResponse, error)
+	mustEmbedUnimplementedVaultInternalServiceServer()
+}
+
+// UnimplementedVaultInternalServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedVaultInternalServiceServer struct{}
+
+func (UnimplementedVaultInternalServiceServer) Resolve(context.Context, *ResolveRequest) (*ResolveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Resolve not implemented")
+}
+func (UnimplementedVaultInternalServiceServer) RotateKek(context.Context, *RotateKekRequest) (*RotateKekResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateKek not implemented")
+}
+func (UnimplementedVaultInternalServiceServer) mustEmbedUnimplementedVaultInternalServiceServer() {}
+func (UnimplementedVaultInternalServiceServer) testEmbeddedByValue()                              {}
+
+// UnsafeVaultInternalServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to VaultInternalServiceServer will
+// result in compilation errors.
+type UnsafeVaultInternalServiceServer interface {
+	mustEmbedUnimplementedVaultInternalServiceServer()
+}
+
+func RegisterVaultInternalServiceServer(s grpc.ServiceRegistrar, srv VaultInternalServiceServer) {
+	// If the following call panics, it indicates UnimplementedVaultInternalServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&VaultInternalService_ServiceDesc, srv)
+}
+
+func _VaultInternalService_Resolve_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResolveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultInternalServiceServer).Resolve(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultInternalService_Resolve_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultInternalServiceServer).Resolve(ctx, req.(*ResolveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultInternalService_RotateKek_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateKekRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultInternalServiceServer).RotateKek(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultInternalService_RotateKek_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultInternalServiceServer).RotateKek(ctx, req.(*RotateKekRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// VaultInternalService_ServiceDesc is the grpc.ServiceDesc for VaultInternalService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var VaultInternalService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "backlog.vault.v1.VaultInternalService",
+	HandlerType: (*VaultInternalServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Resolve",
+			Handler:    _VaultInternalService_Resolve_Handler,
+		},
+		{
+			MethodName: "RotateKek",
+			Handler:    _VaultInternalService_RotateKek_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "backlog/vault/v1/vault.proto",
+}

@@ -1,0 +1,232 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	adminv1 "github.com/backlog/controlplane/gen/go/backlog/admin/v1"
+	"github.com/backlog/controlplane/services/kit/auth"
+)
+
+// StoreTargets are the services that own a store, with their address flag.
+func (c Config) storeAddrs() []struct{ name, addr string } {
+	return []struct{ name, addr string }{
+		{TargetCredential, c.CredentialAddr}, {TargetAutomation, c.AutomationAddr},
+		{TargetAgent, c.AgentAddr}, {TargetVault, c.VaultAddr},
+	}
+}
+
+// Manifest describes a backup directory.
+type Manifest struct {
+	Time   time.Time        `json:"time"`
+	Stores map[string]int64 `json:"stores"` // file → bytes
+}
+
+// Backup takes an online snapshot of every store through the running
+// services' AdminService and writes them to out, each checked with bbolt's
+// consistency check before it is kept. Key files (credential.key, the vault
+// key-encryption key, service-token, operator-token) are not in the snapshot:
+// back them up with your secret management.
+func Backup(ctx context.Context, cfg Config, out string) (*Manifest, error) {
+	token, err := auth.LoadOrCreateServiceToken(cfg.ServiceTokenFile, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(out, 0o700); err != nil {
+		return nil, err
+	}
+	a := &App{svcToken: token}
+	m := &Manifest{Time: time.Now().UTC(), Stores: map[string]int64{}}
+	for _, s := range cfg.storeAddrs() {
+		conn, err := a.dial(s.addr)
+		if err != nil {
+			return nil, err
+		}
+		name, n, err := snapshotTo(ctx, adminv1.NewAdminServiceClient(conn), out)
+		conn.Close()
+		if status.Code(err) == codes.Unimplemented {
+			continue // a service that owns no store yet
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s service at %s: %w", s.name, s.addr, err)
+		}
+		m.Stores[name] = n
+	}
+	if len(m.Stores) == 0 {
+		return nil, errors.New("no store answered: is backlogd running with these addresses?")
+	}
+	b, _ := json.MarshalIndent(m, "", "  ")
+	return m, writeAtomic(filepath.Join(out, "MANIFEST.json"), func(w io.Writer) error { _, err := w.Write(b); return err })
+}
+
+func snapshotTo(ctx context.Context, c adminv1.AdminServiceClient, dir string) (string, int64, error) {
+	stream, err := c.Snapshot(ctx, &adminv1.SnapshotRequest{})
+	if err != nil {
+		return "", 0, err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return "", 0, err
+	}
+	name := filepath.Base(first.GetStore())
+	if name == "." || name == "/" || filepath.Ext(name) != ".db" {
+		return "", 0, fmt.Errorf("snapshot names an odd store %q", first.GetStore())
+	}
+	var n int64
+	err = writeAtomic(filepath.Join(dir, name), func(w io.Writer) error {
+		msg := first
+		for {
+			k, err := w.Write(msg.GetChunk())
+			n += int64(k)
+			if err != nil {
+				return err
+			}
+			if msg, err = stream.Recv(); err == io.EOF {
+				break
+			} else if err != nil {
+				return err
+			}
+		}
+		if n != first.GetSize() {
+			return fmt.Errorf("snapshot of %s truncated: %d of %d bytes", name, n, first.GetSize())
+		}
+		return nil
+	}, checkBolt)
+	return name, n, err
+}
+
+// writeAtomic writes path through a temp file (mode 0600), runs checks on
+// the temp file, and renames it into place only if all pass.
+func writeAtomic(path string, write func(io.Writer) error, checks ...func(string) error) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	err = write(f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	for _, check := range checks {
+		if err == nil {
+			err = check(tmp)
+		}
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// checkBolt runs bbolt's consistency check on a file no one else has open.
+func checkBolt(path string) error {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		return fmt.Errorf("%s: %w", filepath.Base(path), err)
+	}
+	defer db.Close()
+	return db.View(func(tx *bolt.Tx) error {
+		for err := range tx.Check() {
+			return fmt.Errorf("%s fails the consistency check: %w", filepath.Base(path), err)
+		}
+		return nil
+	})
+}
+
+// Restore puts a backup back into dataDir. backlogd must be stopped: a store
+// still open by a running process is refused.
+func Restore(from, dataDir string) ([]string, error) {
+	b, err := os.ReadFile(filepath.Join(from, "MANIFEST.json"))
+	if err != nil {
+		return nil, fmt.Errorf("%s is not a backup (no MANIFEST.json): %w", from, err)
+	}
+	var m Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("MANIFEST.json: %w", err)
+	}
+	for name := range m.Stores {
+		if err := checkBolt(filepath.Join(from, filepath.Base(name))); err != nil {
+			return nil, err
+		}
+		if err := ensureClosed(filepath.Join(dataDir, filepath.Base(name))); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, err
+	}
+	var restored []string
+	for name := range m.Stores {
+		name = filepath.Base(name)
+		src, err := os.Open(filepath.Join(from, name))
+		if err != nil {
+			return restored, err
+		}
+		err = writeAtomic(filepath.Join(dataDir, name), func(w io.Writer) error { _, err := io.Copy(w, src); return err })
+		src.Close()
+		if err != nil {
+			return restored, err
+		}
+		restored = append(restored, name)
+	}
+	return restored, nil
+}
+
+// ensureClosed fails if a running process holds the store at path.
+func ensureClosed(path string) error {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 500 * time.Millisecond})
+	if err != nil {
+		return fmt.Errorf("%s is in use: stop backlogd before restoring (%v)", path, err)
+	}
+	return db.Close()
+}
+
+// ParseBackupFlags parses `backlogd backup` / `backlogd restore` arguments:
+// the server flags plus -out (backup) or -from (restore).
+func ParseBackupFlags(cmd string, args []string, getenv func(string) string) (Config, string, error) {
+	var dir string
+	rest := make([]string, 0, len(args))
+	want := map[string]string{"backup": "out", "restore": "from"}[cmd]
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "-"+want || a == "--"+want {
+			if i+1 >= len(args) {
+				return Config{}, "", fmt.Errorf("-%s needs a directory", want)
+			}
+			dir = args[i+1]
+			i++
+			continue
+		}
+		if len(a) > len(want)+2 && (a[:len(want)+2] == "-"+want+"=") {
+			dir = a[len(want)+2:]
+			continue
+		}
+		rest = append(rest, a)
+	}
+	if dir == "" {
+		return Config{}, "", fmt.Errorf("backlogd %s: -%s DIR is required", cmd, want)
+	}
+	cfg, err := ParseFlags("backlogd "+cmd, rest, getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		return cfg, "", err
+	}
+	return cfg, dir, err
+}
