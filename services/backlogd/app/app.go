@@ -71,9 +71,9 @@ func Start(cfg Config, lg *zap.Logger) (*App, error) {
 		case TargetAutomation:
 			err = a.startAutomation(ctx)
 		case TargetAgent:
-			err = a.startHealthOnly(TargetAgent, cfg.AgentAddr)
+			err = a.startHealthOnly(TargetAgent, cfg.AgentListenAddr)
 		case TargetVault:
-			err = a.startHealthOnly(TargetVault, cfg.VaultAddr)
+			err = a.startHealthOnly(TargetVault, cfg.VaultListenAddr)
 		case TargetGateway:
 			err = a.startGateway()
 		}
@@ -143,7 +143,7 @@ func (a *App) startCredential() error {
 		Internal: either(svc.Internal, admin.IsAdminMethod), ServiceToken: a.svcToken})
 	svc.Register(srv.GRPC)
 	(&admin.Server{DB: svc.DB()}).Register(srv.GRPC)
-	return a.serve(TargetCredential, a.cfg.CredentialAddr, srv)
+	return a.serve(TargetCredential, a.cfg.CredentialListenAddr, srv)
 }
 
 // remoteAuth dials the credential service and follows its revocations.
@@ -177,7 +177,7 @@ func (a *App) startAutomation(ctx context.Context) error {
 		Internal: admin.IsAdminMethod, ServiceToken: a.svcToken})
 	svc.Register(srv.GRPC)
 	(&admin.Server{DB: svc.DB()}).Register(srv.GRPC)
-	return a.serve(TargetAutomation, a.cfg.AutomationAddr, srv)
+	return a.serve(TargetAutomation, a.cfg.AutomationListenAddr, srv)
 }
 
 // startHealthOnly runs a service whose API is not built yet: it answers

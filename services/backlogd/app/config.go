@@ -38,8 +38,11 @@ type Config struct {
 	AutomationAddr string
 	AgentAddr      string
 	VaultAddr      string
-	LogLevel       string
-	TrustedProxies []netip.Prefix
+	// Listen addresses; each defaults to its service's address. They differ
+	// where a service binds 0.0.0.0:port but is found by a DNS name.
+	CredentialListenAddr, AutomationListenAddr, AgentListenAddr, VaultListenAddr string
+	LogLevel                                                                     string
+	TrustedProxies                                                               []netip.Prefix
 	// ServiceTokenFile holds the service credential siblings present to each
 	// other's internal RPCs (default <data-dir>/service-token, created if missing).
 	ServiceTokenFile string
@@ -65,6 +68,10 @@ func ParseFlags(name string, args []string, getenv func(string) string) (Config,
 	fs.StringVar(&c.AgentAddr, "agent-addr", "127.0.0.1:9103", "agent service gRPC address")
 	fs.StringVar(&c.VaultAddr, "vault-addr", "127.0.0.1:9104", "secret vault service gRPC address")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://<addr>/metrics (off when empty)")
+	fs.StringVar(&c.CredentialListenAddr, "credential-listen-addr", "", "where the credential service listens (default -credential-addr)")
+	fs.StringVar(&c.AutomationListenAddr, "automation-listen-addr", "", "where the automation service listens (default -automation-addr)")
+	fs.StringVar(&c.AgentListenAddr, "agent-listen-addr", "", "where the agent service listens (default -agent-addr)")
+	fs.StringVar(&c.VaultListenAddr, "vault-listen-addr", "", "where the vault service listens (default -vault-addr)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.ServiceTokenFile, "service-token-file", "", "service credential for internal RPCs between services (default <data-dir>/service-token, created if missing; give every process the same one)")
 	proxies := fs.String("trusted-proxies", "127.0.0.0/8,::1/128", "CIDRs whose X-Forwarded-For (gateway) and client-IP metadata (services) are believed")
@@ -95,6 +102,17 @@ func ParseFlags(name string, args []string, getenv func(string) string) (Config,
 	})
 	if envErr != nil {
 		return c, envErr
+	}
+	for _, l := range []struct {
+		listen *string
+		addr   string
+	}{
+		{&c.CredentialListenAddr, c.CredentialAddr}, {&c.AutomationListenAddr, c.AutomationAddr},
+		{&c.AgentListenAddr, c.AgentAddr}, {&c.VaultListenAddr, c.VaultAddr},
+	} {
+		if *l.listen == "" {
+			*l.listen = l.addr
+		}
 	}
 	if c.ServiceTokenFile == "" {
 		c.ServiceTokenFile = filepath.Join(c.DataDir, "service-token")
