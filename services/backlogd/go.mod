@@ -4,6 +4,7 @@ go 1.26.0
 
 replace (
 	github.com/backlog/controlplane/gen => ../../gen
+	github.com/backlog/controlplane/services/agent => ../agent
 	github.com/backlog/controlplane/services/automation => ../automation
 	github.com/backlog/controlplane/services/credential => ../credential
 	github.com/backlog/controlplane/services/gateway => ../gateway
@@ -12,6 +13,7 @@ replace (
 
 require (
 	github.com/backlog/controlplane/gen v0.0.0-00010101000000-000000000000
+	github.com/backlog/controlplane/services/agent v0.0.0-00010101000000-000000000000
 	github.com/backlog/controlplane/services/automation v0.0.0-00010101000000-000000000000
 	github.com/backlog/controlplane/services/credential v0.0.0-00010101000000-000000000000
 	github.com/backlog/controlplane/services/gateway v0.0.0-00010101000000-000000000000
@@ -38,5 +40,6 @@ require (
 	golang.org/x/net v0.61.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
+	golang.org/x/time v0.16.0 // indirect
 	google.golang.org/genproto/googleapis/api v0.0.0-20261012220534-4341edf3f941 // indirect
 )

@@ -17,6 +17,7 @@ import (
 
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
+	"github.com/backlog/controlplane/services/agent"
 	"github.com/backlog/controlplane/services/automation"
 	"github.com/backlog/controlplane/services/credential"
 	"github.com/backlog/controlplane/services/gateway"
@@ -71,7 +72,7 @@ func Start(cfg Config, lg *zap.Logger) (*App, error) {
 		case TargetAutomation:
 			err = a.startAutomation(ctx)
 		case TargetAgent:
-			err = a.startHealthOnly(TargetAgent, cfg.AgentListenAddr)
+			err = a.startAgent(ctx)
 		case TargetVault:
 			err = a.startHealthOnly(TargetVault, cfg.VaultListenAddr)
 		case TargetGateway:
@@ -178,6 +179,24 @@ func (a *App) startAutomation(ctx context.Context) error {
 	svc.Register(srv.GRPC)
 	(&admin.Server{DB: svc.DB()}).Register(srv.GRPC)
 	return a.serve(TargetAutomation, a.cfg.AutomationListenAddr, srv)
+}
+
+func (a *App) startAgent(ctx context.Context) error {
+	authn, client, err := a.remoteAuth(ctx)
+	if err != nil {
+		return err
+	}
+	svc, err := agent.New(agent.Config{DataDir: a.cfg.DataDir, Logger: a.lg, Credential: client})
+	if err != nil {
+		return err
+	}
+	a.onClose(func() { svc.Close() })
+	srv := server.New(server.Config{Name: TargetAgent, Logger: a.lg, Errors: svc.Errors(),
+		Auth: authn, NoAuth: either(svc.NoAuth, admin.IsAdminMethod), TrustedProxies: a.cfg.TrustedProxies,
+		Internal: admin.IsAdminMethod, ServiceToken: a.svcToken})
+	svc.Register(srv.GRPC)
+	(&admin.Server{DB: svc.DB()}).Register(srv.GRPC)
+	return a.serve(TargetAgent, a.cfg.AgentListenAddr, srv)
 }
 
 // startHealthOnly runs a service whose API is not built yet: it answers

@@ -1,0 +1,14 @@
+package agent
+
+import "github.com/backlog/controlplane/services/kit/store"
+
+// ForgetRotationSecret drops the record of an agent's rotation secret, as
+// for an agent registered before rotation secrets existed (tests only).
+func (s *Service) ForgetRotationSecret(ws, id string) error {
+	return s.db.Update(t0(), func(tx *store.Tx) error {
+		return tx.Bucket(agentCredentialsBucket).Delete(agentCredentialKey(ws, id, credKeyRotationSecret))
+	})
+}
+
+// Replays is the number of self-rotation results held for retries.
+func (s *Service) Replays() int { return s.replays.len() }

@@ -1,0 +1,285 @@
+// Package agent is the agent service: it keeps a workspace's app
+// installations and the visible agents under them in its own bbolt store,
+// and asks the credential service over gRPC to issue, rotate and revoke each
+// agent's API key (blg_agk_…) and rotation secret (blg_rot_…). A raw
+// credential passes through this service only in the responses of
+// CreateAgent, RotateAgentKey and RotateSelfKey (and, for RotateSelfKey, in
+// an encrypted in-memory replay entry for a retry with the same
+// Idempotency-Key); it is never stored or logged here.
+//
+// Self-rotation is rate limited per client IP and locked per agent after
+// repeated wrong rotation secrets (see RotateSelfKey); both limits live in
+// this process's memory.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"path/filepath"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	agentv1 "github.com/backlog/controlplane/gen/go/backlog/agent/v1"
+	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
+	"github.com/backlog/controlplane/services/kit/audit"
+	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/ratelimit"
+	"github.com/backlog/controlplane/services/kit/store"
+)
+
+// serviceName names this service in logs and audit events.
+const serviceName = "agent"
+
+// compensateTimeout bounds a compensating call made after the caller's
+// request has already failed (or been cancelled).
+const compensateTimeout = 10 * time.Second
+
+// Defaults of the self-rotation limits (the REST contract's numbers).
+const (
+	DefaultSelfRotationsPerIP = 3
+	DefaultSelfRotationWindow = 15 * time.Minute
+	DefaultLockoutFailures    = 5
+	DefaultLockoutDuration    = 15 * time.Minute
+	DefaultIdempotencyTTL     = 10 * time.Minute
+)
+
+// Config configures the agent service.
+type Config struct {
+	// DataDir holds the store file, DataDir/agent.db.
+	DataDir string
+	Logger  *zap.Logger
+	// Credential is the credential service's internal API, over gRPC.
+	Credential credentialv1.CredentialInternalServiceClient
+	// Now is the clock; default time.Now. The rate limits, the lockout and
+	// the replay window follow it too.
+	Now func() time.Time
+
+	// SelfRotationsPerIP is how many self-rotation attempts one client IP
+	// (an IPv6 client: its /64) may make in any SelfRotationWindow
+	// (default 3 per 15 minutes). Admin rotation is not limited by it.
+	SelfRotationsPerIP int
+	SelfRotationWindow time.Duration
+	// LockoutFailures wrong rotation secrets presented for one agent within
+	// LockoutDuration lock that agent's self-rotation for LockoutDuration,
+	// whatever the client IPs (default 5 and 15 minutes).
+	LockoutFailures int
+	LockoutDuration time.Duration
+	// IdempotencyTTL is how long a retried self-rotation with the same
+	// Idempotency-Key gets the same new pair back (default 10 minutes).
+	IdempotencyTTL time.Duration
+}
+
+// Service implements agentv1.AgentService.
+type Service struct {
+	agentv1.UnsafeAgentServiceServer
+
+	db    *store.DB
+	lg    *zap.Logger
+	cred  credentialv1.CredentialInternalServiceClient
+	now   func() time.Time
+	errs  *errs.Table
+	audit *audit.Server
+	locks *keyLocks
+
+	perIP   *ratelimit.Keyed
+	lockout *ratelimit.Lockout
+	replays *replayCache
+}
+
+// New opens the store and returns the service.
+func New(cfg Config) (*Service, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("agent: DataDir is required")
+	}
+	if cfg.Credential == nil {
+		return nil, errors.New("agent: a credential service client is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.SelfRotationsPerIP == 0 {
+		cfg.SelfRotationsPerIP = DefaultSelfRotationsPerIP
+	}
+	if cfg.SelfRotationWindow == 0 {
+		cfg.SelfRotationWindow = DefaultSelfRotationWindow
+	}
+	if cfg.LockoutFailures == 0 {
+		cfg.LockoutFailures = DefaultLockoutFailures
+	}
+	if cfg.LockoutDuration == 0 {
+		cfg.LockoutDuration = DefaultLockoutDuration
+	}
+	if cfg.IdempotencyTTL == 0 {
+		cfg.IdempotencyTTL = DefaultIdempotencyTTL
+	}
+	if cfg.SelfRotationsPerIP < 0 || cfg.SelfRotationWindow < 0 || cfg.LockoutFailures < 0 || cfg.LockoutDuration < 0 || cfg.IdempotencyTTL < 0 {
+		return nil, errors.New("agent: rate limit settings must not be negative")
+	}
+	lg := cfg.Logger.With(zap.String("service", serviceName))
+	db, err := store.Open(filepath.Join(cfg.DataDir, "agent.db"), buckets, lg)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	perIP := ratelimit.AtMost(cfg.SelfRotationsPerIP, cfg.SelfRotationWindow)
+	perIP.Now = cfg.Now
+	replays, err := newReplayCache(cfg.IdempotencyTTL, cfg.Now)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	return &Service{
+		db:    db,
+		lg:    lg,
+		cred:  cfg.Credential,
+		now:   cfg.Now,
+		errs:  newErrorTable(),
+		audit: &audit.Server{DB: db},
+		locks: newKeyLocks(),
+		perIP: ratelimit.NewKeyed(perIP),
+		lockout: ratelimit.NewLockout(ratelimit.LockoutConfig{
+			MaxFailures: cfg.LockoutFailures, LockFor: cfg.LockoutDuration, Now: cfg.Now,
+		}),
+		replays: replays,
+	}, nil
+}
+
+// Register registers the AgentService and this service's own AuditService
+// (its local events) on g.
+func (s *Service) Register(g grpc.ServiceRegistrar) {
+	agentv1.RegisterAgentServiceServer(g, s)
+	s.audit.Register(g)
+}
+
+// Errors maps this service's sentinel errors to gRPC codes.
+func (s *Service) Errors() *errs.Table { return s.errs }
+
+// NoAuth reports the methods that skip the kit's bearer authentication:
+// only RotateSelfKey. It still takes the agent's current API key as Bearer,
+// but authenticates it itself, in the handler: a retry with the same
+// Idempotency-Key carries the old key, already dead, and must get the
+// stored result rather than a 401 from the interceptor. Every other path
+// through RotateSelfKey authenticates the key with the credential service
+// exactly as the interceptor would (uncached).
+func (s *Service) NoAuth(fullMethod string) bool {
+	return fullMethod == agentv1.AgentService_RotateSelfKey_FullMethodName
+}
+
+// DB is the service's store.
+func (s *Service) DB() *store.DB { return s.db }
+
+// Close closes the store after pending writes.
+func (s *Service) Close() error { return s.db.Close() }
+
+// credErr turns a failed call to the credential service into an error for
+// our caller. Statuses are never passed on wholesale: an Unavailable from the
+// credential service carries its dial target, which is none of the caller's
+// business, and an Unauthenticated would tell a caller with a perfectly good
+// token that *its* credential is bad.
+func (s *Service) credErr(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return fmt.Errorf("credential service %s: %v", op, err) // Internal, cause logged by the server kit
+	}
+	switch st.Code() {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		s.lg.Warn("credential service call failed", zap.String("op", op), zap.String("code", st.Code().String()), zap.String("error", st.Message()))
+		return ErrCredentialUnavailable
+	case codes.Canceled:
+		return context.Canceled
+	case codes.NotFound:
+		return ErrAgentNotFound
+	case codes.InvalidArgument, codes.FailedPrecondition, codes.ResourceExhausted:
+		// Written for callers by the credential service: pass on as is.
+		return st.Err()
+	}
+	// Anything else means the two services disagree: Internal, logged.
+	return fmt.Errorf("credential service %s: %s: %s", op, st.Code(), st.Message())
+}
+
+// revokeSubject revokes every credential of an agent, for a compensating
+// action after the caller's request failed: it runs even if ctx is done.
+func (s *Service) revokeSubject(ctx context.Context, ws, id, why string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), compensateTimeout)
+	defer cancel()
+	_, err := s.cred.RevokeSubject(ctx, &credentialv1.RevokeSubjectRequest{WorkspaceId: ws, SubjectId: id})
+	if err != nil && status.Code(err) != codes.NotFound {
+		// The credentials were never handed out, but they are live until
+		// revoked. The agent id lets an operator find and revoke them.
+		s.lg.Error("compensating revocation failed; unrecorded agent credentials may be live",
+			zap.String("agent-id", id), zap.String("workspace-id", ws), zap.String("why", why), zap.Error(err))
+		return
+	}
+	s.lg.Warn("revoked the credentials of an agent that was not recorded",
+		zap.String("agent-id", id), zap.String("workspace-id", ws), zap.String("why", why))
+}
+
+// recordFailure writes a failure audit event in a transaction of its own.
+// Best effort: the request has already failed and the caller learns that.
+func (s *Service) recordFailure(ctx context.Context, ws, action, targetKind, id string, cause error) {
+	if ws == "" {
+		return
+	}
+	ev := audit.Event(ctx, serviceName, ws, action, targetKind, id, audit.Failure, s.failureDetail(cause))
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), compensateTimeout)
+	defer cancel()
+	if err := audit.Record(ctx, s.db, ev); err != nil {
+		s.lg.Warn("could not record a failure audit event", zap.String("action", action), zap.String("target-id", id), zap.Error(err))
+	}
+}
+
+// failureDetail describes why a request failed, for the audit trail: the
+// status code and reason, never a message (it could echo input).
+func (s *Service) failureDetail(cause error) string {
+	switch {
+	case errors.Is(cause, store.ErrUnavailable):
+		return "failed: store unavailable"
+	case errors.Is(cause, ErrCredentialUnavailable):
+		return "failed: credential service unavailable"
+	}
+	st, _ := s.errs.ToStatus(cause)
+	if r := errs.Reason(st); r != "" {
+		return "failed: " + status.Code(st).String() + " " + r
+	}
+	return "failed: " + status.Code(st).String()
+}
+
+// keyLocks serialises the read-modify-write mutations of one agent (update,
+// rotate, revoke) within this process. The store file is locked to one
+// process, so this is every writer. Hashing to a fixed set of slots bounds
+// memory; unrelated agents sharing a slot only wait a little.
+type keyLocks struct {
+	slots [64]chan struct{}
+}
+
+func newKeyLocks() *keyLocks {
+	l := &keyLocks{}
+	for i := range l.slots {
+		l.slots[i] = make(chan struct{}, 1)
+	}
+	return l
+}
+
+// lock takes the slot of key, or gives up when ctx ends.
+func (l *keyLocks) lock(ctx context.Context, key string) (unlock func(), err error) {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	ch := l.slots[h.Sum32()%uint32(len(l.slots))]
+	select {
+	case ch <- struct{}{}:
+		return func() { <-ch }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
