@@ -143,6 +143,7 @@ func (c *changeSet) grant() bool {
 // nothing, and a gRPC caller without a mask would otherwise clear fields by
 // accident).
 func validMask(paths []string, name, description string, teamIDs, scopes []string, suspended bool) (*changeSet, error) {
+	paths = nonEmpty(paths) // the gateway sends [""] for a PATCH of `{}`
 	if len(paths) == 0 {
 		return nil, errs.Invalid(fieldMask, "nothing to update: send at least one of name, description, teamIds, scopes, suspended")
 	}
@@ -181,4 +182,15 @@ func validMask(paths []string, name, description string, teamIDs, scopes []strin
 	}
 	c.suspended = suspended
 	return c, nil
+}
+
+// nonEmpty drops empty mask paths.
+func nonEmpty(paths []string) []string {
+	out := paths[:0:0]
+	for _, p := range paths {
+		if p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

@@ -86,7 +86,7 @@ func (s *Service) authenticate(raw string) (*auth.Principal, *credentialstorev1.
 		return nil, nil, errInvalid
 	}
 	if err := checkSubject(subj, rec.RevokedAt != nil); err != nil {
-		return nil, nil, err
+		return nil, subj, err // the subject is known: the caller may audit the refusal
 	}
 	s.touch(rec.Id)
 	return principalOf(subj.Subject, rec.Kind, rec.Id, nil, false, nil), subj, nil

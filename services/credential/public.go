@@ -266,16 +266,19 @@ func getMember(tx *store.Tx, ws, id string) (*credentialv1.Member, error) {
 
 // maskPaths normalises an update mask to snake_case and checks every path is allowed.
 func maskPaths(paths []string, allowed ...string) ([]string, error) {
-	if len(paths) == 0 {
-		return nil, errs.Invalid("updateMask", "nothing to update: send at least one of %s", strings.Join(allowed, ", "))
-	}
 	out := make([]string, 0, len(paths))
 	for _, p := range paths {
+		if p == "" {
+			continue // the gateway sends [""] for a PATCH of `{}`
+		}
 		sn := snake(p)
 		if !slices.Contains(allowed, sn) {
 			return nil, errs.Invalid("updateMask", "%q cannot be updated; updatable fields: %s", clip(p), strings.Join(allowed, ", "))
 		}
 		out = append(out, sn)
+	}
+	if len(out) == 0 {
+		return nil, errs.Invalid("updateMask", "nothing to update: send at least one of %s", strings.Join(allowed, ", "))
 	}
 	return out, nil
 }

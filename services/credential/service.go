@@ -144,6 +144,10 @@ func (s *Service) Internal(fullMethod string) bool {
 // DB is the service's store.
 func (s *Service) DB() *store.DB { return s.db }
 
+// EndWatches ends every revocation watch stream, so that a graceful stop of
+// the server does not wait for watchers that never hang up on their own.
+func (s *Service) EndWatches() { s.hub.close() }
+
 // Close flushes last-used times and closes the store.
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
