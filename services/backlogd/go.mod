@@ -9,6 +9,7 @@ replace (
 	github.com/backlog/controlplane/services/credential => ../credential
 	github.com/backlog/controlplane/services/gateway => ../gateway
 	github.com/backlog/controlplane/services/kit => ../kit
+	github.com/backlog/controlplane/services/vault => ../vault
 )
 
 require (
@@ -18,6 +19,7 @@ require (
 	github.com/backlog/controlplane/services/credential v0.0.0-00010101000000-000000000000
 	github.com/backlog/controlplane/services/gateway v0.0.0-00010101000000-000000000000
 	github.com/backlog/controlplane/services/kit v0.0.0-00010101000000-000000000000
+	github.com/backlog/controlplane/services/vault v0.0.0-00010101000000-000000000000
 	github.com/prometheus/client_golang v1.25.0
 	go.etcd.io/bbolt v1.5.0
 	go.uber.org/zap v1.28.0

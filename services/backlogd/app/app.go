@@ -24,9 +24,9 @@ import (
 	"github.com/backlog/controlplane/services/gateway"
 	"github.com/backlog/controlplane/services/kit/admin"
 	"github.com/backlog/controlplane/services/kit/auth"
-	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/metrics"
 	"github.com/backlog/controlplane/services/kit/server"
+	"github.com/backlog/controlplane/services/vault"
 )
 
 const shutdownGrace = 10 * time.Second
@@ -75,7 +75,7 @@ func Start(cfg Config, lg *zap.Logger) (*App, error) {
 		case TargetAgent:
 			err = a.startAgent(ctx)
 		case TargetVault:
-			err = a.startHealthOnly(TargetVault, cfg.VaultListenAddr)
+			err = a.startVault(ctx)
 		case TargetGateway:
 			err = a.startGateway()
 		}
@@ -208,12 +208,27 @@ func (a *App) startAgent(ctx context.Context) error {
 	return a.serve(TargetAgent, a.cfg.AgentListenAddr, srv)
 }
 
-// startHealthOnly runs a service whose API is not built yet: it answers
-// health and reflection only, and registers no API it cannot serve.
-func (a *App) startHealthOnly(name, addr string) error {
-	a.lg.Warn("this service's API is not implemented yet; serving health only", zap.String("target", name))
-	srv := server.New(server.Config{Name: name, Logger: a.lg, Errors: errs.NewTable(name + ".backlog")})
-	return a.serve(name, addr, srv)
+func (a *App) startVault(ctx context.Context) error {
+	authn, _, err := a.remoteAuth(ctx)
+	if err != nil {
+		return err
+	}
+	svc, err := vault.New(vault.Config{
+		DataDir: a.cfg.DataDir, Logger: a.lg,
+		KEKFile: a.cfg.VaultKEKFile, PreviousKEKFiles: a.cfg.VaultKEKPreviousFiles,
+		EgressCAFile: a.cfg.VaultEgressCAFile, EgressAllowPrivate: a.cfg.VaultEgressAllowPrivate,
+		ServiceToken: a.svcToken,
+	})
+	if err != nil {
+		return err
+	}
+	a.onClose(func() { svc.Close() })
+	srv := server.New(server.Config{Name: TargetVault, Logger: a.lg, Errors: svc.Errors(),
+		Auth: authn, NoAuth: either(svc.NoAuth, admin.IsAdminMethod), TrustedProxies: a.cfg.TrustedProxies,
+		Internal: either(svc.Internal, admin.IsAdminMethod), ServiceToken: a.svcToken})
+	svc.Register(srv.GRPC)
+	(&admin.Server{DB: svc.DB()}).Register(srv.GRPC)
+	return a.serve(TargetVault, a.cfg.VaultListenAddr, srv)
 }
 
 func (a *App) startGateway() error {

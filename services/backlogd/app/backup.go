@@ -202,14 +202,18 @@ func ensureClosed(path string) error {
 // ParseBackupFlags parses `backlogd backup` / `backlogd restore` arguments:
 // the server flags plus -out (backup) or -from (restore).
 func ParseBackupFlags(cmd string, args []string, getenv func(string) string) (Config, string, error) {
+	return parseWith(map[string]string{"backup": "out", "restore": "from"}[cmd], args, getenv)
+}
+
+// parseWith parses the server flags plus one required -want PATH flag.
+func parseWith(want string, args []string, getenv func(string) string) (Config, string, error) {
 	var dir string
 	rest := make([]string, 0, len(args))
-	want := map[string]string{"backup": "out", "restore": "from"}[cmd]
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		if a == "-"+want || a == "--"+want {
 			if i+1 >= len(args) {
-				return Config{}, "", fmt.Errorf("-%s needs a directory", want)
+				return Config{}, "", fmt.Errorf("-%s needs a path", want)
 			}
 			dir = args[i+1]
 			i++
@@ -222,9 +226,9 @@ func ParseBackupFlags(cmd string, args []string, getenv func(string) string) (Co
 		rest = append(rest, a)
 	}
 	if dir == "" {
-		return Config{}, "", fmt.Errorf("backlogd %s: -%s DIR is required", cmd, want)
+		return Config{}, "", fmt.Errorf("-%s PATH is required", want)
 	}
-	cfg, err := ParseFlags("backlogd "+cmd, rest, getenv)
+	cfg, err := ParseFlags("backlogd", rest, getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		return cfg, "", err
 	}

@@ -54,6 +54,11 @@ type Config struct {
 
 	VaultEgressCAFile       string
 	VaultEgressAllowPrivate bool
+	// VaultKEKFile is the vault's key-encryption key (32 bytes, 0600); without
+	// one the vault is sealed: metadata only, no values.
+	VaultKEKFile string
+	// VaultKEKPreviousFiles finish an interrupted key rotation at start.
+	VaultKEKPreviousFiles []string
 }
 
 // ParseFlags reads args and the environment into a Config.
@@ -78,6 +83,8 @@ func ParseFlags(name string, args []string, getenv func(string) string) (Config,
 	fs.DurationVar(&c.DefaultTokenTTL, "token-ttl", time.Hour, "default lifetime of an access token")
 	fs.DurationVar(&c.MaxTokenTTL, "max-token-ttl", 24*time.Hour, "longest lifetime an exchange may ask for")
 	fs.StringVar(&c.VaultEgressCAFile, "vault-egress-ca-file", "", "extra CA certificates trusted for HTTP Request steps")
+	fs.StringVar(&c.VaultKEKFile, "vault-kek-file", "", "the vault's key-encryption key file (32 bytes raw or 64 hex, mode 0600); none: the vault is sealed")
+	prevKEKs := fs.String("vault-kek-previous-files", "", "comma list of earlier key-encryption key files, to finish an interrupted rotation")
 	fs.BoolVar(&c.VaultEgressAllowPrivate, "vault-egress-allow-private", false, "allow HTTP Request steps to loopback/private addresses")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -112,6 +119,11 @@ func ParseFlags(name string, args []string, getenv func(string) string) (Config,
 	} {
 		if *l.listen == "" {
 			*l.listen = l.addr
+		}
+	}
+	for _, f := range strings.Split(*prevKEKs, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			c.VaultKEKPreviousFiles = append(c.VaultKEKPreviousFiles, f)
 		}
 	}
 	if c.ServiceTokenFile == "" {

@@ -32,6 +32,18 @@ func run(args []string) error {
 	if len(args) > 0 && (args[0] == "backup" || args[0] == "restore") {
 		return runBackup(args[0], args[1:])
 	}
+	if len(args) > 0 && args[0] == "vault" {
+		if len(args) < 2 {
+			return errors.New("usage: backlogd vault gen-kek -out FILE | backlogd vault rotate-kek -new-kek-file FILE")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+		defer cancel()
+		msg, err := app.VaultCommand(ctx, args[1], args[2:], os.Getenv)
+		if err == nil {
+			fmt.Println(msg)
+		}
+		return err
+	}
 	cfg, err := app.ParseFlags("backlogd", args, os.Getenv)
 	if err != nil {
 		return err

@@ -1,0 +1,422 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
+	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
+	"github.com/backlog/controlplane/services/kit/audit"
+	"github.com/backlog/controlplane/services/kit/auth"
+	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/page"
+	"github.com/backlog/controlplane/services/kit/store"
+)
+
+type auditEvent = auditv1.AuditEvent
+
+// Audit actions.
+const (
+	actionCreate = "secret.create"
+	actionUpdate = "secret.update"
+	actionRevoke = "secret.revoke"
+	actionDelete = "secret.delete"
+	actionUse    = "secret.use"
+)
+
+// ListSecrets lists a workspace's secrets by name, metadata only.
+func (s *Service) ListSecrets(ctx context.Context, req *vaultv1.ListSecretsRequest) (*vaultv1.ListSecretsResponse, error) {
+	ws := req.GetWorkspaceId()
+	if err := validWorkspace(ws); err != nil {
+		return nil, err
+	}
+	kind := req.GetKind()
+	if kind != "" {
+		if _, err := validKind(kind); err != nil {
+			return nil, err
+		}
+	}
+	var within time.Duration
+	if d := req.GetExpiringWithin(); d != nil {
+		if err := d.CheckValid(); err != nil || d.AsDuration() <= 0 {
+			return nil, errs.Invalid(fieldExpiring, "must be a positive duration, e.g. 604800s")
+		}
+		within = d.AsDuration()
+	}
+	size, err := page.Size(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	scope := fmt.Sprintf("%s|%s|%d", ws, kind, within)
+	after, err := page.Decode(scope, req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	prefix := store.Key(ws, "")
+	if len(after) > 0 && !bytes.HasPrefix(after, prefix) {
+		return nil, errs.Invalid("pageToken", "does not belong to this workspace")
+	}
+	if _, err := auth.Require(ctx, ws, auth.SecretsRead); err != nil {
+		return nil, err
+	}
+	now := s.now()
+	resp := &vaultv1.ListSecretsResponse{}
+	err = s.db.View(func(tx *store.Tx) error {
+		next, err := store.Scan(tx, secretsBucket, prefix, after, size, func(k, v []byte) (bool, error) {
+			rec := &vaultv1.Secret{}
+			if err := proto.Unmarshal(v, rec); err != nil {
+				return false, fmt.Errorf("decode secret %q: %w", k, err)
+			}
+			if kind != "" && rec.GetKind() != kind {
+				return false, nil
+			}
+			// Due within the window: expiring by now+within, including those
+			// already expired (they need attention most).
+			if within > 0 && (rec.GetExpiresAt() == nil || rec.GetExpiresAt().AsTime().After(now.Add(within))) {
+				return false, nil
+			}
+			resp.Secrets = append(resp.Secrets, present(rec, now))
+			return true, nil
+		})
+		resp.NextPageToken = page.Encode(scope, next)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// GetSecret reads one secret's metadata.
+func (s *Service) GetSecret(ctx context.Context, req *vaultv1.GetSecretRequest) (*vaultv1.GetSecretResponse, error) {
+	ws, name := req.GetWorkspaceId(), req.GetName()
+	if err := validWorkspace(ws); err != nil {
+		return nil, err
+	}
+	if _, err := auth.Require(ctx, ws, auth.SecretsRead); err != nil {
+		return nil, err
+	}
+	if err := existingName(name); err != nil {
+		return nil, err
+	}
+	var rec *vaultv1.Secret
+	err := s.db.View(func(tx *store.Tx) error {
+		var err error
+		rec, err = load(tx, ws, name)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &vaultv1.GetSecretResponse{Secret: present(rec, s.now())}, nil
+}
+
+// CreateSecret stores a new secret, its value sealed under the workspace's
+// data key (created with the workspace's first secret), the record, the
+// ciphertext and the audit event in one transaction.
+func (s *Service) CreateSecret(ctx context.Context, req *vaultv1.CreateSecretRequest) (*vaultv1.CreateSecretResponse, error) {
+	ws := req.GetWorkspaceId()
+	if err := validWorkspace(ws); err != nil {
+		return nil, err
+	}
+	name, err := validName(req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	kind, err := validKind(req.GetKind())
+	if err != nil {
+		return nil, err
+	}
+	desc, err := validDescription(req.GetDescription())
+	if err != nil {
+		return nil, err
+	}
+	if err := validValue(req.GetValue()); err != nil {
+		return nil, err
+	}
+	now := s.now()
+	expires, err := validExpiry(req.GetExpiresAt(), now)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := auth.Require(ctx, ws, auth.SecretsWrite); err != nil {
+		return nil, err
+	}
+	if s.keys.sealed() {
+		return nil, ErrSealed
+	}
+
+	ts := timestamppb.New(now)
+	rec := &vaultv1.Secret{
+		WorkspaceId: ws, Name: name, Kind: kind, Description: desc, ExpiresAt: expires,
+		State: StateActive, Version: 1, CreatedAt: ts, UpdatedAt: ts,
+	}
+	ev := audit.Event(ctx, serviceName, ws, actionCreate, "secret", name, audit.Success,
+		fmt.Sprintf("kind=%s version=1%s", kind, expiryDetail(expires)))
+	value := []byte(req.GetValue())
+	defer clear(value)
+	err = s.db.Update(ctx, func(tx *store.Tx) error {
+		key := secretKey(ws, name)
+		if existing := tx.Bucket(secretsBucket).Get(key); existing != nil {
+			return fail(ErrNameTaken, "a secret named %q already exists in this workspace (names are unique regardless of case); update it instead", name)
+		}
+		dk, err := s.dataKeyForWrite(tx, ws)
+		if err != nil {
+			return err
+		}
+		sealed, err := sealValue(dk, ws, nameKey(name), rec.Version, value)
+		if err != nil {
+			return err
+		}
+		if err := store.Put(tx, secretsBucket, key, rec); err != nil {
+			return err
+		}
+		if err := tx.Bucket(valuesBucket).Put(key, sealed); err != nil {
+			return err
+		}
+		return audit.Put(tx, ev)
+	})
+	if err != nil {
+		if !errors.Is(err, ErrNameTaken) {
+			s.recordFailure(ctx, ws, actionCreate, name, err, "")
+		}
+		return nil, err
+	}
+	s.lg.Info("secret created", zap.String("workspace-id", ws), zap.String("secret", name), zap.String("kind", kind))
+	return &vaultv1.CreateSecretResponse{Secret: present(rec, now)}, nil
+}
+
+// UpdateSecret changes the fields named in the update mask: a new value
+// (rotation: the version goes up and every later use gets the new value; a
+// revoked secret becomes active again), the description, the expiry (unset
+// in the mask: no expiry).
+func (s *Service) UpdateSecret(ctx context.Context, req *vaultv1.UpdateSecretRequest) (*vaultv1.UpdateSecretResponse, error) {
+	ws, name := req.GetWorkspaceId(), req.GetName()
+	if err := validWorkspace(ws); err != nil {
+		return nil, err
+	}
+	in := req.GetSecret()
+	if in == nil {
+		return nil, errs.Invalid(fieldSecret, "is required: send the fields to change")
+	}
+	now := s.now()
+	ch, err := validMask(req.GetUpdateMask().GetPaths(), in, now)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := auth.Require(ctx, ws, auth.SecretsWrite); err != nil {
+		return nil, err
+	}
+	if err := existingName(name); err != nil {
+		return nil, err
+	}
+	if ch.has(pathValue) && s.keys.sealed() {
+		return nil, ErrSealed
+	}
+	value := []byte(ch.value)
+	defer clear(value)
+	var out *vaultv1.Secret
+	err = s.db.Update(ctx, func(tx *store.Tx) error {
+		rec, err := load(tx, ws, name)
+		if err != nil {
+			return err
+		}
+		var notes []string
+		if ch.has(pathValue) && !ch.has(pathExpiresAt) && stateAt(rec, now) == StateExpired {
+			// A new value under a past expiry would still not work: say so
+			// rather than store it and fail at the next use.
+			return errs.Invalid(fieldExpiresAt, "secret %q expired at %s: send a new expiresAt (or null for none) together with the new value",
+				rec.GetName(), rec.GetExpiresAt().AsTime().UTC().Format(time.RFC3339))
+		}
+		if ch.has(pathValue) {
+			dk, err := s.dataKeyForWrite(tx, ws)
+			if err != nil {
+				return err
+			}
+			rec.Version++
+			sealed, err := sealValue(dk, ws, nameKey(rec.Name), rec.Version, value)
+			if err != nil {
+				return err
+			}
+			if err := tx.Bucket(valuesBucket).Put(secretKey(ws, name), sealed); err != nil {
+				return err
+			}
+			if rec.State == StateRevoked {
+				rec.State, rec.RevokedAt = StateActive, nil
+				notes = append(notes, "reactivated")
+			}
+		}
+		if ch.has(pathDescription) {
+			rec.Description = ch.description
+		}
+		if ch.has(pathExpiresAt) {
+			rec.ExpiresAt = ch.expiresAt
+		}
+		rec.UpdatedAt = timestamppb.New(now)
+		if err := store.Put(tx, secretsBucket, secretKey(ws, name), rec); err != nil {
+			return err
+		}
+		detail := fmt.Sprintf("fields=%s version=%d%s", strings.Join(ch.fields(), ","), rec.Version, expiryDetail(rec.ExpiresAt))
+		if len(notes) > 0 {
+			detail += " " + strings.Join(notes, " ")
+		}
+		out = rec
+		return audit.Put(tx, audit.Event(ctx, serviceName, ws, actionUpdate, "secret", rec.Name, audit.Success, detail))
+	})
+	if err != nil {
+		if !errors.Is(err, ErrNotFound) {
+			s.recordFailure(ctx, ws, actionUpdate, name, err, "")
+		}
+		return nil, err
+	}
+	s.lg.Info("secret updated", zap.String("workspace-id", ws), zap.String("secret", out.Name), zap.Strings("fields", ch.fields()), zap.Int64("version", out.Version))
+	return &vaultv1.UpdateSecretResponse{Secret: present(out, now)}, nil
+}
+
+// RevokeSecret disables a secret at once and keeps its record (and
+// ciphertext, so that a later value update can reactivate it).
+func (s *Service) RevokeSecret(ctx context.Context, req *vaultv1.RevokeSecretRequest) (*vaultv1.RevokeSecretResponse, error) {
+	ws, name := req.GetWorkspaceId(), req.GetName()
+	if err := validWorkspace(ws); err != nil {
+		return nil, err
+	}
+	if _, err := auth.Require(ctx, ws, auth.SecretsWrite); err != nil {
+		return nil, err
+	}
+	if err := existingName(name); err != nil {
+		return nil, err
+	}
+	now := s.now()
+	var out *vaultv1.Secret
+	err := s.db.Update(ctx, func(tx *store.Tx) error {
+		rec, err := load(tx, ws, name)
+		if err != nil {
+			return err
+		}
+		detail := "revoked"
+		if rec.State == StateRevoked {
+			detail = "already revoked"
+		} else {
+			rec.State, rec.RevokedAt, rec.UpdatedAt = StateRevoked, timestamppb.New(now), timestamppb.New(now)
+			if err := store.Put(tx, secretsBucket, secretKey(ws, name), rec); err != nil {
+				return err
+			}
+		}
+		out = rec
+		return audit.Put(tx, audit.Event(ctx, serviceName, ws, actionRevoke, "secret", rec.Name, audit.Success, detail))
+	})
+	if err != nil {
+		if !errors.Is(err, ErrNotFound) {
+			s.recordFailure(ctx, ws, actionRevoke, name, err, "")
+		}
+		return nil, err
+	}
+	s.lg.Info("secret revoked", zap.String("workspace-id", ws), zap.String("secret", out.Name))
+	return &vaultv1.RevokeSecretResponse{Secret: present(out, now)}, nil
+}
+
+// DeleteSecret removes a secret's record and ciphertext.
+func (s *Service) DeleteSecret(ctx context.Context, req *vaultv1.DeleteSecretRequest) (*vaultv1.DeleteSecretResponse, error) {
+	ws, name := req.GetWorkspaceId(), req.GetName()
+	if err := validWorkspace(ws); err != nil {
+		return nil, err
+	}
+	if _, err := auth.Require(ctx, ws, auth.SecretsWrite); err != nil {
+		return nil, err
+	}
+	if err := existingName(name); err != nil {
+		return nil, err
+	}
+	var deleted string
+	err := s.db.Update(ctx, func(tx *store.Tx) error {
+		rec, err := load(tx, ws, name)
+		if err != nil {
+			return err
+		}
+		key := secretKey(ws, name)
+		if err := tx.Bucket(secretsBucket).Delete(key); err != nil {
+			return err
+		}
+		if err := tx.Bucket(valuesBucket).Delete(key); err != nil {
+			return err
+		}
+		deleted = rec.Name
+		return audit.Put(tx, audit.Event(ctx, serviceName, ws, actionDelete, "secret", rec.Name, audit.Success,
+			fmt.Sprintf("kind=%s version=%d", rec.Kind, rec.Version)))
+	})
+	if err != nil {
+		if !errors.Is(err, ErrNotFound) {
+			s.recordFailure(ctx, ws, actionDelete, name, err, "")
+		}
+		return nil, err
+	}
+	s.lg.Info("secret deleted", zap.String("workspace-id", ws), zap.String("secret", deleted))
+	return &vaultv1.DeleteSecretResponse{}, nil
+}
+
+// load reads one secret's record in tx.
+func load(tx *store.Tx, ws, name string) (*vaultv1.Secret, error) {
+	rec := &vaultv1.Secret{}
+	ok, err := store.Get(tx, secretsBucket, secretKey(ws, name), rec)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fail(ErrNotFound, "secret %q not found in this workspace", name)
+	}
+	rec.Value = "" // never stored; belt and braces
+	return rec, nil
+}
+
+// stateAt is a record's state at now: revoked, expired (expiry reached), or
+// active.
+func stateAt(rec *vaultv1.Secret, now time.Time) string {
+	switch {
+	case rec.GetState() == StateRevoked:
+		return StateRevoked
+	case rec.GetExpiresAt() != nil && !rec.GetExpiresAt().AsTime().After(now):
+		return StateExpired
+	}
+	return StateActive
+}
+
+// present is a record as callers see it: state computed, never a value.
+func present(rec *vaultv1.Secret, now time.Time) *vaultv1.Secret {
+	out := proto.CloneOf(rec)
+	out.Value = ""
+	out.State = stateAt(rec, now)
+	return out
+}
+
+// usable checks that a secret may be used now, by kind.
+func usable(rec *vaultv1.Secret, now time.Time, kind, use string) error {
+	switch stateAt(rec, now) {
+	case StateRevoked:
+		return fail(ErrRevoked, "secret %q is revoked: %s refused until an owner or admin updates its value", rec.GetName(), use)
+	case StateExpired:
+		return fail(ErrExpired, "secret %q expired at %s: %s refused until an owner or admin extends its expiry or updates it",
+			rec.GetName(), rec.GetExpiresAt().AsTime().UTC().Format(time.RFC3339), use)
+	}
+	if rec.GetKind() != kind {
+		if kind == KindWebhook {
+			return fail(ErrWrongKind, "secret %q is an %s secret: HTTP Request steps can only use webhook secrets", rec.GetName(), rec.GetKind())
+		}
+		return fail(ErrWrongKind, "secret %q is a %s secret: only integration secrets can be resolved", rec.GetName(), rec.GetKind())
+	}
+	return nil
+}
+
+func expiryDetail(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return ""
+	}
+	return " expires=" + ts.AsTime().UTC().Format(time.RFC3339)
+}

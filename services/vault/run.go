@@ -1,0 +1,292 @@
+package vault
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
+	"github.com/backlog/controlplane/services/kit/audit"
+	"github.com/backlog/controlplane/services/kit/auth"
+	"github.com/backlog/controlplane/services/kit/store"
+)
+
+const userAgent = "backlog-vault/1"
+
+// resolved is a secret decrypted for one HTTP Request step.
+type resolved struct {
+	name  string // as stored
+	value string
+}
+
+// RunHttpRequest runs an HTTP Request step: it validates the step, looks up
+// and decrypts every secret its headers reference (any unknown, revoked,
+// expired or non-webhook secret fails the step before anything is sent),
+// substitutes the values, sends the request itself, and returns the
+// response with every echoed value redacted. Each secret used gets a
+// secret.use audit event.
+func (s *Service) RunHttpRequest(ctx context.Context, req *vaultv1.RunHttpRequestRequest) (*vaultv1.RunHttpRequestResponse, error) {
+	ws := req.GetWorkspaceId()
+	if err := validWorkspace(ws); err != nil {
+		return nil, err
+	}
+	st, err := validStep(req)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := auth.Require(ctx, ws, auth.SecretsUse); err != nil {
+		return nil, err
+	}
+	host := st.url.Host
+	if !s.allowPrivate {
+		if d := checkLiteralHost(st.url); d != nil {
+			err := s.egressErr(host, d)
+			s.recordUses(ctx, ws, st.refs, nil, err, st.method, host, 0)
+			return nil, err
+		}
+	}
+
+	secrets, err := s.resolveForStep(ctx, ws, st.refs)
+	if err != nil {
+		return nil, err
+	}
+	values := map[string]string{} // name key → value
+	byName := map[string]string{} // stored name → value, for redaction
+	var used []string
+	for _, r := range secrets {
+		values[nameKey(r.name)] = r.value
+		byName[r.name] = r.value
+		used = append(used, r.name)
+	}
+	red := newRedactor(byName)
+
+	resp, err := s.send(ctx, st, values, red)
+	if err != nil {
+		s.recordUses(ctx, ws, st.refs, used, err, st.method, host, 0)
+		return nil, err
+	}
+	resp.SecretsUsed = used
+	s.recordUses(ctx, ws, st.refs, used, nil, st.method, host, resp.StatusCode)
+	s.lg.Info("http request step sent", zap.String("workspace-id", ws), zap.String("method", st.method),
+		zap.String("host", host), zap.Int32("status", resp.StatusCode), zap.Strings("secrets", used))
+	return resp, nil
+}
+
+// resolveForStep decrypts the secrets refs names, all in one snapshot.
+func (s *Service) resolveForStep(ctx context.Context, ws string, refs []string) ([]resolved, error) {
+	if len(refs) == 0 {
+		return nil, nil
+	}
+	if s.keys.sealed() {
+		s.recordUses(ctx, ws, refs, nil, ErrSealed, "", "", 0)
+		return nil, ErrSealed
+	}
+	now := s.now()
+	var out []resolved
+	var failed string
+	err := s.viewKeys(func(tx *store.Tx) error {
+		out, failed = out[:0], ""
+		for _, name := range refs {
+			failed = name
+			rec, err := load(tx, ws, name)
+			if err != nil {
+				return fail(ErrNotFound, "secret %q not found in this workspace: the step references it but it does not exist (or was deleted); nothing was sent", name)
+			}
+			failed = rec.GetName()
+			if err := usable(rec, now, KindWebhook, "HTTP Request steps are"); err != nil {
+				return err
+			}
+			v, err := s.decrypt(tx, ws, nameKey(rec.GetName()), rec.GetVersion(), rec.GetName())
+			if err != nil {
+				return err
+			}
+			if !validHeaderText(string(v)) {
+				clear(v)
+				return fail(ErrBadValue, "secret %q holds line breaks or other control characters, which a header value cannot carry; nothing was sent", rec.GetName())
+			}
+			out = append(out, resolved{name: rec.GetName(), value: string(v)})
+			clear(v)
+		}
+		return nil
+	})
+	if err != nil {
+		// Only the secret that failed the step is recorded: the others
+		// were decrypted but never left the vault.
+		s.recordFailure(ctx, ws, actionUse, failed, err, "http-request")
+		return nil, err
+	}
+	return out, nil
+}
+
+// send substitutes values into the headers, sends the request and reads
+// the (redacted, capped) response.
+func (s *Service) send(ctx context.Context, st *httpStep, values map[string]string, red *redactor) (*vaultv1.RunHttpRequestResponse, error) {
+	host := st.url.Host
+	rctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	var body io.Reader
+	if st.body != "" {
+		body = strings.NewReader(st.body)
+	}
+	hreq, err := http.NewRequestWithContext(rctx, st.method, st.url.String(), body)
+	if err != nil {
+		return nil, fail(ErrUpstream, "the request to %s could not be built", host)
+	}
+	hreq.Header.Set("User-Agent", userAgent)
+	for _, h := range st.headers {
+		hreq.Header.Set(h.name, render(h.parts, func(name string) string { return values[nameKey(name)] }))
+	}
+	start := time.Now()
+	hresp, err := s.egress.Do(hreq)
+	if err != nil {
+		return nil, s.sendErr(ctx, rctx, host, err, red)
+	}
+	defer hresp.Body.Close()
+
+	limit := s.maxResponse + red.longest + 1
+	data, err := io.ReadAll(io.LimitReader(hresp.Body, int64(limit)))
+	if err != nil {
+		return nil, s.sendErr(ctx, rctx, host, err, red)
+	}
+	out := &vaultv1.RunHttpRequestResponse{StatusCode: int32(hresp.StatusCode), Headers: map[string]string{}}
+	for k, vs := range hresp.Header {
+		out.Headers[strings.ToValidUTF8(red.redactString(k), "\uFFFD")] = strings.ToValidUTF8(red.redactString(strings.Join(vs, ", ")), "\uFFFD")
+	}
+	out.BodyTruncated = len(data) > s.maxResponse
+	switch enc := strings.ToLower(hresp.Header.Get("Content-Encoding")); {
+	case len(values) > 0 && !hresp.Uncompressed && enc != "" && enc != "identity":
+		// Compressed in a way we did not ask for: we cannot look inside
+		// for echoed values, so the body is not returned.
+		out.BodyEncoding = "withheld"
+		out.BodyTruncated = false
+	default:
+		b := red.redact(data, s.maxResponse)
+		if utf8.Valid(b) {
+			out.Body = string(b)
+		} else {
+			out.Body, out.BodyEncoding = base64.StdEncoding.EncodeToString(b), "base64"
+		}
+	}
+	s.lg.Debug("http request step response", zap.String("host", host), zap.Int("status", hresp.StatusCode),
+		zap.Int("body-bytes", len(data)), zap.Bool("truncated", out.BodyTruncated), zap.Duration("duration", time.Since(start)))
+	return out, nil
+}
+
+// sendErr explains a failed send without the URL (it may carry query
+// parameters) and with any echoed value redacted.
+func (s *Service) sendErr(ctx, rctx context.Context, host string, err error, red *redactor) error {
+	if d, ok := isEgressDenied(err); ok {
+		return s.egressErr(host, d)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if rctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+		return fail(ErrUpstreamSlow, "the request to %s did not complete within %s", host, s.timeout)
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	why := "it failed"
+	var dnsErr *net.DNSError
+	var certErr *tls.CertificateVerificationError
+	var unknownAuth x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	switch {
+	case errors.As(err, &dnsErr):
+		why = "its host name could not be resolved"
+	case errors.As(err, &certErr), errors.As(err, &unknownAuth), errors.As(err, &hostErr):
+		why = "the server's TLS certificate is not trusted (operators can add CA certificates with -vault-egress-ca-file)"
+	case strings.Contains(err.Error(), "connection refused"):
+		why = "the connection was refused"
+	default:
+		why = "it failed: " + red.redactString(err.Error())
+	}
+	s.lg.Debug("http request step failed", zap.String("host", host), zap.String("error", red.redactString(err.Error())))
+	return fail(ErrUpstream, "the request to %s was not completed: %s", host, why)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func (s *Service) egressErr(host string, d *egressDenied) error {
+	return fail(ErrEgressDenied, "%s: %s; HTTP Request steps may only reach public addresses (an operator can allow private ones with -vault-egress-allow-private)", host, d.Error())
+}
+
+// recordUses writes one secret.use event per secret of the step, and sets
+// last-used times when the request was sent and answered. cause nil means
+// success (status is the response's).
+func (s *Service) recordUses(ctx context.Context, ws string, refs, used []string, cause error, method, host string, status int32) {
+	names := used
+	if names == nil {
+		names = refs
+	}
+	if len(names) == 0 {
+		return
+	}
+	var evs []*auditEvent
+	for _, name := range names {
+		if cause == nil {
+			evs = append(evs, audit.Event(ctx, serviceName, ws, actionUse, "secret", name, audit.Success,
+				fmt.Sprintf("http-request method=%s host=%s status=%d", method, host, status)))
+		} else {
+			prefix := "http-request"
+			if method != "" {
+				prefix = fmt.Sprintf("http-request method=%s host=%s", method, host)
+			}
+			evs = append(evs, audit.Event(ctx, serviceName, ws, actionUse, "secret", name, audit.Failure, failureDetail(cause, prefix)))
+		}
+	}
+	if cause != nil {
+		s.recordEvents(ctx, evs...)
+		return
+	}
+	now := timestamppb.New(s.now())
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
+	defer cancel()
+	err := s.db.Update(actx, func(tx *store.Tx) error {
+		for _, ev := range evs {
+			if err := audit.Put(tx, ev); err != nil {
+				return err
+			}
+		}
+		return touch(tx, ws, names, now)
+	})
+	if err != nil {
+		s.lg.Warn("could not record secret use", zap.String("workspace-id", ws), zap.Error(err))
+	}
+}
+
+// touch sets the last-used time of names that still exist.
+func touch(tx *store.Tx, ws string, names []string, now *timestamppb.Timestamp) error {
+	for _, name := range names {
+		rec, err := load(tx, ws, name)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		rec.LastUsedAt = now
+		if err := store.Put(tx, secretsBucket, secretKey(ws, name), rec); err != nil {
+			return err
+		}
+	}
+	return nil
+}

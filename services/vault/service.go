@@ -1,0 +1,329 @@
+// Package vault is the secret vault service: it keeps a workspace's secrets
+// (API keys, tokens, passwords) encrypted in its own bbolt store, shows their
+// metadata to members, and uses their values on the workspace's behalf — by
+// substituting them into the headers of HTTP Request steps it sends itself,
+// and by handing integration secrets to trusted internal services through the
+// gRPC-only VaultInternalService. A value is decrypted only in memory, only
+// when a request needs it; it is never returned by the public API, logged,
+// put in an error message or an audit event, or stored in plaintext.
+//
+// Values are sealed with envelope encryption (see crypto.go): a per-workspace
+// data key, wrapped by a key-encryption key loaded from a file at start.
+// Without that key the vault is sealed: metadata reads work, every value
+// operation is refused.
+package vault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
+	"github.com/backlog/controlplane/services/kit/audit"
+	"github.com/backlog/controlplane/services/kit/auth"
+	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/server"
+	"github.com/backlog/controlplane/services/kit/store"
+)
+
+// serviceName names this service in logs and audit events.
+const serviceName = "vault"
+
+// ServiceTokenMetadataKey is the gRPC metadata key VaultInternalService
+// callers send the service credential in (auth.ServiceTokenKey).
+const ServiceTokenMetadataKey = auth.ServiceTokenKey
+
+// Defaults for HTTP Request steps.
+const (
+	DefaultEgressTimeout          = 10 * time.Second
+	DefaultEgressMaxResponseBytes = 1 << 20
+)
+
+// auditTimeout bounds an audit write made after the caller's request has
+// already been decided (or cancelled).
+const auditTimeout = 10 * time.Second
+
+// Config configures the vault.
+type Config struct {
+	// DataDir holds the store file, DataDir/vault.db.
+	DataDir string
+	Logger  *zap.Logger
+	// KEKFile is the key-encryption key file (see LoadKEKFile and
+	// GenerateKEKFile). Empty: the vault starts sealed.
+	KEKFile string
+	// PreviousKEKFiles are older key-encryption keys, loaded only to unwrap
+	// data keys they still wrap; at start every such data key is rewrapped
+	// with KEKFile's key (completing an interrupted rotation), after which
+	// the previous keys are dropped from memory.
+	PreviousKEKFiles []string
+	// EgressCAFile holds extra PEM CA certificates trusted, besides the
+	// system roots, by HTTP Request steps.
+	EgressCAFile string
+	// EgressAllowPrivate lets HTTP Request steps reach loopback, private,
+	// link-local and other non-public addresses (off: SSRF guard).
+	EgressAllowPrivate bool
+	// EgressTimeout bounds one HTTP Request step, from dial to the last byte
+	// of the response (default 10s).
+	EgressTimeout time.Duration
+	// EgressMaxResponseBytes caps the response body returned (default 1 MiB);
+	// beyond it the body is truncated and flagged.
+	EgressMaxResponseBytes int
+	// ServiceToken is the control plane's service credential (blg_svc_…,
+	// the one backlogd loads for every service). VaultInternalService calls
+	// (Resolve, RotateKek) must present it in the metadata key
+	// x-backlog-service-token (auth.ServiceCredentials). Empty: that API is
+	// refused.
+	ServiceToken string
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Service implements vaultv1.VaultServiceServer and
+// vaultv1.VaultInternalServiceServer.
+type Service struct {
+	vaultv1.UnsafeVaultServiceServer
+	vaultv1.UnsafeVaultInternalServiceServer
+
+	db           *store.DB
+	lg           *zap.Logger
+	now          func() time.Time
+	errs         *errs.Table
+	audit        *audit.Server
+	keys         *keyring
+	rotateMu     sync.Mutex
+	egress       *http.Client
+	allowPrivate bool
+	timeout      time.Duration
+	maxResponse  int
+	serviceToken string
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New loads the key-encryption key(s), opens the store and returns the
+// service.
+func New(cfg Config) (*Service, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("vault: DataDir is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.EgressTimeout <= 0 {
+		cfg.EgressTimeout = DefaultEgressTimeout
+	}
+	if cfg.EgressMaxResponseBytes <= 0 {
+		cfg.EgressMaxResponseBytes = DefaultEgressMaxResponseBytes
+	}
+	if len(cfg.PreviousKEKFiles) > 0 && cfg.KEKFile == "" {
+		return nil, errors.New("vault: previous key-encryption keys need a current one (-vault-kek-file)")
+	}
+	lg := cfg.Logger.With(zap.String("service", serviceName))
+
+	keys := newKeyring()
+	if cfg.KEKFile != "" {
+		for i, path := range append([]string{cfg.KEKFile}, cfg.PreviousKEKFiles...) {
+			raw, err := LoadKEKFile(path)
+			if err != nil {
+				return nil, fmt.Errorf("vault: %w", err)
+			}
+			k, err := newKEK(raw)
+			clear(raw)
+			if err != nil {
+				return nil, fmt.Errorf("vault: %s: %w", path, err)
+			}
+			keys.add(k, i == 0)
+		}
+	}
+	client, err := newEgressClient(cfg.EgressCAFile, cfg.EgressAllowPrivate, cfg.EgressTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("vault: %w", err)
+	}
+	db, err := store.Open(filepath.Join(cfg.DataDir, "vault.db"), buckets, lg)
+	if err != nil {
+		return nil, fmt.Errorf("vault: %w", err)
+	}
+	s := &Service{
+		db: db, lg: lg, now: cfg.Now, errs: newErrorTable(), audit: &audit.Server{DB: db},
+		keys: keys, egress: client, allowPrivate: cfg.EgressAllowPrivate, timeout: cfg.EgressTimeout, maxResponse: cfg.EgressMaxResponseBytes,
+		serviceToken: cfg.ServiceToken,
+	}
+	if err := s.checkKeys(len(cfg.PreviousKEKFiles) > 0); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// checkKeys reports the key state at start: sealed, data keys wrapped by
+// keys that are not loaded, and (with previous keys) finishes a rewrap.
+func (s *Service) checkKeys(previous bool) error {
+	active := s.keys.activeKEK()
+	if active == nil {
+		s.lg.Warn(MsgSealed + "; secrets can be listed but not created, updated with a value, or used")
+		return nil
+	}
+	if previous {
+		n, err := s.rewrapAll(context.Background())
+		if err != nil {
+			s.lg.Error("could not rewrap every data key with the current key-encryption key; previous keys stay loaded", zap.Error(err))
+		} else {
+			retired := s.keys.retire()
+			s.lg.Info("rewrapped data keys with the current key-encryption key; the previous key files are no longer needed",
+				zap.Int("data-keys-rewrapped", n), zap.Int("previous-keys-dropped", len(retired)))
+		}
+	}
+	unknown, err := s.unknownWrappers()
+	if err != nil {
+		return fmt.Errorf("vault: %w", err)
+	}
+	if len(unknown) > 0 {
+		s.lg.Error("some workspace data keys are wrapped by key-encryption keys that are not loaded; those workspaces' secrets cannot be used until the vault starts with them",
+			zap.Int("data-keys", sum(unknown)), zap.String("kek-ids", idList(unknown)), zap.String("loaded-kek-id", active.id.String()))
+	}
+	s.lg.Info("vault unsealed", zap.String("kek-id", active.id.String()))
+	return nil
+}
+
+// Register registers the VaultService, the VaultInternalService and this
+// service's own AuditService (its local events) on g.
+func (s *Service) Register(g grpc.ServiceRegistrar) {
+	vaultv1.RegisterVaultServiceServer(g, s)
+	vaultv1.RegisterVaultInternalServiceServer(g, s)
+	s.audit.Register(g)
+}
+
+// Errors maps this service's sentinel errors to gRPC codes.
+func (s *Service) Errors() *errs.Table { return s.errs }
+
+// NoAuth reports the methods that skip bearer authentication: the
+// VaultInternalService, whose callers present the service credential.
+func (s *Service) NoAuth(fullMethod string) bool { return s.Internal(fullMethod) }
+
+// Internal reports the methods only sibling services (and operators'
+// tools) may call, with the service credential: the VaultInternalService.
+func (s *Service) Internal(fullMethod string) bool {
+	return strings.HasPrefix(fullMethod, "/"+vaultv1.VaultInternalService_ServiceDesc.ServiceName+"/")
+}
+
+// DB is the service's store.
+func (s *Service) DB() *store.DB { return s.db }
+
+// Sealed reports whether no key-encryption key is loaded.
+func (s *Service) Sealed() bool { return s.keys.sealed() }
+
+// KEKID is the id (fingerprint) of the key-encryption key in use, or "".
+func (s *Service) KEKID() string {
+	if k := s.keys.activeKEK(); k != nil {
+		return k.id.String()
+	}
+	return ""
+}
+
+// Close closes idle egress connections and the store after pending writes.
+func (s *Service) Close() error {
+	s.closeOnce.Do(func() {
+		s.egress.CloseIdleConnections()
+		s.closeErr = s.db.Close()
+	})
+	return s.closeErr
+}
+
+// checkServiceToken authorises a VaultInternalService call. The kit server
+// checks it too when backlogd lists Internal; the handler checks again so
+// that a server built without that option still never serves a value to a
+// caller without the service credential.
+func (s *Service) checkServiceToken(ctx context.Context) error {
+	if err := auth.CheckService(ctx, s.serviceToken); err != nil {
+		if s.serviceToken != "" {
+			s.lg.Warn("internal call without a valid service credential", zap.String("client-ip", server.ClientIP(ctx)))
+		}
+		return err
+	}
+	return nil
+}
+
+// recordFailure writes a failure audit event in a transaction of its own.
+// Best effort: the request has already failed and the caller learns that.
+func (s *Service) recordFailure(ctx context.Context, ws, action, name string, cause error, detail string) {
+	ev := audit.Event(ctx, serviceName, ws, action, "secret", name, audit.Failure, failureDetail(cause, detail))
+	s.recordEvents(ctx, ev)
+}
+
+// recordEvents writes events in one transaction of its own, best effort.
+func (s *Service) recordEvents(ctx context.Context, evs ...*auditEvent) {
+	if len(evs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
+	defer cancel()
+	err := s.db.Update(ctx, func(tx *store.Tx) error {
+		for _, ev := range evs {
+			if err := audit.Put(tx, ev); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.lg.Warn("could not record audit events", zap.String("action", evs[0].GetAction()), zap.Error(err))
+	}
+}
+
+// failureDetail describes why a call failed, for the audit trail: the
+// sentinel's reason, never a message that could quote caller input.
+func failureDetail(cause error, prefix string) string {
+	d := "failed"
+	if prefix != "" {
+		d = prefix + " failed"
+	}
+	switch {
+	case cause == nil:
+	case errors.Is(cause, ErrNotFound):
+		d += ": not found"
+	case errors.Is(cause, ErrRevoked):
+		d += ": revoked"
+	case errors.Is(cause, ErrExpired):
+		d += ": expired"
+	case errors.Is(cause, ErrWrongKind):
+		d += ": wrong kind"
+	case errors.Is(cause, ErrBadValue):
+		d += ": value unusable in a header"
+	case errors.Is(cause, ErrSealed):
+		d += ": vault sealed"
+	case errors.Is(cause, ErrKeyMissing):
+		d += ": data key unavailable"
+	case errors.Is(cause, ErrUnreadable):
+		d += ": ciphertext unreadable"
+	case errors.Is(cause, ErrEgressDenied):
+		d += ": egress refused"
+	case errors.Is(cause, ErrUpstreamSlow):
+		d += ": timed out"
+	case errors.Is(cause, ErrUpstream):
+		d += ": request failed"
+	case errors.Is(cause, store.ErrUnavailable):
+		d += ": store unavailable"
+	case errors.Is(cause, context.Canceled):
+		d += ": cancelled"
+	default:
+		if st, ok := status.FromError(cause); ok {
+			d += ": " + st.Code().String()
+		} else {
+			d += ": internal error"
+		}
+	}
+	return d
+}
