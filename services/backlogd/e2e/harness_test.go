@@ -276,14 +276,14 @@ type cluster struct {
 
 // startCluster starts backlogd in layout and registers its shutdown, leak
 // check and (on failure) log dump with t.Cleanup.
-func startCluster(t *testing.T, layout string) *cluster {
+func startCluster(t *testing.T, layout string, extra ...string) *cluster {
 	t.Helper()
 	if binary == "" {
 		t.Skip("end-to-end tests need the backlogd binary (not built in -short mode)")
 	}
 	c := &cluster{
 		layout: layout, baseDir: t.TempDir(),
-		extra: []string{"-max-token-ttl=" + maxTokenTTL.String()},
+		extra: append([]string{"-max-token-ttl=" + maxTokenTTL.String()}, extra...),
 		creds: newCredSet(),
 		http:  &http.Client{Timeout: 10 * time.Second},
 		conns: map[string]*grpc.ClientConn{},
