@@ -5,6 +5,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/backlog/controlplane/services/kit/credclient"
 	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/store"
 )
@@ -23,7 +24,7 @@ var (
 	ErrRevoked               = errors.New("the agent has been revoked: its record is kept, but it can no longer be changed or rotated; register a new agent instead")
 	ErrSelfRotateOnly        = errors.New("an agent rotates its own credentials with POST /v1/agents/self/rotate-key, presenting its rotation secret")
 	ErrNotAgent              = errors.New("this route takes a visible agent's API key as the Bearer credential")
-	ErrCredentialUnavailable = errors.New("the credential service is unavailable; try again")
+	ErrCredentialUnavailable = credclient.ErrUnavailable
 
 	// Self-rotation (POST /v1/agents/self/rotate-key).
 	ErrAgentRevoked          = errors.New("this agent has been revoked; its credentials no longer work")

@@ -8,6 +8,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/ids"
+	"github.com/backlog/controlplane/services/kit/validate"
 )
 
 // Limits on what callers send.
@@ -32,22 +33,7 @@ const (
 	fieldIdempotencyKey = "Idempotency-Key"
 )
 
-// validName trims and checks a display name: 1 to 100 characters of valid
-// UTF-8 without control characters.
-func validName(field, s string) (string, error) {
-	s = strings.TrimSpace(s)
-	switch {
-	case s == "":
-		return "", errs.Invalid(field, "is required")
-	case !utf8.ValidString(s):
-		return "", errs.Invalid(field, "is not valid UTF-8")
-	case utf8.RuneCountInString(s) > maxNameLen:
-		return "", errs.Invalid(field, "must be at most %d characters", maxNameLen)
-	case strings.ContainsFunc(s, unicode.IsControl):
-		return "", errs.Invalid(field, "must not contain control characters")
-	}
-	return s, nil
-}
+func validName(field, s string) (string, error) { return validate.Name(field, s, maxNameLen) }
 
 // validAppID checks an optional app id: up to 200 printable characters
 // without spaces.
@@ -79,14 +65,7 @@ func validRole(s string, emptyIsMember bool) (string, error) {
 	return "", errs.Invalid(fieldRole, "%q is not a role an agent can have: member or admin", clip(s))
 }
 
-// validWorkspace checks only presence: whether the caller may act in the
-// workspace is auth.Require's question (another workspace is NotFound).
-func validWorkspace(ws string) error {
-	if ws == "" {
-		return errs.Invalid(fieldWorkspace, "is required")
-	}
-	return nil
-}
+func validWorkspace(ws string) error { return validate.Required(fieldWorkspace, ws) }
 
 // validAgentID rejects ids this service cannot have made. Such an agent does
 // not exist, so the answer is NotFound, decided without I/O.
@@ -142,13 +121,7 @@ const (
 	pathSuspended = "suspended"
 )
 
-var maskPaths = map[string]string{
-	"name":      pathName,
-	"team_ids":  pathTeamIDs,
-	"teamIds":   pathTeamIDs,
-	"role":      pathRole,
-	"suspended": pathSuspended,
-}
+var maskPaths = validate.MaskSpellings(pathName, pathTeamIDs, pathRole, pathSuspended)
 
 // changeSet is a validated update: which fields to set and their new values.
 type changeSet struct {
@@ -165,18 +138,11 @@ func (c *changeSet) has(p string) bool { return c.paths[p] }
 // masked fields. An empty mask is refused: a PATCH must name what it
 // changes.
 func validMask(paths []string, name string, teamIDs []string, role string, suspended bool) (*changeSet, error) {
-	if len(paths) == 0 {
-		return nil, errs.Invalid(fieldMask, "nothing to update: send at least one of name, teamIds, role, suspended")
+	set, err := validate.Mask(paths, maskPaths)
+	if err != nil {
+		return nil, err
 	}
-	c := &changeSet{paths: map[string]bool{}}
-	for _, p := range paths {
-		canon, ok := maskPaths[p]
-		if !ok {
-			return nil, errs.Invalid(fieldMask, "%q is not a field you can change; allowed: name, teamIds, role, suspended", clip(p))
-		}
-		c.paths[canon] = true
-	}
-	var err error
+	c := &changeSet{paths: set}
 	if c.has(pathName) {
 		if c.name, err = validName(fieldName, name); err != nil {
 			return nil, err

@@ -5,6 +5,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/backlog/controlplane/services/kit/credclient"
 	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/store"
 )
@@ -18,7 +19,7 @@ var (
 	ErrNotFound              = errors.New("automation not found")
 	ErrNameTaken             = errors.New("an automation with this name already exists in the workspace")
 	ErrGrantTooWide          = errors.New("an access token cannot grant or manage more than it holds itself")
-	ErrCredentialUnavailable = errors.New("the credential service is unavailable; try again")
+	ErrCredentialUnavailable = credclient.ErrUnavailable
 )
 
 func newErrorTable() *errs.Table {

@@ -16,12 +16,12 @@ import (
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	automationv1 "github.com/backlog/controlplane/gen/go/backlog/automation/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	"github.com/backlog/controlplane/services/kit/audit"
+	"github.com/backlog/controlplane/services/kit/credclient"
 	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/store"
 )
@@ -108,50 +108,15 @@ func (s *Service) DB() *store.DB { return s.db }
 func (s *Service) Close() error { return s.db.Close() }
 
 // credErr turns a failed call to the credential service into an error for
-// our caller. Statuses are never passed on wholesale: an Unavailable from the
-// credential service carries its dial target, which is none of the caller's
-// business, and an Unauthenticated would tell a caller with a perfectly good
-// token that *its* credential is bad.
+// our caller (see credclient.Err).
 func (s *Service) credErr(ctx context.Context, op string, err error) error {
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	st, ok := status.FromError(err)
-	if !ok {
-		return fmt.Errorf("credential service %s: %v", op, err) // Internal, cause logged by the server kit
-	}
-	switch st.Code() {
-	case codes.Unavailable, codes.DeadlineExceeded:
-		s.lg.Warn("credential service call failed", zap.String("op", op), zap.String("code", st.Code().String()), zap.String("error", st.Message()))
-		return ErrCredentialUnavailable
-	case codes.Canceled:
-		return context.Canceled
-	case codes.NotFound:
-		return ErrNotFound
-	case codes.InvalidArgument, codes.FailedPrecondition, codes.ResourceExhausted:
-		// Written for callers by the credential service (e.g. a label it
-		// refuses): pass on as is.
-		return st.Err()
-	}
-	// Anything else means the two services disagree: Internal, logged.
-	return fmt.Errorf("credential service %s: %s: %s", op, st.Code(), st.Message())
+	return credclient.Err(ctx, s.lg, op, err, ErrNotFound)
 }
 
-// revokeSubject revokes every credential of an automation, for a compensating
-// action after the caller's request failed: it runs even if ctx is done.
+// revokeSubject revokes every credential of an automation that was not
+// recorded (a compensating action; see credclient.Revoke).
 func (s *Service) revokeSubject(ctx context.Context, ws, id, why string) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), compensateTimeout)
-	defer cancel()
-	_, err := s.cred.RevokeSubject(ctx, &credentialv1.RevokeSubjectRequest{WorkspaceId: ws, SubjectId: id})
-	if err != nil && status.Code(err) != codes.NotFound {
-		// The secret was never handed out, but it is live until revoked. The
-		// automation id lets an operator find and revoke it.
-		s.lg.Error("compensating revocation failed; an unrecorded automation secret may be live",
-			zap.String("automation-id", id), zap.String("workspace-id", ws), zap.String("why", why), zap.Error(err))
-		return
-	}
-	s.lg.Warn("revoked the credentials of an automation that was not recorded",
-		zap.String("automation-id", id), zap.String("workspace-id", ws), zap.String("why", why))
+	credclient.Revoke(ctx, s.cred, s.lg, "automation", ws, id, why)
 }
 
 // recordFailure writes a failure audit event in a transaction of its own.

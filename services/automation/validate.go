@@ -8,6 +8,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/ids"
+	"github.com/backlog/controlplane/services/kit/validate"
 )
 
 // Limits on what callers send.
@@ -30,36 +31,10 @@ const (
 	fieldAutomation  = "automation"
 )
 
-// validName trims and checks a display name: 1 to 100 characters of valid
-// UTF-8 without control characters.
-func validName(field, s string) (string, error) {
-	s = strings.TrimSpace(s)
-	switch {
-	case s == "":
-		return "", errs.Invalid(field, "is required")
-	case !utf8.ValidString(s):
-		return "", errs.Invalid(field, "is not valid UTF-8")
-	case utf8.RuneCountInString(s) > maxNameLen:
-		return "", errs.Invalid(field, "must be at most %d characters", maxNameLen)
-	case strings.ContainsFunc(s, unicode.IsControl):
-		return "", errs.Invalid(field, "must not contain control characters")
-	}
-	return s, nil
-}
+func validName(field, s string) (string, error) { return validate.Name(field, s, maxNameLen) }
 
-// validDescription checks free text: up to 1000 characters; line breaks and
-// tabs are allowed, other control characters are not.
 func validDescription(s string) (string, error) {
-	s = strings.TrimSpace(s)
-	switch {
-	case !utf8.ValidString(s):
-		return "", errs.Invalid(fieldDescription, "is not valid UTF-8")
-	case utf8.RuneCountInString(s) > maxDescriptionLen:
-		return "", errs.Invalid(fieldDescription, "must be at most %d characters", maxDescriptionLen)
-	case strings.ContainsFunc(s, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\r' && r != '\t' }):
-		return "", errs.Invalid(fieldDescription, "must not contain control characters other than line breaks and tabs")
-	}
-	return s, nil
+	return validate.Text(fieldDescription, s, maxDescriptionLen)
 }
 
 // validLabel checks an optional credential label (empty is allowed).
@@ -77,14 +52,7 @@ func validLabel(s string) (string, error) {
 	return s, nil
 }
 
-// validWorkspace checks only presence: whether the caller may act in the
-// workspace is auth.Require's question (another workspace is NotFound).
-func validWorkspace(ws string) error {
-	if ws == "" {
-		return errs.Invalid(fieldWorkspace, "is required")
-	}
-	return nil
-}
+func validWorkspace(ws string) error { return validate.Required(fieldWorkspace, ws) }
 
 // validAutomationID rejects ids this service cannot have made. Such an
 // automation does not exist, so the answer is NotFound (as for any missing
@@ -110,14 +78,7 @@ const (
 	pathSuspended   = "suspended"
 )
 
-var maskPaths = map[string]string{
-	"name":        pathName,
-	"description": pathDescription,
-	"team_ids":    pathTeamIDs,
-	"teamIds":     pathTeamIDs,
-	"scopes":      pathScopes,
-	"suspended":   pathSuspended,
-}
+var maskPaths = validate.MaskSpellings(pathName, pathDescription, pathTeamIDs, pathScopes, pathSuspended)
 
 // changeSet is a validated update: which fields to set and their new values.
 type changeSet struct {
@@ -143,23 +104,11 @@ func (c *changeSet) grant() bool {
 // nothing, and a gRPC caller without a mask would otherwise clear fields by
 // accident).
 func validMask(paths []string, name, description string, teamIDs, scopes []string, suspended bool) (*changeSet, error) {
-	paths = nonEmpty(paths) // the gateway sends [""] for a PATCH of `{}`
-	if len(paths) == 0 {
-		return nil, errs.Invalid(fieldMask, "nothing to update: send at least one of name, description, teamIds, scopes, suspended")
+	set, err := validate.Mask(paths, maskPaths)
+	if err != nil {
+		return nil, err
 	}
-	c := &changeSet{paths: map[string]bool{}}
-	for _, p := range paths {
-		canon, ok := maskPaths[p]
-		if !ok {
-			shown := p
-			if len(shown) > 64 {
-				shown = shown[:64] + "…"
-			}
-			return nil, errs.Invalid(fieldMask, "%q is not a field you can change; allowed: name, description, teamIds, scopes, suspended", shown)
-		}
-		c.paths[canon] = true
-	}
-	var err error
+	c := &changeSet{paths: set}
 	if c.has(pathName) {
 		if c.name, err = validName(fieldName, name); err != nil {
 			return nil, err
@@ -182,15 +131,4 @@ func validMask(paths []string, name, description string, teamIDs, scopes []strin
 	}
 	c.suspended = suspended
 	return c, nil
-}
-
-// nonEmpty drops empty mask paths.
-func nonEmpty(paths []string) []string {
-	out := paths[:0:0]
-	for _, p := range paths {
-		if p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }

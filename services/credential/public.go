@@ -7,8 +7,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -24,24 +22,11 @@ import (
 	"github.com/backlog/controlplane/services/kit/metrics"
 	"github.com/backlog/controlplane/services/kit/page"
 	"github.com/backlog/controlplane/services/kit/store"
+	"github.com/backlog/controlplane/services/kit/validate"
 )
 
 // ValidateName checks a display name: 1 to 100 characters, no control characters.
-func ValidateName(field, s string) (string, error) {
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return "", errs.Invalid(field, "is required")
-	}
-	if !utf8.ValidString(s) || utf8.RuneCountInString(s) > 100 {
-		return "", errs.Invalid(field, "must be valid text of at most 100 characters")
-	}
-	for _, r := range s {
-		if unicode.IsControl(r) {
-			return "", errs.Invalid(field, "must not contain control characters")
-		}
-	}
-	return s, nil
-}
+func ValidateName(field, s string) (string, error) { return validate.Name(field, s, 100) }
 
 func validateEmail(s string) (string, error) {
 	s = strings.TrimSpace(s)
@@ -66,12 +51,9 @@ func validateRole(s string, dflt string) (string, error) {
 	return "", errs.Invalid("role", "%q is not a role: use owner, admin or member", clip(s))
 }
 
-func clip(s string) string {
-	if len(s) > 40 {
-		return s[:40] + "…"
-	}
-	return s
-}
+func clip(s string) string { return validate.Clip(s) }
+
+var memberMask = validate.MaskSpellings("name", "email", "role")
 
 // CreateWorkspace implements credentialv1.CredentialServiceServer.
 func (s *Service) CreateWorkspace(ctx context.Context, req *credentialv1.CreateWorkspaceRequest) (*credentialv1.CreateWorkspaceResponse, error) {
@@ -264,44 +246,18 @@ func getMember(tx *store.Tx, ws, id string) (*credentialv1.Member, error) {
 	return m, nil
 }
 
-// maskPaths normalises an update mask to snake_case and checks every path is allowed.
-func maskPaths(paths []string, allowed ...string) ([]string, error) {
-	out := make([]string, 0, len(paths))
-	for _, p := range paths {
-		if p == "" {
-			continue // the gateway sends [""] for a PATCH of `{}`
-		}
-		sn := snake(p)
-		if !slices.Contains(allowed, sn) {
-			return nil, errs.Invalid("updateMask", "%q cannot be updated; updatable fields: %s", clip(p), strings.Join(allowed, ", "))
-		}
-		out = append(out, sn)
-	}
-	if len(out) == 0 {
-		return nil, errs.Invalid("updateMask", "nothing to update: send at least one of %s", strings.Join(allowed, ", "))
-	}
-	return out, nil
-}
-
-func snake(s string) string {
-	var b strings.Builder
-	for i, r := range s {
-		if unicode.IsUpper(r) {
-			if i > 0 {
-				b.WriteByte('_')
-			}
-			r = unicode.ToLower(r)
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
-}
 
 // UpdateMember implements credentialv1.CredentialServiceServer.
 func (s *Service) UpdateMember(ctx context.Context, req *credentialv1.UpdateMemberRequest) (*credentialv1.UpdateMemberResponse, error) {
-	paths, err := maskPaths(req.GetUpdateMask().GetPaths(), "name", "email", "role")
+	set, err := validate.Mask(req.GetUpdateMask().GetPaths(), memberMask)
 	if err != nil {
 		return nil, err
+	}
+	paths := make([]string, 0, len(set))
+	for _, p := range []string{"name", "email", "role"} { // a fixed order for the audit detail
+		if set[p] {
+			paths = append(paths, p)
+		}
 	}
 	in := req.GetMember()
 	var name, email, role string

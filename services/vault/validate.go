@@ -16,6 +16,7 @@ import (
 
 	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
 	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/validate"
 )
 
 // Limits on what callers send.
@@ -124,16 +125,7 @@ func validKind(s string) (string, error) {
 // validDescription checks free text: up to 1000 characters; line breaks and
 // tabs are allowed, other control characters are not.
 func validDescription(s string) (string, error) {
-	s = strings.TrimSpace(s)
-	switch {
-	case !utf8.ValidString(s):
-		return "", errs.Invalid(fieldDescription, "is not valid UTF-8")
-	case utf8.RuneCountInString(s) > maxDescriptionLen:
-		return "", errs.Invalid(fieldDescription, "must be at most %d characters", maxDescriptionLen)
-	case strings.ContainsFunc(s, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\r' && r != '\t' }):
-		return "", errs.Invalid(fieldDescription, "must not contain control characters other than line breaks and tabs")
-	}
-	return s, nil
+	return validate.Text(fieldDescription, s, maxDescriptionLen)
 }
 
 // validValue checks a secret's value. It is kept exactly as sent (never
@@ -165,12 +157,7 @@ func validExpiry(ts *timestamppb.Timestamp, now time.Time) (*timestamppb.Timesta
 	return timestamppb.New(ts.AsTime()), nil
 }
 
-func validWorkspace(ws string) error {
-	if ws == "" {
-		return errs.Invalid(fieldWorkspace, "is required")
-	}
-	return nil
-}
+func validWorkspace(ws string) error { return validate.Required(fieldWorkspace, ws) }
 
 // Update mask paths. Callers may spell them in proto (snake_case) or JSON
 // (lowerCamelCase) form; the gateway derives them from the PATCH body.
@@ -180,12 +167,7 @@ const (
 	pathExpiresAt   = "expires_at"
 )
 
-var maskPaths = map[string]string{
-	"value":       pathValue,
-	"description": pathDescription,
-	"expires_at":  pathExpiresAt,
-	"expiresAt":   pathExpiresAt,
-}
+var maskPaths = validate.MaskSpellings(pathValue, pathDescription, pathExpiresAt)
 
 // changeSet is a validated update.
 type changeSet struct {
@@ -211,20 +193,11 @@ func (c *changeSet) fields() []string {
 // validMask normalises the update mask and validates the masked fields. An
 // empty mask is refused: a PATCH must name what it changes.
 func validMask(paths []string, in *vaultv1.Secret, now time.Time) (*changeSet, error) {
-	const allowed = "value, description, expiresAt"
-	paths = slices.DeleteFunc(slices.Clone(paths), func(p string) bool { return p == "" }) // the gateway sends [""] for a PATCH of `{}`
-	if len(paths) == 0 {
-		return nil, errs.Invalid(fieldMask, "nothing to update: send at least one of %s", allowed)
+	set, err := validate.Mask(paths, maskPaths)
+	if err != nil {
+		return nil, err
 	}
-	c := &changeSet{paths: map[string]bool{}}
-	for _, p := range paths {
-		canon, ok := maskPaths[p]
-		if !ok {
-			return nil, errs.Invalid(fieldMask, "%q is not a field you can change; allowed: %s (to rename a secret or change its kind, create a new one)", clip(p), allowed)
-		}
-		c.paths[canon] = true
-	}
-	var err error
+	c := &changeSet{paths: set}
 	if c.has(pathValue) {
 		if err := validValue(in.GetValue()); err != nil {
 			return nil, err
@@ -393,13 +366,4 @@ func validPurpose(s string) (string, error) {
 }
 
 // clip shortens a caller-supplied string for an error message.
-func clip(s string) string {
-	if len(s) > 64 {
-		s = s[:64]
-		for !utf8.ValidString(s) {
-			s = s[:len(s)-1]
-		}
-		return s + "…"
-	}
-	return s
-}
+func clip(s string) string { return validate.Clip(s) }
