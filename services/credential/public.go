@@ -246,7 +246,6 @@ func getMember(tx *store.Tx, ws, id string) (*credentialv1.Member, error) {
 	return m, nil
 }
 
-
 // UpdateMember implements credentialv1.CredentialServiceServer.
 func (s *Service) UpdateMember(ctx context.Context, req *credentialv1.UpdateMemberRequest) (*credentialv1.UpdateMemberResponse, error) {
 	set, err := validate.Mask(req.GetUpdateMask().GetPaths(), memberMask)
