@@ -7,7 +7,6 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	"github.com/backlog/controlplane/services/kit/audit"
@@ -42,9 +41,6 @@ func (s *Service) ListAuditEvents(ctx context.Context, req *auditv1.ListAuditEve
 	}
 	for name, peer := range s.cfg.AuditPeers {
 		resp, err := peer.ListAuditEvents(out, peerReq)
-		if status.Code(err) == codes.Unimplemented {
-			continue // a service that is not built yet records nothing
-		}
 		if err != nil {
 			return nil, errs.WithReason(codes.Unavailable, "credential.backlog", "AUDIT_INCOMPLETE",
 				fmt.Sprintf("the audit trail is incomplete: the %s service did not answer; try again", name))

@@ -81,7 +81,7 @@ func TestBackupWhileServingThenRestore(t *testing.T) {
 	if err != nil {
 		t.Fatalf("backup: %v", err)
 	}
-	if m.Stores["credential.db"] == 0 || m.Stores["automation.db"] == 0 {
+	if m.Stores["credential.db"] == 0 || m.Stores["automation.db"] == 0 || m.Stores["agent.db"] == 0 || m.Stores["vault.db"] == 0 {
 		t.Fatalf("manifest: %+v", m)
 	}
 	code, after := call(t, "POST", base+"/v1/workspaces/"+wsID+"/automations", owner, `{"name":"after"}`)
