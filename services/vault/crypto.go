@@ -106,8 +106,11 @@ func LoadKEKFile(path string) ([]byte, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("key-encryption key file %s is not a regular file", path)
 	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("key-encryption key file %s has mode %04o: it must not be accessible to group or others (chmod 600 %s)", path, perm, path)
+	// Group read is tolerated: Kubernetes mounts Secret files 0440 when the
+	// pod sets fsGroup (kubernetes/kubernetes#57923). Group write and any
+	// access for others are not.
+	if perm := fi.Mode().Perm(); perm&0o037 != 0 {
+		return nil, fmt.Errorf("key-encryption key file %s has mode %04o: it must not be writable by its group nor accessible to others (chmod 600 %s)", path, perm, path)
 	}
 	b, err := io.ReadAll(io.LimitReader(f, maxKEKFile+1))
 	if err != nil {
