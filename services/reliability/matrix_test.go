@@ -159,12 +159,9 @@ func inWorkspace(scope string, grant ...string) rule {
 	}
 }
 
-// adminRole is a route for owners and admins by role (members).
-//
-// An agent of role admin passes: its role is checked like a person's
-// (RequireRole). PRODUCT.md says an agent's role "sets its control-plane
-// scopes like a person's role"; whether that extends to managing people is
-// not spelled out, and this row encodes what the services do.
+// adminRole is a route for people who are owners or admins: managing
+// members. An agent's role sets its control-plane scopes only; managing
+// people is not a scope, so an agent of role admin is refused.
 func adminRole(c who) int {
 	if st, ok := gate(c); ok {
 		return st
@@ -174,7 +171,7 @@ func adminRole(c who) int {
 		return http.StatusForbidden
 	case otherOwner:
 		return http.StatusNotFound
-	case owner, admin, agentAdmin:
+	case owner, admin:
 		return http.StatusOK
 	}
 	return http.StatusForbidden

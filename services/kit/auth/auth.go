@@ -221,12 +221,16 @@ func Require(ctx context.Context, ws, scope string) (*Principal, error) {
 	return p, nil
 }
 
-// RequireRole checks that the caller is a person (or agent) of workspace ws
-// with at least role min ("admin" admits owners and admins).
+// RequireRole checks that the caller is a person of workspace ws with at
+// least role min ("admin" admits owners and admins). An agent's role sets
+// only its control-plane scopes: it never manages people.
 func RequireRole(ctx context.Context, ws, min string) (*Principal, error) {
 	p, err := Require(ctx, ws, "")
 	if err != nil {
 		return nil, err
+	}
+	if p.SubjectKind != credentialv1.SubjectKind_SUBJECT_KIND_MEMBER {
+		return nil, errs.Forbidden("only a workspace " + min + " (a person, with a personal access token) may do this")
 	}
 	if !RoleAtLeast(p.Role, min) {
 		if p.Role == "" {
