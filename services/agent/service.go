@@ -73,6 +73,10 @@ type Config struct {
 	// IdempotencyTTL is how long a retried self-rotation with the same
 	// Idempotency-Key gets the same new pair back (default 10 minutes).
 	IdempotencyTTL time.Duration
+	// SweepOrphans, when set, revokes at start the credentials of subjects
+	// this service has no record of (creates that died half-way; see
+	// credclient.Sweep). It runs in the background until done or Close.
+	SweepOrphans bool
 }
 
 // Service implements agentv1.AgentService.
@@ -90,6 +94,9 @@ type Service struct {
 	perIP   *ratelimit.Keyed
 	lockout *ratelimit.Lockout
 	replays *replayCache
+
+	stopSweep context.CancelFunc
+	sweepDone chan struct{}
 }
 
 // New opens the store and returns the service.
@@ -136,7 +143,7 @@ func New(cfg Config) (*Service, error) {
 		db.Close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	return &Service{
+	svc := &Service{
 		db:    db,
 		lg:    lg,
 		cred:  cfg.Credential,
@@ -149,7 +156,25 @@ func New(cfg Config) (*Service, error) {
 			MaxFailures: cfg.LockoutFailures, LockFor: cfg.LockoutDuration, Now: cfg.Now,
 		}),
 		replays: replays,
-	}, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	svc.stopSweep, svc.sweepDone = cancel, make(chan struct{})
+	go func() {
+		defer close(svc.sweepDone)
+		if cfg.SweepOrphans {
+			credclient.Sweep(ctx, cfg.Credential, lg, credentialv1.SubjectKind_SUBJECT_KIND_AGENT, "agent", time.Now(), svc.recorded)
+		}
+	}()
+	return svc, nil
+}
+
+// recorded reports whether this service holds the record of subject id.
+func (s *Service) recorded(ws, id string) (bool, error) {
+	_, err := s.load(ws, id)
+	if errors.Is(err, ErrAgentNotFound) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // Register registers the AgentService and this service's own AuditService
@@ -177,7 +202,11 @@ func (s *Service) NoAuth(fullMethod string) bool {
 func (s *Service) DB() *store.DB { return s.db }
 
 // Close closes the store after pending writes.
-func (s *Service) Close() error { return s.db.Close() }
+func (s *Service) Close() error {
+	s.stopSweep()
+	<-s.sweepDone
+	return s.db.Close()
+}
 
 // credErr turns a failed call to the credential service into an error for
 // our caller (see credclient.Err).

@@ -42,6 +42,10 @@ type Config struct {
 	Credential credentialv1.CredentialInternalServiceClient
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// SweepOrphans, when set, revokes at start the credentials of subjects
+	// this service has no record of (creates that died half-way; see
+	// credclient.Sweep). It runs in the background until done or Close.
+	SweepOrphans bool
 }
 
 // Service implements automationv1.AutomationService.
@@ -55,6 +59,9 @@ type Service struct {
 	errs  *errs.Table
 	audit *audit.Server
 	locks *keyLocks
+
+	stopSweep context.CancelFunc
+	sweepDone chan struct{}
 }
 
 // New opens the store and returns the service.
@@ -76,7 +83,7 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("automation: %w", err)
 	}
-	return &Service{
+	svc := &Service{
 		db:    db,
 		lg:    lg,
 		cred:  cfg.Credential,
@@ -84,7 +91,25 @@ func New(cfg Config) (*Service, error) {
 		errs:  newErrorTable(),
 		audit: &audit.Server{DB: db},
 		locks: newKeyLocks(),
-	}, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	svc.stopSweep, svc.sweepDone = cancel, make(chan struct{})
+	go func() {
+		defer close(svc.sweepDone)
+		if cfg.SweepOrphans {
+			credclient.Sweep(ctx, cfg.Credential, lg, credentialv1.SubjectKind_SUBJECT_KIND_AUTOMATION, "automation", time.Now(), svc.recorded)
+		}
+	}()
+	return svc, nil
+}
+
+// recorded reports whether this service holds the record of subject id.
+func (s *Service) recorded(ws, id string) (bool, error) {
+	_, err := s.load(ws, id)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // Register registers the AutomationService and this service's own
@@ -105,7 +130,11 @@ func (s *Service) NoAuth(fullMethod string) bool { return false }
 func (s *Service) DB() *store.DB { return s.db }
 
 // Close closes the store after pending writes.
-func (s *Service) Close() error { return s.db.Close() }
+func (s *Service) Close() error {
+	s.stopSweep()
+	<-s.sweepDone
+	return s.db.Close()
+}
 
 // credErr turns a failed call to the credential service into an error for
 // our caller (see credclient.Err).

@@ -15,6 +15,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/credfmt"
 	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/page"
 	"github.com/backlog/controlplane/services/kit/store"
 )
 
@@ -79,7 +80,11 @@ func (s *Service) IssueCredential(ctx context.Context, req *credentialv1.IssueCr
 		if ok && (existing.Revoked || existing.Subject.WorkspaceId != subj.WorkspaceId || existing.Subject.Kind != subj.Kind) {
 			return fmt.Errorf("subject %s: %w", subj.Id, errSubjectNotFound)
 		}
-		if err := store.Put(tx, bucketSubjects, []byte(subj.Id), &credentialstorev1.SubjectRecord{Subject: subj}); err != nil {
+		created := existing.GetCreatedAt()
+		if !ok {
+			created = timestamppb.New(s.cfg.Now())
+		}
+		if err := store.Put(tx, bucketSubjects, []byte(subj.Id), &credentialstorev1.SubjectRecord{Subject: subj, CreatedAt: created}); err != nil {
 			return err
 		}
 		for i, k := range kinds {
@@ -279,7 +284,7 @@ func (s *Service) UpdateSubject(ctx context.Context, req *credentialv1.UpdateSub
 		if cur.Revoked || cur.Subject.Kind != subj.Kind {
 			return fmt.Errorf("subject %s: %w", subj.Id, errSubjectNotFound)
 		}
-		return store.Put(tx, bucketSubjects, []byte(subj.Id), &credentialstorev1.SubjectRecord{Subject: subj})
+		return store.Put(tx, bucketSubjects, []byte(subj.Id), &credentialstorev1.SubjectRecord{Subject: subj, CreatedAt: cur.CreatedAt})
 	})
 	if err != nil {
 		return nil, err
@@ -350,6 +355,39 @@ func (s *Service) VerifyCredential(ctx context.Context, req *credentialv1.Verify
 	return &credentialv1.VerifyCredentialResponse{Info: infoOf(rec)}, nil
 }
 
+// ListSubjects pages through the live subjects of one kind.
+func (s *Service) ListSubjects(ctx context.Context, req *credentialv1.ListSubjectsRequest) (*credentialv1.ListSubjectsResponse, error) {
+	if req.GetKind() == credentialv1.SubjectKind_SUBJECT_KIND_UNSPECIFIED {
+		return nil, errs.Invalid("kind", "is required")
+	}
+	size, err := page.Size(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	scope := "subjects|" + req.GetKind().String()
+	after, err := page.Decode(scope, req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	resp := &credentialv1.ListSubjectsResponse{}
+	err = s.db.View(func(tx *store.Tx) error {
+		next, err := store.Scan(tx, bucketSubjects, nil, after, size, func(k, v []byte) (bool, error) {
+			rec := &credentialstorev1.SubjectRecord{}
+			if err := proto.Unmarshal(v, rec); err != nil {
+				return false, fmt.Errorf("decode subject %q: %w", k, err)
+			}
+			if rec.Revoked || rec.GetSubject().GetKind() != req.GetKind() {
+				return false, nil
+			}
+			resp.Subjects = append(resp.Subjects, &credentialv1.SubjectSummary{Id: rec.Subject.Id, WorkspaceId: rec.Subject.WorkspaceId, CreatedAt: rec.CreatedAt})
+			return true, nil
+		})
+		resp.NextPageToken = page.Encode(scope, next)
+		return err
+	})
+	return resp, err
+}
+
 // WatchRevocations streams invalidations to a sibling service and reads its
 // acknowledgements.
 func (s *Service) WatchRevocations(stream credentialv1.CredentialInternalService_WatchRevocationsServer) error {
@@ -393,5 +431,3 @@ func (s *Service) auditFailure(ctx context.Context, ws, action, targetKind, targ
 		s.lg.Warn("could not record audit event", errField(err))
 	}
 }
-
-var _ = proto.Clone

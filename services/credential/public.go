@@ -103,7 +103,7 @@ func (s *Service) putMember(tx *store.Tx, m *credentialv1.Member, raw string) er
 		return err
 	}
 	subj := memberSubject(m)
-	if err := store.Put(tx, bucketSubjects, []byte(m.Id), &credentialstorev1.SubjectRecord{Subject: subj}); err != nil {
+	if err := store.Put(tx, bucketSubjects, []byte(m.Id), &credentialstorev1.SubjectRecord{Subject: subj, CreatedAt: m.CreatedAt}); err != nil {
 		return err
 	}
 	_, err := s.putCredential(tx, subj, credentialv1.CredentialKind_CREDENTIAL_KIND_PERSONAL, raw, "personal")

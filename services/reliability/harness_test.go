@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -487,6 +488,15 @@ func (c *cluster) logs() map[string][]byte {
 		}
 	}
 	return out
+}
+
+func (c *cluster) logsMatch(re *regexp.Regexp) bool {
+	for _, b := range c.logs() {
+		if re.Match(b) {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *cluster) logsContain(s string) bool {

@@ -177,7 +177,7 @@ func (a *App) startAutomation(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	svc, err := automation.New(automation.Config{DataDir: a.cfg.DataDir, Logger: a.lg, Credential: client})
+	svc, err := automation.New(automation.Config{DataDir: a.cfg.DataDir, Logger: a.lg, Credential: client, SweepOrphans: true})
 	if err != nil {
 		return err
 	}
@@ -195,7 +195,7 @@ func (a *App) startAgent(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	svc, err := agent.New(agent.Config{DataDir: a.cfg.DataDir, Logger: a.lg, Credential: client})
+	svc, err := agent.New(agent.Config{DataDir: a.cfg.DataDir, Logger: a.lg, Credential: client, SweepOrphans: true})
 	if err != nil {
 		return err
 	}

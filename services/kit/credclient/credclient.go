@@ -72,3 +72,63 @@ func Revoke(ctx context.Context, c credentialv1.CredentialInternalServiceClient,
 	lg.Warn("revoked the credentials of a subject that was not recorded",
 		zap.String("subject-kind", kind), zap.String("subject-id", id), zap.String("workspace-id", ws), zap.String("why", why))
 }
+
+// Sweep revokes the live subjects of kind that were created before `before`
+// and that the calling service holds no record of (exists reports false):
+// the leftovers of creates that died between the credential service issuing
+// a credential and the record being written. Nobody ever received those
+// credentials; this makes sure they cannot be used either. Subjects created
+// after `before` are left alone: their creates may still be in flight. It
+// retries until the credential service answers or ctx ends, and returns how
+// many subjects it revoked.
+func Sweep(ctx context.Context, c credentialv1.CredentialInternalServiceClient, lg *zap.Logger,
+	kind credentialv1.SubjectKind, kindName string, before time.Time, exists func(ws, id string) (bool, error)) int {
+	backoff := 100 * time.Millisecond
+	for {
+		n, err := sweepOnce(ctx, c, lg, kind, kindName, before, exists)
+		if err == nil {
+			lg.Info("orphan sweep finished", zap.String("subject-kind", kindName), zap.Int("revoked", n))
+			return n
+		}
+		lg.Debug("orphan sweep will retry", zap.String("subject-kind", kindName), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return n
+		case <-time.After(backoff):
+		}
+		if backoff < 5*time.Second {
+			backoff *= 2
+		}
+	}
+}
+
+func sweepOnce(ctx context.Context, c credentialv1.CredentialInternalServiceClient, lg *zap.Logger,
+	kind credentialv1.SubjectKind, kindName string, before time.Time, exists func(ws, id string) (bool, error)) (int, error) {
+	revoked, token := 0, ""
+	for {
+		resp, err := c.ListSubjects(ctx, &credentialv1.ListSubjectsRequest{Kind: kind, PageSize: 1000, PageToken: token})
+		if err != nil {
+			return revoked, err
+		}
+		for _, sub := range resp.GetSubjects() {
+			if sub.GetCreatedAt() == nil || !sub.GetCreatedAt().AsTime().Before(before) {
+				continue
+			}
+			ok, err := exists(sub.GetWorkspaceId(), sub.GetId())
+			if err != nil {
+				return revoked, err
+			}
+			if ok {
+				continue
+			}
+			if _, err := c.RevokeSubject(ctx, &credentialv1.RevokeSubjectRequest{WorkspaceId: sub.GetWorkspaceId(), SubjectId: sub.GetId()}); err != nil && status.Code(err) != codes.NotFound {
+				return revoked, err
+			}
+			lg.Info("revoked an unrecorded subject", zap.String("subject-kind", kindName), zap.String("subject-id", sub.GetId()), zap.String("workspace-id", sub.GetWorkspaceId()))
+			revoked++
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			return revoked, nil
+		}
+	}
+}

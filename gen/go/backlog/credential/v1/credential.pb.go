@@ -2340,6 +2340,181 @@ func (x *VerifyCredentialResponse) GetInfo() *CredentialInfo {
 	return nil
 }
 
+type ListSubjectsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          SubjectKind            `protobuf:"varint,1,opt,name=kind,proto3,enum=backlog.credential.v1.SubjectKind" json:"kind,omitempty"`
+	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSubjectsRequest) Reset() {
+	*x = ListSubjectsRequest{}
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSubjectsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSubjectsRequest) ProtoMessage() {}
+
+func (x *ListSubjectsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSubjectsRequest.ProtoReflect.Descriptor instead.
+func (*ListSubjectsRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ListSubjectsRequest) GetKind() SubjectKind {
+	if x != nil {
+		return x.Kind
+	}
+	return SubjectKind_SUBJECT_KIND_UNSPECIFIED
+}
+
+func (x *ListSubjectsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSubjectsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListSubjectsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Subjects      []*SubjectSummary      `protobuf:"bytes,1,rep,name=subjects,proto3" json:"subjects,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSubjectsResponse) Reset() {
+	*x = ListSubjectsResponse{}
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSubjectsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSubjectsResponse) ProtoMessage() {}
+
+func (x *ListSubjectsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSubjectsResponse.ProtoReflect.Descriptor instead.
+func (*ListSubjectsResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ListSubjectsResponse) GetSubjects() []*SubjectSummary {
+	if x != nil {
+		return x.Subjects
+	}
+	return nil
+}
+
+func (x *ListSubjectsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// SubjectSummary identifies a live subject.
+type SubjectSummary struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	WorkspaceId string                 `protobuf:"bytes,2,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	// When its first credential was issued (unset for subjects made before
+	// this was recorded).
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubjectSummary) Reset() {
+	*x = SubjectSummary{}
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubjectSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubjectSummary) ProtoMessage() {}
+
+func (x *SubjectSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubjectSummary.ProtoReflect.Descriptor instead.
+func (*SubjectSummary) Descriptor() ([]byte, []int) {
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *SubjectSummary) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SubjectSummary) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *SubjectSummary) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
 type WatchRevocationsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The sequence number of the last event the watcher has applied.
@@ -2350,7 +2525,7 @@ type WatchRevocationsRequest struct {
 
 func (x *WatchRevocationsRequest) Reset() {
 	*x = WatchRevocationsRequest{}
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[36]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2362,7 +2537,7 @@ func (x *WatchRevocationsRequest) String() string {
 func (*WatchRevocationsRequest) ProtoMessage() {}
 
 func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[36]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2375,7 +2550,7 @@ func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRevocationsRequest.ProtoReflect.Descriptor instead.
 func (*WatchRevocationsRequest) Descriptor() ([]byte, []int) {
-	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{36}
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WatchRevocationsRequest) GetAckSequence() uint64 {
@@ -2399,7 +2574,7 @@ type WatchRevocationsResponse struct {
 
 func (x *WatchRevocationsResponse) Reset() {
 	*x = WatchRevocationsResponse{}
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[37]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2411,7 +2586,7 @@ func (x *WatchRevocationsResponse) String() string {
 func (*WatchRevocationsResponse) ProtoMessage() {}
 
 func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[37]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2424,7 +2599,7 @@ func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRevocationsResponse.ProtoReflect.Descriptor instead.
 func (*WatchRevocationsResponse) Descriptor() ([]byte, []int) {
-	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{37}
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *WatchRevocationsResponse) GetSubjectIds() []string {
@@ -2629,7 +2804,20 @@ const file_backlog_credential_v1_credential_proto_rawDesc = "" +
 	"credential\x18\x04 \x01(\tR\n" +
 	"credential\"U\n" +
 	"\x18VerifyCredentialResponse\x129\n" +
-	"\x04info\x18\x01 \x01(\v2%.backlog.credential.v1.CredentialInfoR\x04info\"<\n" +
+	"\x04info\x18\x01 \x01(\v2%.backlog.credential.v1.CredentialInfoR\x04info\"\x89\x01\n" +
+	"\x13ListSubjectsRequest\x126\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\".backlog.credential.v1.SubjectKindR\x04kind\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x81\x01\n" +
+	"\x14ListSubjectsResponse\x12A\n" +
+	"\bsubjects\x18\x01 \x03(\v2%.backlog.credential.v1.SubjectSummaryR\bsubjects\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"~\n" +
+	"\x0eSubjectSummary\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
+	"\fworkspace_id\x18\x02 \x01(\tR\vworkspaceId\x129\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"<\n" +
 	"\x17WatchRevocationsRequest\x12!\n" +
 	"\fack_sequence\x18\x01 \x01(\x04R\vackSequence\"r\n" +
 	"\x18WatchRevocationsResponse\x12\x1f\n" +
@@ -2659,7 +2847,7 @@ const file_backlog_credential_v1_credential_proto_rawDesc = "" +
 	"\fUpdateMember\x12*.backlog.credential.v1.UpdateMemberRequest\x1a+.backlog.credential.v1.UpdateMemberResponse\"A\x82\xd3\xe4\x93\x02;:\x06member21/v1/workspaces/{workspace_id}/members/{member_id}\x12\xa2\x01\n" +
 	"\fDeleteMember\x12*.backlog.credential.v1.DeleteMemberRequest\x1a+.backlog.credential.v1.DeleteMemberResponse\"9\x82\xd3\xe4\x93\x023*1/v1/workspaces/{workspace_id}/members/{member_id}\x12y\n" +
 	"\bExchange\x12&.backlog.credential.v1.ExchangeRequest\x1a'.backlog.credential.v1.ExchangeResponse\"\x1c\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/v1/auth/exchange\x12n\n" +
-	"\x06WhoAmI\x12$.backlog.credential.v1.WhoAmIRequest\x1a%.backlog.credential.v1.WhoAmIResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/auth/whoami2\xa9\a\n" +
+	"\x06WhoAmI\x12$.backlog.credential.v1.WhoAmIRequest\x1a%.backlog.credential.v1.WhoAmIResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/auth/whoami2\x92\b\n" +
 	"\x19CredentialInternalService\x12g\n" +
 	"\fAuthenticate\x12*.backlog.credential.v1.AuthenticateRequest\x1a+.backlog.credential.v1.AuthenticateResponse\x12p\n" +
 	"\x0fIssueCredential\x12-.backlog.credential.v1.IssueCredentialRequest\x1a..backlog.credential.v1.IssueCredentialResponse\x12s\n" +
@@ -2667,7 +2855,8 @@ const file_backlog_credential_v1_credential_proto_rawDesc = "" +
 	"\x11RotateCredentials\x12/.backlog.credential.v1.RotateCredentialsRequest\x1a0.backlog.credential.v1.RotateCredentialsResponse\x12j\n" +
 	"\rUpdateSubject\x12+.backlog.credential.v1.UpdateSubjectRequest\x1a,.backlog.credential.v1.UpdateSubjectResponse\x12j\n" +
 	"\rRevokeSubject\x12+.backlog.credential.v1.RevokeSubjectRequest\x1a,.backlog.credential.v1.RevokeSubjectResponse\x12s\n" +
-	"\x10VerifyCredential\x12..backlog.credential.v1.VerifyCredentialRequest\x1a/.backlog.credential.v1.VerifyCredentialResponse\x12w\n" +
+	"\x10VerifyCredential\x12..backlog.credential.v1.VerifyCredentialRequest\x1a/.backlog.credential.v1.VerifyCredentialResponse\x12g\n" +
+	"\fListSubjects\x12*.backlog.credential.v1.ListSubjectsRequest\x1a+.backlog.credential.v1.ListSubjectsResponse\x12w\n" +
 	"\x10WatchRevocations\x12..backlog.credential.v1.WatchRevocationsRequest\x1a/.backlog.credential.v1.WatchRevocationsResponse(\x010\x01BKZIgithub.com/backlog/controlplane/gen/go/backlog/credential/v1;credentialv1b\x06proto3"
 
 var (
@@ -2683,7 +2872,7 @@ func file_backlog_credential_v1_credential_proto_rawDescGZIP() []byte {
 }
 
 var file_backlog_credential_v1_credential_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_backlog_credential_v1_credential_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_backlog_credential_v1_credential_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_backlog_credential_v1_credential_proto_goTypes = []any{
 	(CredentialKind)(0),               // 0: backlog.credential.v1.CredentialKind
 	(SubjectKind)(0),                  // 1: backlog.credential.v1.SubjectKind
@@ -2723,21 +2912,24 @@ var file_backlog_credential_v1_credential_proto_goTypes = []any{
 	(*RevokeSubjectResponse)(nil),     // 35: backlog.credential.v1.RevokeSubjectResponse
 	(*VerifyCredentialRequest)(nil),   // 36: backlog.credential.v1.VerifyCredentialRequest
 	(*VerifyCredentialResponse)(nil),  // 37: backlog.credential.v1.VerifyCredentialResponse
-	(*WatchRevocationsRequest)(nil),   // 38: backlog.credential.v1.WatchRevocationsRequest
-	(*WatchRevocationsResponse)(nil),  // 39: backlog.credential.v1.WatchRevocationsResponse
-	(*timestamppb.Timestamp)(nil),     // 40: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),     // 41: google.protobuf.FieldMask
+	(*ListSubjectsRequest)(nil),       // 38: backlog.credential.v1.ListSubjectsRequest
+	(*ListSubjectsResponse)(nil),      // 39: backlog.credential.v1.ListSubjectsResponse
+	(*SubjectSummary)(nil),            // 40: backlog.credential.v1.SubjectSummary
+	(*WatchRevocationsRequest)(nil),   // 41: backlog.credential.v1.WatchRevocationsRequest
+	(*WatchRevocationsResponse)(nil),  // 42: backlog.credential.v1.WatchRevocationsResponse
+	(*timestamppb.Timestamp)(nil),     // 43: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),     // 44: google.protobuf.FieldMask
 }
 var file_backlog_credential_v1_credential_proto_depIdxs = []int32{
-	40, // 0: backlog.credential.v1.Workspace.created_at:type_name -> google.protobuf.Timestamp
-	40, // 1: backlog.credential.v1.Member.created_at:type_name -> google.protobuf.Timestamp
-	40, // 2: backlog.credential.v1.Member.updated_at:type_name -> google.protobuf.Timestamp
+	43, // 0: backlog.credential.v1.Workspace.created_at:type_name -> google.protobuf.Timestamp
+	43, // 1: backlog.credential.v1.Member.created_at:type_name -> google.protobuf.Timestamp
+	43, // 2: backlog.credential.v1.Member.updated_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: backlog.credential.v1.CredentialInfo.kind:type_name -> backlog.credential.v1.CredentialKind
-	40, // 4: backlog.credential.v1.CredentialInfo.created_at:type_name -> google.protobuf.Timestamp
-	40, // 5: backlog.credential.v1.CredentialInfo.last_used_at:type_name -> google.protobuf.Timestamp
+	43, // 4: backlog.credential.v1.CredentialInfo.created_at:type_name -> google.protobuf.Timestamp
+	43, // 5: backlog.credential.v1.CredentialInfo.last_used_at:type_name -> google.protobuf.Timestamp
 	0,  // 6: backlog.credential.v1.Principal.credential_kind:type_name -> backlog.credential.v1.CredentialKind
 	1,  // 7: backlog.credential.v1.Principal.subject_kind:type_name -> backlog.credential.v1.SubjectKind
-	40, // 8: backlog.credential.v1.Principal.expires_at:type_name -> google.protobuf.Timestamp
+	43, // 8: backlog.credential.v1.Principal.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 9: backlog.credential.v1.Subject.kind:type_name -> backlog.credential.v1.SubjectKind
 	2,  // 10: backlog.credential.v1.CreateWorkspaceResponse.workspace:type_name -> backlog.credential.v1.Workspace
 	3,  // 11: backlog.credential.v1.CreateWorkspaceResponse.owner:type_name -> backlog.credential.v1.Member
@@ -2745,10 +2937,10 @@ var file_backlog_credential_v1_credential_proto_depIdxs = []int32{
 	3,  // 13: backlog.credential.v1.ListMembersResponse.members:type_name -> backlog.credential.v1.Member
 	3,  // 14: backlog.credential.v1.CreateMemberResponse.member:type_name -> backlog.credential.v1.Member
 	3,  // 15: backlog.credential.v1.UpdateMemberRequest.member:type_name -> backlog.credential.v1.Member
-	41, // 16: backlog.credential.v1.UpdateMemberRequest.update_mask:type_name -> google.protobuf.FieldMask
+	44, // 16: backlog.credential.v1.UpdateMemberRequest.update_mask:type_name -> google.protobuf.FieldMask
 	3,  // 17: backlog.credential.v1.UpdateMemberResponse.member:type_name -> backlog.credential.v1.Member
-	40, // 18: backlog.credential.v1.ExchangeResponse.expires_at:type_name -> google.protobuf.Timestamp
-	40, // 19: backlog.credential.v1.WhoAmIResponse.expires_at:type_name -> google.protobuf.Timestamp
+	43, // 18: backlog.credential.v1.ExchangeResponse.expires_at:type_name -> google.protobuf.Timestamp
+	43, // 19: backlog.credential.v1.WhoAmIResponse.expires_at:type_name -> google.protobuf.Timestamp
 	5,  // 20: backlog.credential.v1.AuthenticateResponse.principal:type_name -> backlog.credential.v1.Principal
 	6,  // 21: backlog.credential.v1.IssueCredentialRequest.subject:type_name -> backlog.credential.v1.Subject
 	0,  // 22: backlog.credential.v1.IssueCredentialRequest.kind:type_name -> backlog.credential.v1.CredentialKind
@@ -2763,43 +2955,48 @@ var file_backlog_credential_v1_credential_proto_depIdxs = []int32{
 	6,  // 31: backlog.credential.v1.UpdateSubjectRequest.subject:type_name -> backlog.credential.v1.Subject
 	0,  // 32: backlog.credential.v1.VerifyCredentialRequest.kind:type_name -> backlog.credential.v1.CredentialKind
 	4,  // 33: backlog.credential.v1.VerifyCredentialResponse.info:type_name -> backlog.credential.v1.CredentialInfo
-	7,  // 34: backlog.credential.v1.CredentialService.CreateWorkspace:input_type -> backlog.credential.v1.CreateWorkspaceRequest
-	9,  // 35: backlog.credential.v1.CredentialService.GetWorkspace:input_type -> backlog.credential.v1.GetWorkspaceRequest
-	11, // 36: backlog.credential.v1.CredentialService.ListMembers:input_type -> backlog.credential.v1.ListMembersRequest
-	13, // 37: backlog.credential.v1.CredentialService.CreateMember:input_type -> backlog.credential.v1.CreateMemberRequest
-	15, // 38: backlog.credential.v1.CredentialService.UpdateMember:input_type -> backlog.credential.v1.UpdateMemberRequest
-	17, // 39: backlog.credential.v1.CredentialService.DeleteMember:input_type -> backlog.credential.v1.DeleteMemberRequest
-	19, // 40: backlog.credential.v1.CredentialService.Exchange:input_type -> backlog.credential.v1.ExchangeRequest
-	21, // 41: backlog.credential.v1.CredentialService.WhoAmI:input_type -> backlog.credential.v1.WhoAmIRequest
-	23, // 42: backlog.credential.v1.CredentialInternalService.Authenticate:input_type -> backlog.credential.v1.AuthenticateRequest
-	25, // 43: backlog.credential.v1.CredentialInternalService.IssueCredential:input_type -> backlog.credential.v1.IssueCredentialRequest
-	30, // 44: backlog.credential.v1.CredentialInternalService.RotateCredential:input_type -> backlog.credential.v1.RotateCredentialRequest
-	28, // 45: backlog.credential.v1.CredentialInternalService.RotateCredentials:input_type -> backlog.credential.v1.RotateCredentialsRequest
-	32, // 46: backlog.credential.v1.CredentialInternalService.UpdateSubject:input_type -> backlog.credential.v1.UpdateSubjectRequest
-	34, // 47: backlog.credential.v1.CredentialInternalService.RevokeSubject:input_type -> backlog.credential.v1.RevokeSubjectRequest
-	36, // 48: backlog.credential.v1.CredentialInternalService.VerifyCredential:input_type -> backlog.credential.v1.VerifyCredentialRequest
-	38, // 49: backlog.credential.v1.CredentialInternalService.WatchRevocations:input_type -> backlog.credential.v1.WatchRevocationsRequest
-	8,  // 50: backlog.credential.v1.CredentialService.CreateWorkspace:output_type -> backlog.credential.v1.CreateWorkspaceResponse
-	10, // 51: backlog.credential.v1.CredentialService.GetWorkspace:output_type -> backlog.credential.v1.GetWorkspaceResponse
-	12, // 52: backlog.credential.v1.CredentialService.ListMembers:output_type -> backlog.credential.v1.ListMembersResponse
-	14, // 53: backlog.credential.v1.CredentialService.CreateMember:output_type -> backlog.credential.v1.CreateMemberResponse
-	16, // 54: backlog.credential.v1.CredentialService.UpdateMember:output_type -> backlog.credential.v1.UpdateMemberResponse
-	18, // 55: backlog.credential.v1.CredentialService.DeleteMember:output_type -> backlog.credential.v1.DeleteMemberResponse
-	20, // 56: backlog.credential.v1.CredentialService.Exchange:output_type -> backlog.credential.v1.ExchangeResponse
-	22, // 57: backlog.credential.v1.CredentialService.WhoAmI:output_type -> backlog.credential.v1.WhoAmIResponse
-	24, // 58: backlog.credential.v1.CredentialInternalService.Authenticate:output_type -> backlog.credential.v1.AuthenticateResponse
-	26, // 59: backlog.credential.v1.CredentialInternalService.IssueCredential:output_type -> backlog.credential.v1.IssueCredentialResponse
-	31, // 60: backlog.credential.v1.CredentialInternalService.RotateCredential:output_type -> backlog.credential.v1.RotateCredentialResponse
-	29, // 61: backlog.credential.v1.CredentialInternalService.RotateCredentials:output_type -> backlog.credential.v1.RotateCredentialsResponse
-	33, // 62: backlog.credential.v1.CredentialInternalService.UpdateSubject:output_type -> backlog.credential.v1.UpdateSubjectResponse
-	35, // 63: backlog.credential.v1.CredentialInternalService.RevokeSubject:output_type -> backlog.credential.v1.RevokeSubjectResponse
-	37, // 64: backlog.credential.v1.CredentialInternalService.VerifyCredential:output_type -> backlog.credential.v1.VerifyCredentialResponse
-	39, // 65: backlog.credential.v1.CredentialInternalService.WatchRevocations:output_type -> backlog.credential.v1.WatchRevocationsResponse
-	50, // [50:66] is the sub-list for method output_type
-	34, // [34:50] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	1,  // 34: backlog.credential.v1.ListSubjectsRequest.kind:type_name -> backlog.credential.v1.SubjectKind
+	40, // 35: backlog.credential.v1.ListSubjectsResponse.subjects:type_name -> backlog.credential.v1.SubjectSummary
+	43, // 36: backlog.credential.v1.SubjectSummary.created_at:type_name -> google.protobuf.Timestamp
+	7,  // 37: backlog.credential.v1.CredentialService.CreateWorkspace:input_type -> backlog.credential.v1.CreateWorkspaceRequest
+	9,  // 38: backlog.credential.v1.CredentialService.GetWorkspace:input_type -> backlog.credential.v1.GetWorkspaceRequest
+	11, // 39: backlog.credential.v1.CredentialService.ListMembers:input_type -> backlog.credential.v1.ListMembersRequest
+	13, // 40: backlog.credential.v1.CredentialService.CreateMember:input_type -> backlog.credential.v1.CreateMemberRequest
+	15, // 41: backlog.credential.v1.CredentialService.UpdateMember:input_type -> backlog.credential.v1.UpdateMemberRequest
+	17, // 42: backlog.credential.v1.CredentialService.DeleteMember:input_type -> backlog.credential.v1.DeleteMemberRequest
+	19, // 43: backlog.credential.v1.CredentialService.Exchange:input_type -> backlog.credential.v1.ExchangeRequest
+	21, // 44: backlog.credential.v1.CredentialService.WhoAmI:input_type -> backlog.credential.v1.WhoAmIRequest
+	23, // 45: backlog.credential.v1.CredentialInternalService.Authenticate:input_type -> backlog.credential.v1.AuthenticateRequest
+	25, // 46: backlog.credential.v1.CredentialInternalService.IssueCredential:input_type -> backlog.credential.v1.IssueCredentialRequest
+	30, // 47: backlog.credential.v1.CredentialInternalService.RotateCredential:input_type -> backlog.credential.v1.RotateCredentialRequest
+	28, // 48: backlog.credential.v1.CredentialInternalService.RotateCredentials:input_type -> backlog.credential.v1.RotateCredentialsRequest
+	32, // 49: backlog.credential.v1.CredentialInternalService.UpdateSubject:input_type -> backlog.credential.v1.UpdateSubjectRequest
+	34, // 50: backlog.credential.v1.CredentialInternalService.RevokeSubject:input_type -> backlog.credential.v1.RevokeSubjectRequest
+	36, // 51: backlog.credential.v1.CredentialInternalService.VerifyCredential:input_type -> backlog.credential.v1.VerifyCredentialRequest
+	38, // 52: backlog.credential.v1.CredentialInternalService.ListSubjects:input_type -> backlog.credential.v1.ListSubjectsRequest
+	41, // 53: backlog.credential.v1.CredentialInternalService.WatchRevocations:input_type -> backlog.credential.v1.WatchRevocationsRequest
+	8,  // 54: backlog.credential.v1.CredentialService.CreateWorkspace:output_type -> backlog.credential.v1.CreateWorkspaceResponse
+	10, // 55: backlog.credential.v1.CredentialService.GetWorkspace:output_type -> backlog.credential.v1.GetWorkspaceResponse
+	12, // 56: backlog.credential.v1.CredentialService.ListMembers:output_type -> backlog.credential.v1.ListMembersResponse
+	14, // 57: backlog.credential.v1.CredentialService.CreateMember:output_type -> backlog.credential.v1.CreateMemberResponse
+	16, // 58: backlog.credential.v1.CredentialService.UpdateMember:output_type -> backlog.credential.v1.UpdateMemberResponse
+	18, // 59: backlog.credential.v1.CredentialService.DeleteMember:output_type -> backlog.credential.v1.DeleteMemberResponse
+	20, // 60: backlog.credential.v1.CredentialService.Exchange:output_type -> backlog.credential.v1.ExchangeResponse
+	22, // 61: backlog.credential.v1.CredentialService.WhoAmI:output_type -> backlog.credential.v1.WhoAmIResponse
+	24, // 62: backlog.credential.v1.CredentialInternalService.Authenticate:output_type -> backlog.credential.v1.AuthenticateResponse
+	26, // 63: backlog.credential.v1.CredentialInternalService.IssueCredential:output_type -> backlog.credential.v1.IssueCredentialResponse
+	31, // 64: backlog.credential.v1.CredentialInternalService.RotateCredential:output_type -> backlog.credential.v1.RotateCredentialResponse
+	29, // 65: backlog.credential.v1.CredentialInternalService.RotateCredentials:output_type -> backlog.credential.v1.RotateCredentialsResponse
+	33, // 66: backlog.credential.v1.CredentialInternalService.UpdateSubject:output_type -> backlog.credential.v1.UpdateSubjectResponse
+	35, // 67: backlog.credential.v1.CredentialInternalService.RevokeSubject:output_type -> backlog.credential.v1.RevokeSubjectResponse
+	37, // 68: backlog.credential.v1.CredentialInternalService.VerifyCredential:output_type -> backlog.credential.v1.VerifyCredentialResponse
+	39, // 69: backlog.credential.v1.CredentialInternalService.ListSubjects:output_type -> backlog.credential.v1.ListSubjectsResponse
+	42, // 70: backlog.credential.v1.CredentialInternalService.WatchRevocations:output_type -> backlog.credential.v1.WatchRevocationsResponse
+	54, // [54:71] is the sub-list for method output_type
+	37, // [37:54] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_backlog_credential_v1_credential_proto_init() }
@@ -2813,7 +3010,7 @@ func file_backlog_credential_v1_credential_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_backlog_credential_v1_credential_proto_rawDesc), len(file_backlog_credential_v1_credential_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   38,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

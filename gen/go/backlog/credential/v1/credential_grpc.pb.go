@@ -418,6 +418,7 @@ const (
 	CredentialInternalService_UpdateSubject_FullMethodName     = "/backlog.credential.v1.CredentialInternalService/UpdateSubject"
 	CredentialInternalService_RevokeSubject_FullMethodName     = "/backlog.credential.v1.CredentialInternalService/RevokeSubject"
 	CredentialInternalService_VerifyCredential_FullMethodName  = "/backlog.credential.v1.CredentialInternalService/VerifyCredential"
+	CredentialInternalService_ListSubjects_FullMethodName      = "/backlog.credential.v1.CredentialInternalService/ListSubjects"
 	CredentialInternalService_WatchRevocations_FullMethodName  = "/backlog.credential.v1.CredentialInternalService/WatchRevocations"
 )
 
@@ -450,6 +451,10 @@ type CredentialInternalServiceClient interface {
 	// VerifyCredential checks one raw credential of a given kind belongs to a subject
 	// (used for an agent's rotation secret).
 	VerifyCredential(ctx context.Context, in *VerifyCredentialRequest, opts ...grpc.CallOption) (*VerifyCredentialResponse, error)
+	// ListSubjects pages through the live (not revoked) subjects of one kind,
+	// so that a service can find subjects it holds no record of (a create that
+	// died between issuing the credential and writing the record) and revoke them.
+	ListSubjects(ctx context.Context, in *ListSubjectsRequest, opts ...grpc.CallOption) (*ListSubjectsResponse, error)
 	// WatchRevocations streams invalidation events so that every service can drop
 	// cached principals the moment a credential dies. The watcher acknowledges
 	// each event on its half of the stream; a revoking call returns only once
@@ -535,6 +540,16 @@ func (c *credentialInternalServiceClient) VerifyCredential(ctx context.Context, 
 	return out, nil
 }
 
+func (c *credentialInternalServiceClient) ListSubjects(ctx context.Context, in *ListSubjectsRequest, opts ...grpc.CallOption) (*ListSubjectsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSubjectsResponse)
+	err := c.cc.Invoke(ctx, CredentialInternalService_ListSubjects_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *credentialInternalServiceClient) WatchRevocations(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchRevocationsRequest, WatchRevocationsResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &CredentialInternalService_ServiceDesc.Streams[0], CredentialInternalService_WatchRevocations_FullMethodName, cOpts...)
@@ -577,6 +592,10 @@ type CredentialInternalServiceServer interface {
 	// VerifyCredential checks one raw credential of a given kind belongs to a subject
 	// (used for an agent's rotation secret).
 	VerifyCredential(context.Context, *VerifyCredentialRequest) (*VerifyCredentialResponse, error)
+	// ListSubjects pages through the live (not revoked) subjects of one kind,
+	// so that a service can find subjects it holds no record of (a create that
+	// died between issuing the credential and writing the record) and revoke them.
+	ListSubjects(context.Context, *ListSubjectsRequest) (*ListSubjectsResponse, error)
 	// WatchRevocations streams invalidation events so that every service can drop
 	// cached principals the moment a credential dies. The watcher acknowledges
 	// each event on its half of the stream; a revoking call returns only once
@@ -612,6 +631,9 @@ func (UnimplementedCredentialInternalServiceServer) RevokeSubject(context.Contex
 }
 func (UnimplementedCredentialInternalServiceServer) VerifyCredential(context.Context, *VerifyCredentialRequest) (*VerifyCredentialResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method VerifyCredential not implemented")
+}
+func (UnimplementedCredentialInternalServiceServer) ListSubjects(context.Context, *ListSubjectsRequest) (*ListSubjectsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSubjects not implemented")
 }
 func (UnimplementedCredentialInternalServiceServer) WatchRevocations(grpc.BidiStreamingServer[WatchRevocationsRequest, WatchRevocationsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchRevocations not implemented")
@@ -764,6 +786,24 @@ func _CredentialInternalService_VerifyCredential_Handler(srv interface{}, ctx co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CredentialInternalService_ListSubjects_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSubjectsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CredentialInternalServiceServer).ListSubjects(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CredentialInternalService_ListSubjects_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CredentialInternalServiceServer).ListSubjects(ctx, req.(*ListSubjectsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _CredentialInternalService_WatchRevocations_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(CredentialInternalServiceServer).WatchRevocations(&grpc.GenericServerStream[WatchRevocationsRequest, WatchRevocationsResponse]{ServerStream: stream})
 }
@@ -805,6 +845,10 @@ var CredentialInternalService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyCredential",
 			Handler:    _CredentialInternalService_VerifyCredential_Handler,
+		},
+		{
+			MethodName: "ListSubjects",
+			Handler:    _CredentialInternalService_ListSubjects_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

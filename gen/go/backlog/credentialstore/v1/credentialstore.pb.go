@@ -138,6 +138,7 @@ type SubjectRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Subject       *v1.Subject            `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
 	Revoked       bool                   `protobuf:"varint,2,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -184,6 +185,13 @@ func (x *SubjectRecord) GetRevoked() bool {
 		return x.Revoked
 	}
 	return false
+}
+
+func (x *SubjectRecord) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
 }
 
 // AccessTokenClaims is the MAC-protected body of an access token. Tokens are
@@ -292,10 +300,12 @@ const file_backlog_credentialstore_v1_credentialstore_proto_rawDesc = "" +
 	"\n" +
 	"revoked_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12<\n" +
 	"\flast_used_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"lastUsedAt\"c\n" +
+	"lastUsedAt\"\x9e\x01\n" +
 	"\rSubjectRecord\x128\n" +
 	"\asubject\x18\x01 \x01(\v2\x1e.backlog.credential.v1.SubjectR\asubject\x12\x18\n" +
-	"\arevoked\x18\x02 \x01(\bR\arevoked\"\xc2\x01\n" +
+	"\arevoked\x18\x02 \x01(\bR\arevoked\x129\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xc2\x01\n" +
 	"\x11AccessTokenClaims\x12#\n" +
 	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x12\x1b\n" +
 	"\tissued_at\x18\x02 \x01(\x03R\bissuedAt\x12\x1d\n" +
@@ -334,11 +344,12 @@ var file_backlog_credentialstore_v1_credentialstore_proto_depIdxs = []int32{
 	4, // 2: backlog.credentialstore.v1.CredentialRecord.revoked_at:type_name -> google.protobuf.Timestamp
 	4, // 3: backlog.credentialstore.v1.CredentialRecord.last_used_at:type_name -> google.protobuf.Timestamp
 	5, // 4: backlog.credentialstore.v1.SubjectRecord.subject:type_name -> backlog.credential.v1.Subject
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	4, // 5: backlog.credentialstore.v1.SubjectRecord.created_at:type_name -> google.protobuf.Timestamp
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_backlog_credentialstore_v1_credentialstore_proto_init() }
