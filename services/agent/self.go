@@ -18,6 +18,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/credfmt"
 	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/metrics"
 	"github.com/backlog/controlplane/services/kit/ratelimit"
 	"github.com/backlog/controlplane/services/kit/server"
 	"github.com/backlog/controlplane/services/kit/store"
@@ -114,6 +115,7 @@ func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyR
 	if ok, wait := s.perIP.Allow(ratelimit.IPKey(server.ClientIP(ctx))); !ok {
 		s.lg.Warn("self-rotation refused: too many attempts from one address",
 			zap.String("client-ip", server.ClientIP(ctx)), zap.String("request-id", server.RequestID(ctx)), zap.Duration("retry-after", wait))
+		metrics.RateLimited.WithLabelValues("agent_self_rotation_per_ip").Inc()
 		return nil, ratelimit.Exhausted(Domain, reasonRateLimited,
 			fmt.Sprintf("too many rotation attempts from this address; retry after %s (an owner or admin can rotate the agent's credentials meanwhile)", roundSeconds(wait)), wait)
 	}
@@ -138,6 +140,7 @@ func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyR
 	}
 	defer unlock()
 	if locked, wait := s.lockout.Locked(id); locked {
+		metrics.RateLimited.WithLabelValues("agent_lockout").Inc()
 		return fail(ratelimit.Exhausted(Domain, reasonLockedOut,
 			fmt.Sprintf("self-rotation of this agent is locked for %s after repeated wrong rotation secrets; an owner or admin can rotate its credentials", roundSeconds(wait)), wait))
 	}

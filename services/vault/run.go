@@ -21,6 +21,7 @@ import (
 	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
 	"github.com/backlog/controlplane/services/kit/audit"
 	"github.com/backlog/controlplane/services/kit/auth"
+	"github.com/backlog/controlplane/services/kit/metrics"
 	"github.com/backlog/controlplane/services/kit/store"
 )
 
@@ -38,7 +39,9 @@ type resolved struct {
 // substitutes the values, sends the request itself, and returns the
 // response with every echoed value redacted. Each secret used gets a
 // secret.use audit event.
-func (s *Service) RunHttpRequest(ctx context.Context, req *vaultv1.RunHttpRequestRequest) (*vaultv1.RunHttpRequestResponse, error) {
+func (s *Service) RunHttpRequest(ctx context.Context, req *vaultv1.RunHttpRequestRequest) (resp *vaultv1.RunHttpRequestResponse, err error) {
+	sent := false
+	defer func() { metrics.VaultEgress.WithLabelValues(egressResult(sent, err)).Inc() }()
 	ws := req.GetWorkspaceId()
 	if err := validWorkspace(ws); err != nil {
 		return nil, err
@@ -73,7 +76,8 @@ func (s *Service) RunHttpRequest(ctx context.Context, req *vaultv1.RunHttpReques
 	}
 	red := newRedactor(byName)
 
-	resp, err := s.send(ctx, st, values, red)
+	sent = true
+	resp, err = s.send(ctx, st, values, red)
 	if err != nil {
 		s.recordUses(ctx, ws, st.refs, used, err, st.method, host, 0)
 		return nil, err
@@ -83,6 +87,18 @@ func (s *Service) RunHttpRequest(ctx context.Context, req *vaultv1.RunHttpReques
 	s.lg.Info("http request step sent", zap.String("workspace-id", ws), zap.String("method", st.method),
 		zap.String("host", host), zap.Int32("status", resp.StatusCode), zap.Strings("secrets", used))
 	return resp, nil
+}
+
+// egressResult names a step's outcome for the metrics: refused before
+// anything left the vault, failed on the way, or sent (the target answered).
+func egressResult(sent bool, err error) string {
+	switch {
+	case err == nil:
+		return "sent"
+	case !sent:
+		return "refused"
+	}
+	return "failed"
 }
 
 // resolveForStep decrypts the secrets refs names, all in one snapshot.
