@@ -168,9 +168,9 @@ func New(cfg Config) (*Service, error) {
 	return svc, nil
 }
 
-// recorded reports whether this service holds the record of subject id.
-func (s *Service) recorded(ws, id string) (bool, error) {
-	_, err := s.load(ws, id)
+// recorded reports whether this service holds the record of a subject.
+func (s *Service) recorded(sub *credentialv1.SubjectSummary) (bool, error) {
+	_, err := s.load(sub.GetWorkspaceId(), sub.GetId())
 	if errors.Is(err, ErrAgentNotFound) {
 		return false, nil
 	}

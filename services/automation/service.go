@@ -103,13 +103,39 @@ func New(cfg Config) (*Service, error) {
 	return svc, nil
 }
 
-// recorded reports whether this service holds the record of subject id.
-func (s *Service) recorded(ws, id string) (bool, error) {
-	_, err := s.load(ws, id)
-	if errors.Is(err, ErrNotFound) {
+// recorded reports whether this service holds the record of a subject, and
+// repairs the record's secret metadata when a rotation was killed between
+// the credential service rotating and the record being written (the record
+// then names the revoked secret).
+func (s *Service) recorded(sub *credentialv1.SubjectSummary) (bool, error) {
+	ws, id := sub.GetWorkspaceId(), sub.GetId()
+	if _, err := s.load(ws, id); errors.Is(err, ErrNotFound) {
 		return false, nil
+	} else if err != nil {
+		return false, err
 	}
-	return err == nil, err
+	var live *credentialv1.CredentialInfo
+	for _, c := range sub.GetLiveCredentials() {
+		if c.GetKind() == credentialv1.CredentialKind_CREDENTIAL_KIND_AUTOMATION_SECRET {
+			live = c
+		}
+	}
+	if live == nil {
+		return true, nil
+	}
+	si := secretInfo(live)
+	return true, s.db.Update(context.Background(), func(tx *store.Tx) error {
+		cur := &automationv1.Automation{}
+		if ok, err := store.Get(tx, automationsBucket, automationKey(ws, id), cur); err != nil || !ok {
+			return err
+		}
+		if cur.GetCredential().GetId() == si.GetId() || !newer(si, cur.GetCredential()) {
+			return nil
+		}
+		s.lg.Info("repaired secret metadata left stale by an interrupted rotation", zap.String("automation-id", id), zap.String("credential-id", si.GetId()))
+		cur.Credential = si
+		return store.Put(tx, automationsBucket, automationKey(ws, id), cur)
+	})
 }
 
 // Register registers the AutomationService and this service's own

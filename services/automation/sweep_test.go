@@ -34,6 +34,15 @@ func TestSweepRevokesUnrecordedSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.seen.add(orphan.Credential)
+	// A rotation that reached the credential service only: the record still
+	// names the old secret.
+	rotated, err := h.env.Internal.RotateCredential(bg(), &credentialv1.RotateCredentialRequest{
+		WorkspaceId: ws, SubjectId: created.Automation.Id, Kind: credentialv1.CredentialKind_CREDENTIAL_KIND_AUTOMATION_SECRET, Label: "lost-rotation",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.seen.add(rotated.Credential)
 	h.stop()
 	time.Sleep(10 * time.Millisecond) // created strictly before the next start
 
@@ -53,7 +62,20 @@ func TestSweepRevokesUnrecordedSecrets(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if _, err := h.env.Public.Exchange(as(bg(), created.Secret), &credentialv1.ExchangeRequest{}); err != nil {
+	if _, err := h.env.Public.Exchange(as(bg(), rotated.Credential), &credentialv1.ExchangeRequest{}); err != nil {
 		t.Fatalf("the sweep touched a recorded automation: %v", err)
+	}
+	// Its record now names the live secret. Subjects are swept in id order,
+	// and ids sort by creation: the orphan (made last) being revoked means
+	// the automation before it was reconciled. Read it through a fresh store.
+	svc.Close()
+	svc2, err := automation.New(automation.Config{DataDir: h.dataDir, Logger: zaptest.NewLogger(t), Credential: h.env.Internal})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc2.Close()
+	rec, err := automation.LoadForTest(svc2, ws, created.Automation.Id)
+	if err != nil || rec.GetCredential().GetId() != rotated.Info.Id || rec.GetCredential().GetLabel() != "lost-rotation" {
+		t.Fatalf("the record's secret metadata was not repaired: %v %v", rec.GetCredential(), err)
 	}
 }

@@ -371,7 +371,7 @@ func (s *Service) ListSubjects(ctx context.Context, req *credentialv1.ListSubjec
 	}
 	resp := &credentialv1.ListSubjectsResponse{}
 	err = s.db.View(func(tx *store.Tx) error {
-		next, err := store.Scan(tx, bucketSubjects, nil, after, size, func(k, v []byte) (bool, error) {
+		next, err := store.Scan(tx, bucketSubjects, nil, after, size, func(k, v []byte) (_ bool, err error) {
 			rec := &credentialstorev1.SubjectRecord{}
 			if err := proto.Unmarshal(v, rec); err != nil {
 				return false, fmt.Errorf("decode subject %q: %w", k, err)
@@ -379,13 +379,33 @@ func (s *Service) ListSubjects(ctx context.Context, req *credentialv1.ListSubjec
 			if rec.Revoked || rec.GetSubject().GetKind() != req.GetKind() {
 				return false, nil
 			}
-			resp.Subjects = append(resp.Subjects, &credentialv1.SubjectSummary{Id: rec.Subject.Id, WorkspaceId: rec.Subject.WorkspaceId, CreatedAt: rec.CreatedAt})
+			sum := &credentialv1.SubjectSummary{Id: rec.Subject.Id, WorkspaceId: rec.Subject.WorkspaceId, CreatedAt: rec.CreatedAt}
+			if sum.LiveCredentials, err = liveCredentials(tx, rec.Subject.Id); err != nil {
+				return false, err
+			}
+			resp.Subjects = append(resp.Subjects, sum)
 			return true, nil
 		})
 		resp.NextPageToken = page.Encode(scope, next)
 		return err
 	})
 	return resp, err
+}
+
+// liveCredentials lists the metadata of a subject's live credentials.
+func liveCredentials(tx *store.Tx, subjectID string) ([]*credentialv1.CredentialInfo, error) {
+	var out []*credentialv1.CredentialInfo
+	_, err := store.Scan(tx, bucketSubjectCreds, store.Key(subjectID, ""), nil, 0, func(k, _ []byte) (bool, error) {
+		rec := &credentialstorev1.CredentialRecord{}
+		if ok, err := store.Get(tx, bucketCredentials, k[len(subjectID)+1:], rec); err != nil || !ok {
+			return false, err
+		}
+		if rec.RevokedAt == nil {
+			out = append(out, infoOf(rec))
+		}
+		return true, nil
+	})
+	return out, err
 }
 
 // WatchRevocations streams invalidations to a sibling service and reads its

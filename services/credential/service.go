@@ -241,18 +241,8 @@ func (s *Service) ensureOperatorToken() error {
 }
 
 func hasLiveCredential(tx *store.Tx, subjectID string) (bool, error) {
-	found := false
-	_, err := store.Scan(tx, bucketSubjectCreds, store.Key(subjectID, ""), nil, 0, func(k, _ []byte) (bool, error) {
-		rec := &credentialstorev1.CredentialRecord{}
-		if ok, err := store.Get(tx, bucketCredentials, k[len(subjectID)+1:], rec); err != nil || !ok {
-			return false, err
-		}
-		if rec.RevokedAt == nil {
-			found = true
-		}
-		return true, nil
-	})
-	return found, err
+	live, err := liveCredentials(tx, subjectID)
+	return len(live) > 0, err
 }
 
 func (s *Service) hash(raw string) []byte {

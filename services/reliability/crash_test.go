@@ -210,6 +210,9 @@ func runCrash(t *testing.T, cfg crashConfig) {
 	if final.orphans != 0 {
 		t.Errorf("after the sweep, %d automation subjects still hold a live secret without a record", final.orphans)
 	}
+	if final.staleRecords != 0 {
+		t.Errorf("after the sweep, %d automation records still name a dead secret", final.staleRecords)
+	}
 	var sum crashFigures
 	for _, f := range all {
 		sum.ackedCreates += f.ackedCreates
@@ -249,6 +252,9 @@ func checkCrashStores(t *testing.T, c *cluster, round int, autos []*crashAuto, f
 			t.Errorf("round %d: automation %s has %d live secrets, want exactly 1", round, id, len(s.live[credentialv1.CredentialKind_CREDENTIAL_KIND_AUTOMATION_SECRET]))
 		default:
 			live[id] = s.live[credentialv1.CredentialKind_CREDENTIAL_KIND_AUTOMATION_SECRET][0]
+			if rec.GetCredential().GetId() != live[id] {
+				f.staleRecords++ // the record names a secret that is not the live one
+			}
 		}
 		if rec.GetWorkspaceId() == "" || rec.GetCredential().GetId() == "" {
 			t.Errorf("round %d: automation %s is recorded half-written: %v", round, id, rec)

@@ -74,18 +74,20 @@ func Revoke(ctx context.Context, c credentialv1.CredentialInternalServiceClient,
 }
 
 // Sweep revokes the live subjects of kind that were created before `before`
-// and that the calling service holds no record of (exists reports false):
+// and that the calling service holds no record of (reconcile reports false):
 // the leftovers of creates that died between the credential service issuing
 // a credential and the record being written. Nobody ever received those
 // credentials; this makes sure they cannot be used either. Subjects created
 // after `before` are left alone: their creates may still be in flight. It
 // retries until the credential service answers or ctx ends, and returns how
-// many subjects it revoked.
+// many subjects it revoked. reconcile may also repair the service's record
+// from the subject's live credentials (e.g. metadata a rotation killed
+// half-way did not write).
 func Sweep(ctx context.Context, c credentialv1.CredentialInternalServiceClient, lg *zap.Logger,
-	kind credentialv1.SubjectKind, kindName string, before time.Time, exists func(ws, id string) (bool, error)) int {
+	kind credentialv1.SubjectKind, kindName string, before time.Time, reconcile func(*credentialv1.SubjectSummary) (bool, error)) int {
 	backoff := 100 * time.Millisecond
 	for {
-		n, err := sweepOnce(ctx, c, lg, kind, kindName, before, exists)
+		n, err := sweepOnce(ctx, c, lg, kind, kindName, before, reconcile)
 		if err == nil {
 			lg.Info("orphan sweep finished", zap.String("subject-kind", kindName), zap.Int("revoked", n))
 			return n
@@ -103,7 +105,7 @@ func Sweep(ctx context.Context, c credentialv1.CredentialInternalServiceClient, 
 }
 
 func sweepOnce(ctx context.Context, c credentialv1.CredentialInternalServiceClient, lg *zap.Logger,
-	kind credentialv1.SubjectKind, kindName string, before time.Time, exists func(ws, id string) (bool, error)) (int, error) {
+	kind credentialv1.SubjectKind, kindName string, before time.Time, reconcile func(*credentialv1.SubjectSummary) (bool, error)) (int, error) {
 	revoked, token := 0, ""
 	for {
 		resp, err := c.ListSubjects(ctx, &credentialv1.ListSubjectsRequest{Kind: kind, PageSize: 1000, PageToken: token})
@@ -114,7 +116,7 @@ func sweepOnce(ctx context.Context, c credentialv1.CredentialInternalServiceClie
 			if sub.GetCreatedAt() == nil || !sub.GetCreatedAt().AsTime().Before(before) {
 				continue
 			}
-			ok, err := exists(sub.GetWorkspaceId(), sub.GetId())
+			ok, err := reconcile(sub)
 			if err != nil {
 				return revoked, err
 			}

@@ -2459,9 +2459,11 @@ type SubjectSummary struct {
 	WorkspaceId string                 `protobuf:"bytes,2,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
 	// When its first credential was issued (unset for subjects made before
 	// this was recorded).
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// Its live credentials' metadata (never the secrets).
+	LiveCredentials []*CredentialInfo `protobuf:"bytes,4,rep,name=live_credentials,json=liveCredentials,proto3" json:"live_credentials,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *SubjectSummary) Reset() {
@@ -2511,6 +2513,13 @@ func (x *SubjectSummary) GetWorkspaceId() string {
 func (x *SubjectSummary) GetCreatedAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *SubjectSummary) GetLiveCredentials() []*CredentialInfo {
+	if x != nil {
+		return x.LiveCredentials
 	}
 	return nil
 }
@@ -2812,12 +2821,13 @@ const file_backlog_credential_v1_credential_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\"\x81\x01\n" +
 	"\x14ListSubjectsResponse\x12A\n" +
 	"\bsubjects\x18\x01 \x03(\v2%.backlog.credential.v1.SubjectSummaryR\bsubjects\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"~\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd0\x01\n" +
 	"\x0eSubjectSummary\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fworkspace_id\x18\x02 \x01(\tR\vworkspaceId\x129\n" +
 	"\n" +
-	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"<\n" +
+	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12P\n" +
+	"\x10live_credentials\x18\x04 \x03(\v2%.backlog.credential.v1.CredentialInfoR\x0fliveCredentials\"<\n" +
 	"\x17WatchRevocationsRequest\x12!\n" +
 	"\fack_sequence\x18\x01 \x01(\x04R\vackSequence\"r\n" +
 	"\x18WatchRevocationsResponse\x12\x1f\n" +
@@ -2958,45 +2968,46 @@ var file_backlog_credential_v1_credential_proto_depIdxs = []int32{
 	1,  // 34: backlog.credential.v1.ListSubjectsRequest.kind:type_name -> backlog.credential.v1.SubjectKind
 	40, // 35: backlog.credential.v1.ListSubjectsResponse.subjects:type_name -> backlog.credential.v1.SubjectSummary
 	43, // 36: backlog.credential.v1.SubjectSummary.created_at:type_name -> google.protobuf.Timestamp
-	7,  // 37: backlog.credential.v1.CredentialService.CreateWorkspace:input_type -> backlog.credential.v1.CreateWorkspaceRequest
-	9,  // 38: backlog.credential.v1.CredentialService.GetWorkspace:input_type -> backlog.credential.v1.GetWorkspaceRequest
-	11, // 39: backlog.credential.v1.CredentialService.ListMembers:input_type -> backlog.credential.v1.ListMembersRequest
-	13, // 40: backlog.credential.v1.CredentialService.CreateMember:input_type -> backlog.credential.v1.CreateMemberRequest
-	15, // 41: backlog.credential.v1.CredentialService.UpdateMember:input_type -> backlog.credential.v1.UpdateMemberRequest
-	17, // 42: backlog.credential.v1.CredentialService.DeleteMember:input_type -> backlog.credential.v1.DeleteMemberRequest
-	19, // 43: backlog.credential.v1.CredentialService.Exchange:input_type -> backlog.credential.v1.ExchangeRequest
-	21, // 44: backlog.credential.v1.CredentialService.WhoAmI:input_type -> backlog.credential.v1.WhoAmIRequest
-	23, // 45: backlog.credential.v1.CredentialInternalService.Authenticate:input_type -> backlog.credential.v1.AuthenticateRequest
-	25, // 46: backlog.credential.v1.CredentialInternalService.IssueCredential:input_type -> backlog.credential.v1.IssueCredentialRequest
-	30, // 47: backlog.credential.v1.CredentialInternalService.RotateCredential:input_type -> backlog.credential.v1.RotateCredentialRequest
-	28, // 48: backlog.credential.v1.CredentialInternalService.RotateCredentials:input_type -> backlog.credential.v1.RotateCredentialsRequest
-	32, // 49: backlog.credential.v1.CredentialInternalService.UpdateSubject:input_type -> backlog.credential.v1.UpdateSubjectRequest
-	34, // 50: backlog.credential.v1.CredentialInternalService.RevokeSubject:input_type -> backlog.credential.v1.RevokeSubjectRequest
-	36, // 51: backlog.credential.v1.CredentialInternalService.VerifyCredential:input_type -> backlog.credential.v1.VerifyCredentialRequest
-	38, // 52: backlog.credential.v1.CredentialInternalService.ListSubjects:input_type -> backlog.credential.v1.ListSubjectsRequest
-	41, // 53: backlog.credential.v1.CredentialInternalService.WatchRevocations:input_type -> backlog.credential.v1.WatchRevocationsRequest
-	8,  // 54: backlog.credential.v1.CredentialService.CreateWorkspace:output_type -> backlog.credential.v1.CreateWorkspaceResponse
-	10, // 55: backlog.credential.v1.CredentialService.GetWorkspace:output_type -> backlog.credential.v1.GetWorkspaceResponse
-	12, // 56: backlog.credential.v1.CredentialService.ListMembers:output_type -> backlog.credential.v1.ListMembersResponse
-	14, // 57: backlog.credential.v1.CredentialService.CreateMember:output_type -> backlog.credential.v1.CreateMemberResponse
-	16, // 58: backlog.credential.v1.CredentialService.UpdateMember:output_type -> backlog.credential.v1.UpdateMemberResponse
-	18, // 59: backlog.credential.v1.CredentialService.DeleteMember:output_type -> backlog.credential.v1.DeleteMemberResponse
-	20, // 60: backlog.credential.v1.CredentialService.Exchange:output_type -> backlog.credential.v1.ExchangeResponse
-	22, // 61: backlog.credential.v1.CredentialService.WhoAmI:output_type -> backlog.credential.v1.WhoAmIResponse
-	24, // 62: backlog.credential.v1.CredentialInternalService.Authenticate:output_type -> backlog.credential.v1.AuthenticateResponse
-	26, // 63: backlog.credential.v1.CredentialInternalService.IssueCredential:output_type -> backlog.credential.v1.IssueCredentialResponse
-	31, // 64: backlog.credential.v1.CredentialInternalService.RotateCredential:output_type -> backlog.credential.v1.RotateCredentialResponse
-	29, // 65: backlog.credential.v1.CredentialInternalService.RotateCredentials:output_type -> backlog.credential.v1.RotateCredentialsResponse
-	33, // 66: backlog.credential.v1.CredentialInternalService.UpdateSubject:output_type -> backlog.credential.v1.UpdateSubjectResponse
-	35, // 67: backlog.credential.v1.CredentialInternalService.RevokeSubject:output_type -> backlog.credential.v1.RevokeSubjectResponse
-	37, // 68: backlog.credential.v1.CredentialInternalService.VerifyCredential:output_type -> backlog.credential.v1.VerifyCredentialResponse
-	39, // 69: backlog.credential.v1.CredentialInternalService.ListSubjects:output_type -> backlog.credential.v1.ListSubjectsResponse
-	42, // 70: backlog.credential.v1.CredentialInternalService.WatchRevocations:output_type -> backlog.credential.v1.WatchRevocationsResponse
-	54, // [54:71] is the sub-list for method output_type
-	37, // [37:54] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	4,  // 37: backlog.credential.v1.SubjectSummary.live_credentials:type_name -> backlog.credential.v1.CredentialInfo
+	7,  // 38: backlog.credential.v1.CredentialService.CreateWorkspace:input_type -> backlog.credential.v1.CreateWorkspaceRequest
+	9,  // 39: backlog.credential.v1.CredentialService.GetWorkspace:input_type -> backlog.credential.v1.GetWorkspaceRequest
+	11, // 40: backlog.credential.v1.CredentialService.ListMembers:input_type -> backlog.credential.v1.ListMembersRequest
+	13, // 41: backlog.credential.v1.CredentialService.CreateMember:input_type -> backlog.credential.v1.CreateMemberRequest
+	15, // 42: backlog.credential.v1.CredentialService.UpdateMember:input_type -> backlog.credential.v1.UpdateMemberRequest
+	17, // 43: backlog.credential.v1.CredentialService.DeleteMember:input_type -> backlog.credential.v1.DeleteMemberRequest
+	19, // 44: backlog.credential.v1.CredentialService.Exchange:input_type -> backlog.credential.v1.ExchangeRequest
+	21, // 45: backlog.credential.v1.CredentialService.WhoAmI:input_type -> backlog.credential.v1.WhoAmIRequest
+	23, // 46: backlog.credential.v1.CredentialInternalService.Authenticate:input_type -> backlog.credential.v1.AuthenticateRequest
+	25, // 47: backlog.credential.v1.CredentialInternalService.IssueCredential:input_type -> backlog.credential.v1.IssueCredentialRequest
+	30, // 48: backlog.credential.v1.CredentialInternalService.RotateCredential:input_type -> backlog.credential.v1.RotateCredentialRequest
+	28, // 49: backlog.credential.v1.CredentialInternalService.RotateCredentials:input_type -> backlog.credential.v1.RotateCredentialsRequest
+	32, // 50: backlog.credential.v1.CredentialInternalService.UpdateSubject:input_type -> backlog.credential.v1.UpdateSubjectRequest
+	34, // 51: backlog.credential.v1.CredentialInternalService.RevokeSubject:input_type -> backlog.credential.v1.RevokeSubjectRequest
+	36, // 52: backlog.credential.v1.CredentialInternalService.VerifyCredential:input_type -> backlog.credential.v1.VerifyCredentialRequest
+	38, // 53: backlog.credential.v1.CredentialInternalService.ListSubjects:input_type -> backlog.credential.v1.ListSubjectsRequest
+	41, // 54: backlog.credential.v1.CredentialInternalService.WatchRevocations:input_type -> backlog.credential.v1.WatchRevocationsRequest
+	8,  // 55: backlog.credential.v1.CredentialService.CreateWorkspace:output_type -> backlog.credential.v1.CreateWorkspaceResponse
+	10, // 56: backlog.credential.v1.CredentialService.GetWorkspace:output_type -> backlog.credential.v1.GetWorkspaceResponse
+	12, // 57: backlog.credential.v1.CredentialService.ListMembers:output_type -> backlog.credential.v1.ListMembersResponse
+	14, // 58: backlog.credential.v1.CredentialService.CreateMember:output_type -> backlog.credential.v1.CreateMemberResponse
+	16, // 59: backlog.credential.v1.CredentialService.UpdateMember:output_type -> backlog.credential.v1.UpdateMemberResponse
+	18, // 60: backlog.credential.v1.CredentialService.DeleteMember:output_type -> backlog.credential.v1.DeleteMemberResponse
+	20, // 61: backlog.credential.v1.CredentialService.Exchange:output_type -> backlog.credential.v1.ExchangeResponse
+	22, // 62: backlog.credential.v1.CredentialService.WhoAmI:output_type -> backlog.credential.v1.WhoAmIResponse
+	24, // 63: backlog.credential.v1.CredentialInternalService.Authenticate:output_type -> backlog.credential.v1.AuthenticateResponse
+	26, // 64: backlog.credential.v1.CredentialInternalService.IssueCredential:output_type -> backlog.credential.v1.IssueCredentialResponse
+	31, // 65: backlog.credential.v1.CredentialInternalService.RotateCredential:output_type -> backlog.credential.v1.RotateCredentialResponse
+	29, // 66: backlog.credential.v1.CredentialInternalService.RotateCredentials:output_type -> backlog.credential.v1.RotateCredentialsResponse
+	33, // 67: backlog.credential.v1.CredentialInternalService.UpdateSubject:output_type -> backlog.credential.v1.UpdateSubjectResponse
+	35, // 68: backlog.credential.v1.CredentialInternalService.RevokeSubject:output_type -> backlog.credential.v1.RevokeSubjectResponse
+	37, // 69: backlog.credential.v1.CredentialInternalService.VerifyCredential:output_type -> backlog.credential.v1.VerifyCredentialResponse
+	39, // 70: backlog.credential.v1.CredentialInternalService.ListSubjects:output_type -> backlog.credential.v1.ListSubjectsResponse
+	42, // 71: backlog.credential.v1.CredentialInternalService.WatchRevocations:output_type -> backlog.credential.v1.WatchRevocationsResponse
+	55, // [55:72] is the sub-list for method output_type
+	38, // [38:55] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_backlog_credential_v1_credential_proto_init() }
