@@ -100,7 +100,7 @@ func TestWorkspacesAndMembers(t *testing.T) {
 			return err
 		}, codes.Unauthenticated},
 		{"bad checksum", func() error {
-			_, err := env.Public.GetWorkspace(as(bg, owner[:len(owner)-1]+"x"), &credentialv1.GetWorkspaceRequest{WorkspaceId: ws})
+			_, err := env.Public.GetWorkspace(as(bg, mistype(owner)), &credentialv1.GetWorkspaceRequest{WorkspaceId: ws})
 			return err
 		}, codes.Unauthenticated},
 		{"member reads workspace", func() error {
@@ -362,4 +362,13 @@ func TestInternalAPIRequiresServiceCredential(t *testing.T) {
 	if _, err := env.Internal.IssueCredential(bg, req); err != nil {
 		t.Fatalf("with the service credential: %v", err)
 	}
+}
+
+// mistype changes the last character of a credential (always to a different one).
+func mistype(s string) string {
+	last := s[len(s)-1]
+	if last == 'x' {
+		return s[:len(s)-1] + "y"
+	}
+	return s[:len(s)-1] + "x"
 }
