@@ -43,11 +43,14 @@ bench:
 ## load; BACKLOG_SOAK_DURATION sets the load's length, default 2m), then each fuzz target
 ## for FUZZTIME (default 3m). Short versions of all of them run in `make test`.
 FUZZTIME ?= 3m
-FUZZ_TARGETS := FuzzGatewayJSON FuzzUpdateAutomationMask FuzzUpdateMemberMask
+# Every fuzz target, as package-dir:FuzzName (go test -fuzz takes one package at a time).
+FUZZ_TARGETS := services/reliability:FuzzGatewayJSON services/reliability:FuzzUpdateAutomationMask \
+	services/reliability:FuzzUpdateMemberMask services/kit/credfmt:FuzzParse services/kit/page:FuzzDecode \
+	services/vault:FuzzParseTemplate
 soak:
 	BACKLOG_SOAK=1 go test -C services/reliability -count=1 -v -run Soak -timeout 60m .
-	@for f in $(FUZZ_TARGETS); do echo "== fuzz $$f for $(FUZZTIME)"; \
-	  go test -C services/reliability -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) . || exit 1; done
+	@for t in $(FUZZ_TARGETS); do d=$${t%%:*}; f=$${t##*:}; echo "== fuzz $$f in $$d for $(FUZZTIME)"; \
+	  go test -C $$d -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) . || exit 1; done
 
 ## verify: generated code matches the protos; go.work lists every module; lint
 verify: verify-work verify-gen lint

@@ -71,7 +71,9 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		p, err := Parse(s)
 		if err != nil {
-			if strings.Contains(err.Error(), s) && s != "" {
+			// Only inputs long enough to be a secret count: a short one can
+			// be a substring of any message ("B" of "Backlog").
+			if len(s) >= 12 && strings.Contains(err.Error(), s) {
 				t.Fatalf("error message echoes the input")
 			}
 			return
