@@ -1,0 +1,109 @@
+package bench
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestHarnessTinyScale runs every scenario once at tiny scale (about 200 ms
+// per load, 100 and 1,000 automations) against a real backlogd, to keep the
+// harness working. It asserts that figures were produced without errors,
+// never how fast anything was: benchmarks are not timed assertions.
+func TestHarnessTinyScale(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: skipping the benchmark harness (it builds and starts backlogd)")
+	}
+	cfg, err := DefaultConfig("tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Log = logWriter{t}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	rep, err := RunAll(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sb strings.Builder
+	rep.WriteTable(&sb)
+	t.Log(sb.String())
+
+	for _, f := range rep.Failed {
+		t.Errorf("scenario %s failed: %s", f.Scenario, f.Reason)
+	}
+	for _, s := range rep.Skipped {
+		// Only the scenarios of services not built yet may be skipped.
+		i := slices.IndexFunc(Scenarios, func(sc Scenario) bool { return sc.Name == s.Scenario })
+		if i < 0 || len(Scenarios[i].Needs) == 0 {
+			t.Errorf("scenario %s skipped: %s", s.Scenario, s.Reason)
+		}
+	}
+	want := []string{"baseline.grpc", "exchange.grpc", "exchange.rest", "read.grpc", "read.rest",
+		"create.c1", "create.c16", "create.c64", "rotate.c1", "rotate.c16", "rotate.c64",
+		"rotate.fresh", "rotate.history", "list.small", "list.large", "memory.rssanon", "startup", "disk.commit.c1", "disk.commit.c64"}
+	for _, k := range want {
+		res, ok := rep.Get(k)
+		switch {
+		case !ok:
+			t.Errorf("no figure for %s", k)
+		case res.Stats != nil && (res.Stats.Requests == 0 || res.Stats.P50 <= 0):
+			t.Errorf("%s: no requests measured: %+v", k, res.Stats)
+		case res.Stats != nil && res.Stats.Errors > 0:
+			t.Errorf("%s: %d errors: %v", k, res.Stats.Errors, res.Stats.FirstErrors)
+		case res.Stats == nil && res.Value <= 0:
+			t.Errorf("%s: no value", k)
+		}
+	}
+	for _, tg := range rep.Targets {
+		if tg.Status == "n/a" {
+			t.Errorf("target %q was not evaluated", tg.Name)
+		}
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	var lat []time.Duration
+	for i := 1; i <= 100; i++ {
+		lat = append(lat, time.Duration(i)*time.Millisecond)
+	}
+	for _, c := range []struct {
+		p    float64
+		want time.Duration
+	}{{50, 50 * time.Millisecond}, {99, 99 * time.Millisecond}, {100, 100 * time.Millisecond}, {0, time.Millisecond}} {
+		if got := percentile(lat, c.p); got != c.want {
+			t.Errorf("p%v = %v, want %v", c.p, got, c.want)
+		}
+	}
+}
+
+func TestRunCountsErrorsApart(t *testing.T) {
+	st := Run(context.Background(), Load{Concurrency: 3, Duration: 50 * time.Millisecond, Op: func(_ context.Context, w, seq int) error {
+		time.Sleep(time.Millisecond)
+		if seq%2 == 1 {
+			return errTest
+		}
+		return nil
+	}})
+	if st.Requests == 0 || st.Errors == 0 || st.Errors >= st.Requests || len(st.FirstErrors) != 1 {
+		t.Fatalf("stats: %+v", st)
+	}
+	if st.P50 <= 0 || st.Throughput <= 0 {
+		t.Fatalf("no latency figures: %+v", st)
+	}
+}
+
+type testErr struct{}
+
+func (testErr) Error() string { return "test error" }
+
+var errTest error = testErr{}
+
+type logWriter struct{ t *testing.T }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
