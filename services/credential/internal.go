@@ -200,24 +200,28 @@ func infoOf(rec *credentialstorev1.CredentialRecord) *credentialv1.CredentialInf
 // revokeLive marks every live credential of subjectID (of kind, or all kinds
 // when kind is unspecified) revoked at now.
 func revokeLive(tx *store.Tx, subjectID string, kind credentialv1.CredentialKind, now time.Time) error {
-	var ids [][]byte
-	_, err := store.Scan(tx, bucketSubjectCreds, store.Key(subjectID, ""), nil, 0, func(k, _ []byte) (bool, error) {
-		ids = append(ids, append([]byte(nil), k[len(subjectID)+1:]...))
+	var keys [][]byte
+	_, err := store.Scan(tx, bucketLiveCreds, store.Key(subjectID, ""), nil, 0, func(k, _ []byte) (bool, error) {
+		keys = append(keys, append([]byte(nil), k...))
 		return true, nil
 	})
 	if err != nil {
 		return err
 	}
-	for _, id := range ids {
+	for _, k := range keys {
+		id := k[len(subjectID)+1:]
 		rec := &credentialstorev1.CredentialRecord{}
 		if ok, err := store.Get(tx, bucketCredentials, id, rec); err != nil || !ok {
 			return err
 		}
-		if rec.RevokedAt != nil || (kind != credentialv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED && rec.Kind != kind) {
+		if kind != credentialv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED && rec.Kind != kind {
 			continue
 		}
 		rec.RevokedAt = timestamppb.New(now)
 		if err := store.Put(tx, bucketCredentials, id, rec); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketLiveCreds).Delete(k); err != nil {
 			return err
 		}
 	}
@@ -395,14 +399,12 @@ func (s *Service) ListSubjects(ctx context.Context, req *credentialv1.ListSubjec
 // liveCredentials lists the metadata of a subject's live credentials.
 func liveCredentials(tx *store.Tx, subjectID string) ([]*credentialv1.CredentialInfo, error) {
 	var out []*credentialv1.CredentialInfo
-	_, err := store.Scan(tx, bucketSubjectCreds, store.Key(subjectID, ""), nil, 0, func(k, _ []byte) (bool, error) {
+	_, err := store.Scan(tx, bucketLiveCreds, store.Key(subjectID, ""), nil, 0, func(k, _ []byte) (bool, error) {
 		rec := &credentialstorev1.CredentialRecord{}
 		if ok, err := store.Get(tx, bucketCredentials, k[len(subjectID)+1:], rec); err != nil || !ok {
 			return false, err
 		}
-		if rec.RevokedAt == nil {
-			out = append(out, infoOf(rec))
-		}
+		out = append(out, infoOf(rec))
 		return true, nil
 	})
 	return out, err

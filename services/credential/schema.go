@@ -17,8 +17,12 @@ var (
 	bucketCredentials = store.Bucket("credentials")
 	// credential_hashes: HMAC of the raw credential → credential id
 	bucketHashes = store.Bucket("credential_hashes")
-	// subject_credentials: subject id/credential id → empty (index)
+	// subject_credentials: subject id/credential id → empty (every credential
+	// a subject ever had)
 	bucketSubjectCreds = store.Bucket("subject_credentials")
+	// live_credentials: subject id/credential id → empty (only the live ones,
+	// so that rotating costs the same however long the history)
+	bucketLiveCreds = store.Bucket("live_credentials")
 
-	schema = []store.Bucket{bucketWorkspaces, bucketMembers, bucketSubjects, bucketCredentials, bucketHashes, bucketSubjectCreds, audit.Bucket}
+	schema = []store.Bucket{bucketWorkspaces, bucketMembers, bucketSubjects, bucketCredentials, bucketHashes, bucketSubjectCreds, bucketLiveCreds, audit.Bucket}
 )

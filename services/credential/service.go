@@ -20,6 +20,7 @@ import (
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
@@ -106,6 +107,10 @@ func New(cfg Config) (*Service, error) {
 		cfg: cfg, lg: cfg.Logger.With(zap.String("component", "credential")), db: db,
 		key: key, tokenKey: m.Sum(nil), errors: errorTable(), hub: newHub(),
 		used: map[string]time.Time{}, stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	if err := s.indexLiveCredentials(); err != nil {
+		db.Close()
+		return nil, err
 	}
 	if err := s.ensureOperatorToken(); err != nil {
 		db.Close()
@@ -203,6 +208,33 @@ func writeFileExcl(path string, b []byte) error {
 	return f.Close()
 }
 
+// indexLiveCredentials fills the live-credential index once, for a store
+// written before the index existed.
+func (s *Service) indexLiveCredentials() error {
+	var need bool
+	s.db.View(func(tx *store.Tx) error {
+		k, _ := tx.Bucket(bucketLiveCreds).Cursor().First()
+		c, _ := tx.Bucket(bucketCredentials).Cursor().First()
+		need = k == nil && c != nil
+		return nil
+	})
+	if !need {
+		return nil
+	}
+	return s.db.Update(context.Background(), func(tx *store.Tx) error {
+		return tx.Bucket(bucketCredentials).ForEach(func(k, v []byte) error {
+			rec := &credentialstorev1.CredentialRecord{}
+			if err := proto.Unmarshal(v, rec); err != nil {
+				return err
+			}
+			if rec.RevokedAt != nil {
+				return nil
+			}
+			return tx.Bucket(bucketLiveCreds).Put(store.Key(rec.SubjectId, rec.Id), nil)
+		})
+	})
+}
+
 const operatorID = "operator"
 
 // ensureOperatorToken creates the operator token on first start: when the
@@ -264,6 +296,9 @@ func (s *Service) putCredential(tx *store.Tx, subj *credentialv1.Subject, kind c
 		return nil, err
 	}
 	if err := tx.Bucket(bucketSubjectCreds).Put(store.Key(subj.Id, rec.Id), nil); err != nil {
+		return nil, err
+	}
+	if err := tx.Bucket(bucketLiveCreds).Put(store.Key(subj.Id, rec.Id), nil); err != nil {
 		return nil, err
 	}
 	return rec, nil

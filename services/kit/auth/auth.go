@@ -6,7 +6,6 @@ package auth
 
 import (
 	"context"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -63,10 +62,25 @@ func ScopesForRole(role string) []string {
 	return nil
 }
 
-var scopeRE = regexp.MustCompile(`^[a-z][a-z0-9_.-]{0,62}:[a-z][a-z0-9_.-]{0,62}$`)
+// ValidScope reports whether s has the form resource:action, each part a
+// lower-case letter then up to 62 of [a-z0-9_.-].
+func ValidScope(s string) bool {
+	i := strings.IndexByte(s, ':')
+	return i > 0 && scopePart(s[:i]) && scopePart(s[i+1:])
+}
 
-// ValidScope reports whether s has the form resource:action.
-func ValidScope(s string) bool { return scopeRE.MatchString(s) }
+func scopePart(p string) bool {
+	if len(p) == 0 || len(p) > 63 || p[0] < 'a' || p[0] > 'z' {
+		return false
+	}
+	for i := 1; i < len(p); i++ {
+		c := p[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // ValidateScopes checks every scope's form and removes duplicates.
 func ValidateScopes(field string, scopes []string) ([]string, error) {
@@ -85,7 +99,20 @@ func ValidateScopes(field string, scopes []string) ([]string, error) {
 	return out, nil
 }
 
-var teamRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+// validTeamID: a letter or digit, then up to 63 of [A-Za-z0-9_-].
+func validTeamID(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '_' && c != '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // ValidateTeamIDs checks team id format (letters, digits, '_' and '-', up to 64).
 func ValidateTeamIDs(field string, ids []string) ([]string, error) {
@@ -94,7 +121,7 @@ func ValidateTeamIDs(field string, ids []string) ([]string, error) {
 	}
 	out := make([]string, 0, len(ids))
 	for _, s := range ids {
-		if !teamRE.MatchString(s) {
+		if !validTeamID(s) {
 			return nil, errs.Invalid(field, "%q is not a team id: letters, digits, '_' and '-', 1 to 64 characters", clip(s))
 		}
 		if !slices.Contains(out, s) {
@@ -126,11 +153,7 @@ func FromContext(ctx context.Context) *Principal {
 
 // Bearer returns the bearer credential of an incoming call, or "".
 func Bearer(ctx context.Context) string {
-	md, ok := metadata.FromIncomingContext(ctx)
-	if !ok {
-		return ""
-	}
-	for _, v := range md.Get("authorization") {
+	for _, v := range metadata.ValueFromIncomingContext(ctx, "authorization") {
 		if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
 			return strings.TrimSpace(v[7:])
 		}

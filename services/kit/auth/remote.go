@@ -28,7 +28,8 @@ type Remote struct {
 
 	mu        sync.Mutex
 	cache     map[[32]byte]cached
-	epoch     uint64 // bumped by every invalidation
+	bySubject map[string][][32]byte // subject id → its cache keys
+	epoch     uint64                // bumped by every invalidation
 	watching  bool
 	lastReset time.Time
 }
@@ -43,7 +44,7 @@ const maxCacheEntries = 100_000
 // NewRemote returns an authenticator backed by the credential service. Call
 // Watch in a goroutine to enable caching.
 func NewRemote(client credentialv1.CredentialInternalServiceClient, lg *zap.Logger) *Remote {
-	return &Remote{client: client, lg: lg, now: time.Now, cache: map[[32]byte]cached{}}
+	return &Remote{client: client, lg: lg, now: time.Now, cache: map[[32]byte]cached{}, bySubject: map[string][][32]byte{}}
 }
 
 // Authenticate implements Authenticator.
@@ -76,6 +77,10 @@ func (r *Remote) Authenticate(ctx context.Context, raw string) (*Principal, erro
 	if r.epoch == epoch && r.watching {
 		if len(r.cache) >= maxCacheEntries {
 			clear(r.cache)
+			clear(r.bySubject)
+		}
+		if _, had := r.cache[key]; !had {
+			r.bySubject[p.GetSubjectId()] = append(r.bySubject[p.GetSubjectId()], key)
 		}
 		r.cache[key] = cached{p: p, expires: exp}
 	}
@@ -89,15 +94,14 @@ func (r *Remote) invalidate(subjects []string, reset bool) {
 	r.epoch++
 	if reset {
 		clear(r.cache)
+		clear(r.bySubject)
 		return
 	}
-	for k, c := range r.cache {
-		for _, s := range subjects {
-			if c.p.GetSubjectId() == s {
-				delete(r.cache, k)
-				break
-			}
+	for _, s := range subjects {
+		for _, k := range r.bySubject[s] {
+			delete(r.cache, k)
 		}
+		delete(r.bySubject, s)
 	}
 }
 
@@ -106,6 +110,7 @@ func (r *Remote) setWatching(on bool) {
 	r.watching = on
 	r.epoch++
 	clear(r.cache)
+	clear(r.bySubject)
 	r.mu.Unlock()
 }
 

@@ -82,11 +82,9 @@ func (r Resolver) FromGRPC(ctx context.Context) string {
 		peerAddr = addrOf(p.Addr.String())
 	}
 	if peerAddr.IsValid() && r.trusted(peerAddr) {
-		if md, ok := metadata.FromIncomingContext(ctx); ok {
-			if v := md.Get(MetadataKey); len(v) > 0 {
-				if a, err := netip.ParseAddr(v[0]); err == nil {
-					return a.Unmap().String()
-				}
+		if v := metadata.ValueFromIncomingContext(ctx, MetadataKey); len(v) > 0 {
+			if a, err := netip.ParseAddr(v[0]); err == nil {
+				return a.Unmap().String()
 			}
 		}
 	}

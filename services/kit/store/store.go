@@ -38,8 +38,9 @@ type DB struct {
 
 	mu      sync.Mutex
 	pending []*call
-	running bool
 	closed  bool
+	kick    chan struct{} // wakes the committer; buffered 1
+	done    chan struct{} // closed when the committer exits
 
 	// fault, when set, runs inside every write transaction before commit; an
 	// error from it aborts the transaction (fault injection in tests).
@@ -80,7 +81,9 @@ func Open(path string, buckets []Bucket, lg *zap.Logger) (*DB, error) {
 		db.Close()
 		return nil, err
 	}
-	return &DB{db: db, lg: lg}, nil
+	d := &DB{db: db, lg: lg, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	go d.committer()
+	return d, nil
 }
 
 // Bolt exposes the underlying database (for backups and consistency checks).
@@ -92,14 +95,22 @@ func (d *DB) Path() string { return d.db.Path() }
 // Close waits for pending writes and closes the file.
 func (d *DB) Close() error {
 	d.mu.Lock()
-	d.closed = true
-	for d.running {
+	if d.closed {
 		d.mu.Unlock()
-		time.Sleep(time.Millisecond)
-		d.mu.Lock()
+		return nil
 	}
+	d.closed = true
 	d.mu.Unlock()
+	d.wake()
+	<-d.done
 	return d.db.Close()
+}
+
+func (d *DB) wake() {
+	select {
+	case d.kick <- struct{}{}:
+	default: // already awake or about to be
+	}
 }
 
 // SetFault installs a hook that runs inside every write transaction; a non-nil
@@ -129,28 +140,31 @@ func (d *DB) Update(ctx context.Context, fn func(*Tx) error) error {
 		return fmt.Errorf("%w: closed", ErrUnavailable)
 	}
 	d.pending = append(d.pending, c)
-	if !d.running {
-		d.running = true
-		go d.loop()
-	}
 	d.mu.Unlock()
+	d.wake()
 	// The write is not cancelled by ctx once queued: the caller learns its fate.
 	return <-c.done
 }
 
-func (d *DB) loop() {
-	for {
-		d.mu.Lock()
-		batch := d.pending
-		d.pending = nil
-		if len(batch) == 0 {
-			d.running = false
+// committer is the store's one writer: it commits whatever queued while the
+// previous commit ran, as one transaction and one fsync (group commit). A
+// lone write is committed at once, with no timer to wait for.
+func (d *DB) committer() {
+	defer close(d.done)
+	for range d.kick {
+		for {
+			d.mu.Lock()
+			batch, fault, closed := d.pending, d.fault, d.closed
+			d.pending = nil
 			d.mu.Unlock()
-			return
+			if len(batch) == 0 {
+				if closed {
+					return
+				}
+				break
+			}
+			d.commit(batch, fault)
 		}
-		fault := d.fault
-		d.mu.Unlock()
-		d.commit(batch, fault)
 	}
 }
 

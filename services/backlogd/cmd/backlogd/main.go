@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -28,7 +29,15 @@ func main() {
 	}
 }
 
+// gcPercent: the services keep little live heap (tens of MB with 100k
+// records) and allocate per request; collecting at 4x the live heap instead
+// of 2x halves GC work for a few more MB. GOGC, when set, wins.
+const gcPercent = 400
+
 func run(args []string) error {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	if len(args) > 0 && (args[0] == "backup" || args[0] == "restore") {
 		return runBackup(args[0], args[1:])
 	}
