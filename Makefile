@@ -87,16 +87,16 @@ generate: $(TOOLS)
 tools: $(TOOLS)
 
 tools/bin/buf: tools/go.mod
-	go build -C tools -o bin/buf github.com/bufbuild/buf/cmd/buf
+	GOWORK=off go build -C tools -o bin/buf github.com/bufbuild/buf/cmd/buf
 
 tools/bin/protoc-gen-go: gen/go.mod
-	go build -C gen -o ../tools/bin/ google.golang.org/protobuf/cmd/protoc-gen-go
+	GOWORK=off go build -C gen -o ../tools/bin/ google.golang.org/protobuf/cmd/protoc-gen-go
 tools/bin/protoc-gen-go-grpc: gen/go.mod
-	go build -C gen -o ../tools/bin/ google.golang.org/grpc/cmd/protoc-gen-go-grpc
+	GOWORK=off go build -C gen -o ../tools/bin/ google.golang.org/grpc/cmd/protoc-gen-go-grpc
 tools/bin/protoc-gen-grpc-gateway: gen/go.mod
-	go build -C gen -o ../tools/bin/ github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-grpc-gateway
+	GOWORK=off go build -C gen -o ../tools/bin/ github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-grpc-gateway
 tools/bin/protoc-gen-openapiv2: gen/go.mod
-	go build -C gen -o ../tools/bin/ github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2
+	GOWORK=off go build -C gen -o ../tools/bin/ github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2
 
 clean:
 	rm -rf bin tools/bin
