@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -54,6 +55,9 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// Logger receives one debug line per request; nil logs nothing.
 	Logger *zap.Logger
+	// TransportCredentials secure the connections to the services (mTLS);
+	// nil dials in plaintext.
+	TransportCredentials credentials.TransportCredentials
 }
 
 // Gateway is the REST facade. Build it with New, serve Handler, then Close.
@@ -121,7 +125,7 @@ func New(cfg Config) (*Gateway, error) {
 		conn, ok := byAddr[a.addr]
 		if !ok {
 			var err error
-			conn, err = dial(a.addr)
+			conn, err = dial(a.addr, cfg.TransportCredentials)
 			if err != nil {
 				g.Close()
 				return nil, fmt.Errorf("gateway: %s service at %q: %w", a.name, a.addr, err)
@@ -174,9 +178,12 @@ func (g *Gateway) Close() error {
 	return errors.Join(errs...)
 }
 
-func dial(addr string) (*grpc.ClientConn, error) {
+func dial(addr string, creds credentials.TransportCredentials) (*grpc.ClientConn, error) {
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
 	return grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		// Services are on loopback or a private network: reconnect quickly
 		// after a restart instead of backing off for up to two minutes.
 		grpc.WithConnectParams(grpc.ConnectParams{

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
@@ -35,10 +36,13 @@ const shutdownGrace = 10 * time.Second
 type App struct {
 	cfg      Config
 	svcToken string
-	lg       *zap.Logger
-	closers  []func()
-	errc     chan error
-	cancel   context.CancelFunc
+	// mTLS, when the -tls-* flags are set.
+	serverTLS grpc.ServerOption
+	clientTLS credentials.TransportCredentials
+	lg        *zap.Logger
+	closers   []func()
+	errc      chan error
+	cancel    context.CancelFunc
 }
 
 // Start opens every selected target's store and starts its listener. It
@@ -47,6 +51,11 @@ func Start(cfg Config, lg *zap.Logger) (*App, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &App{cfg: cfg, lg: lg, errc: make(chan error, 8), cancel: cancel}
 	ok := false
+	var err error
+	if a.serverTLS, a.clientTLS, err = cfg.loadTLS(); err != nil {
+		cancel()
+		return nil, err
+	}
 	if !(len(cfg.Targets) == 1 && cfg.Targets[0] == TargetGateway) { // the gateway never holds it
 		tok, err := auth.LoadOrCreateServiceToken(cfg.ServiceTokenFile, true)
 		if err != nil {
@@ -101,14 +110,27 @@ func (a *App) Stop() {
 
 func (a *App) onClose(f func()) { a.closers = append(a.closers, f) }
 
-// dial connects to a sibling service, presenting the service credential.
+// dial connects to a sibling service, presenting the service credential
+// (over mTLS when configured).
 func (a *App) dial(addr string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithPerRPCCredentials(auth.ServiceCredentials{Token: a.svcToken}),
+	var creds credentials.TransportCredentials = insecure.NewCredentials()
+	if a.clientTLS != nil {
+		creds = a.clientTLS
+	}
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
+		grpc.WithPerRPCCredentials(auth.ServiceCredentials{Token: a.svcToken, Secure: a.clientTLS != nil}),
 		// Reconnect quickly after a sibling restarts (gRPC's default grows to 2 minutes).
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
 			BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second,
 		}, MinConnectTimeout: 5 * time.Second}))
+}
+
+// serverOptions are the gRPC options every service's server shares.
+func (a *App) serverOptions() []grpc.ServerOption {
+	if a.serverTLS == nil {
+		return nil
+	}
+	return []grpc.ServerOption{a.serverTLS}
 }
 
 // serve starts a kit server on addr.
@@ -146,7 +168,7 @@ func (a *App) startCredential() error {
 	a.onClose(func() { svc.Close() })
 	srv := server.New(server.Config{Name: TargetCredential, Logger: a.lg, Errors: svc.Errors(),
 		Auth: svc.Authenticator(), NoAuth: either(svc.NoAuth, admin.IsAdminMethod), TrustedProxies: a.cfg.TrustedProxies,
-		Internal: either(svc.Internal, admin.IsAdminMethod), ServiceToken: a.svcToken})
+		Internal: either(svc.Internal, admin.IsAdminMethod), ServiceToken: a.svcToken, Options: a.serverOptions()})
 	svc.Register(srv.GRPC)
 	(&admin.Server{DB: svc.DB()}).Register(srv.GRPC)
 	if err := a.serve(TargetCredential, a.cfg.CredentialListenAddr, srv); err != nil {
@@ -184,7 +206,7 @@ func (a *App) startAutomation(ctx context.Context) error {
 	a.onClose(func() { svc.Close() })
 	srv := server.New(server.Config{Name: TargetAutomation, Logger: a.lg, Errors: svc.Errors(),
 		Auth: authn, NoAuth: either(svc.NoAuth, admin.IsAdminMethod), TrustedProxies: a.cfg.TrustedProxies,
-		Internal: admin.IsAdminMethod, ServiceToken: a.svcToken})
+		Internal: admin.IsAdminMethod, ServiceToken: a.svcToken, Options: a.serverOptions()})
 	svc.Register(srv.GRPC)
 	(&admin.Server{DB: svc.DB()}).Register(srv.GRPC)
 	return a.serve(TargetAutomation, a.cfg.AutomationListenAddr, srv)
@@ -202,7 +224,7 @@ func (a *App) startAgent(ctx context.Context) error {
 	a.onClose(func() { svc.Close() })
 	srv := server.New(server.Config{Name: TargetAgent, Logger: a.lg, Errors: svc.Errors(),
 		Auth: authn, NoAuth: either(svc.NoAuth, admin.IsAdminMethod), TrustedProxies: a.cfg.TrustedProxies,
-		Internal: admin.IsAdminMethod, ServiceToken: a.svcToken})
+		Internal: admin.IsAdminMethod, ServiceToken: a.svcToken, Options: a.serverOptions()})
 	svc.Register(srv.GRPC)
 	(&admin.Server{DB: svc.DB()}).Register(srv.GRPC)
 	return a.serve(TargetAgent, a.cfg.AgentListenAddr, srv)
@@ -225,7 +247,7 @@ func (a *App) startVault(ctx context.Context) error {
 	a.onClose(func() { svc.Close() })
 	srv := server.New(server.Config{Name: TargetVault, Logger: a.lg, Errors: svc.Errors(),
 		Auth: authn, NoAuth: either(svc.NoAuth, admin.IsAdminMethod), TrustedProxies: a.cfg.TrustedProxies,
-		Internal: either(svc.Internal, admin.IsAdminMethod), ServiceToken: a.svcToken})
+		Internal: either(svc.Internal, admin.IsAdminMethod), ServiceToken: a.svcToken, Options: a.serverOptions()})
 	svc.Register(srv.GRPC)
 	(&admin.Server{DB: svc.DB()}).Register(srv.GRPC)
 	return a.serve(TargetVault, a.cfg.VaultListenAddr, srv)
@@ -235,7 +257,7 @@ func (a *App) startGateway() error {
 	gw, err := gateway.New(gateway.Config{
 		CredentialAddr: a.cfg.CredentialAddr, AutomationAddr: a.cfg.AutomationAddr,
 		AgentAddr: a.cfg.AgentAddr, VaultAddr: a.cfg.VaultAddr,
-		TrustedProxies: a.cfg.TrustedProxies, Logger: a.lg,
+		TrustedProxies: a.cfg.TrustedProxies, Logger: a.lg, TransportCredentials: a.clientTLS,
 	})
 	if err != nil {
 		return err

@@ -45,6 +45,9 @@ func Backup(ctx context.Context, cfg Config, out string) (*Manifest, error) {
 		return nil, err
 	}
 	a := &App{svcToken: token}
+	if a.serverTLS, a.clientTLS, err = cfg.loadTLS(); err != nil {
+		return nil, err
+	}
 	m := &Manifest{Time: time.Now().UTC(), Stores: map[string]int64{}}
 	for _, s := range cfg.storeAddrs() {
 		conn, err := a.dial(s.addr)

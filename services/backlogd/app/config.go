@@ -48,6 +48,8 @@ type Config struct {
 	ServiceTokenFile string
 	// MetricsAddr serves Prometheus metrics at /metrics when set.
 	MetricsAddr string
+	// mTLS between the gateway and the services and among the services.
+	TLSCertFile, TLSKeyFile, TLSCAFile string
 
 	DefaultTokenTTL time.Duration
 	MaxTokenTTL     time.Duration
@@ -72,6 +74,9 @@ func ParseFlags(name string, args []string, getenv func(string) string) (Config,
 	fs.StringVar(&c.AutomationAddr, "automation-addr", "127.0.0.1:9102", "automation service gRPC address")
 	fs.StringVar(&c.AgentAddr, "agent-addr", "127.0.0.1:9103", "agent service gRPC address")
 	fs.StringVar(&c.VaultAddr, "vault-addr", "127.0.0.1:9104", "secret vault service gRPC address")
+	fs.StringVar(&c.TLSCertFile, "tls-cert-file", "", "this process's certificate (PEM) for mTLS between the gateway and the services; with -tls-key-file and -tls-ca-file")
+	fs.StringVar(&c.TLSKeyFile, "tls-key-file", "", "the private key (PEM) of -tls-cert-file")
+	fs.StringVar(&c.TLSCAFile, "tls-ca-file", "", "the CA (PEM) that signs every control-plane certificate; peers must present one it signed")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://<addr>/metrics (off when empty)")
 	fs.StringVar(&c.CredentialListenAddr, "credential-listen-addr", "", "where the credential service listens (default -credential-addr)")
 	fs.StringVar(&c.AutomationListenAddr, "automation-listen-addr", "", "where the automation service listens (default -automation-addr)")

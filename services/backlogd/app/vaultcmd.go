@@ -42,7 +42,11 @@ func VaultCommand(ctx context.Context, sub string, args []string, getenv func(st
 		if err != nil {
 			return "", err
 		}
-		conn, err := (&App{svcToken: token}).dial(cfg.VaultAddr)
+		a := &App{svcToken: token}
+		if a.serverTLS, a.clientTLS, err = cfg.loadTLS(); err != nil {
+			return "", err
+		}
+		conn, err := a.dial(cfg.VaultAddr)
 		if err != nil {
 			return "", err
 		}

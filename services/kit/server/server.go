@@ -50,6 +50,8 @@ type Config struct {
 	// present ServiceToken (see auth.CheckService).
 	Internal     func(fullMethod string) bool
 	ServiceToken string
+	// Options are extra gRPC server options (e.g. TLS credentials).
+	Options []grpc.ServerOption
 }
 
 // Server is a gRPC server with health and reflection registered.
@@ -99,7 +101,7 @@ func New(cfg Config) *Server {
 		}
 		return out
 	}
-	g := grpc.NewServer(
+	g := grpc.NewServer(append([]grpc.ServerOption{
 		// A fixed pool of stream workers instead of a goroutine per call:
 		// fewer stack growths on the hot path.
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
@@ -156,7 +158,7 @@ func New(cfg Config) *Server {
 			},
 			streamAuth,
 		),
-	)
+	}, cfg.Options...)...)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
