@@ -365,7 +365,7 @@ func (s *Service) UpdateAgent(ctx context.Context, req *agentv1.UpdateAgentReque
 		return nil, err
 	}
 
-	unlock, err := s.locks.lock(ctx, id)
+	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -558,7 +558,7 @@ func (s *Service) RevokeAgent(ctx context.Context, req *agentv1.RevokeAgentReque
 	if err := validAgentID(id); err != nil {
 		return nil, err
 	}
-	unlock, err := s.locks.lock(ctx, id)
+	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -637,7 +637,7 @@ func (s *Service) RotateAgentKey(ctx context.Context, req *agentv1.RotateAgentKe
 	if p.GetSubjectKind() == credentialv1.SubjectKind_SUBJECT_KIND_AGENT && p.GetSubjectId() == id {
 		return nil, ErrSelfRotateOnly
 	}
-	unlock, err := s.locks.lock(ctx, id)
+	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return nil, err
 	}

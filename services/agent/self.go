@@ -134,7 +134,7 @@ func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyR
 
 	// Attempts for one agent take turns from here, so that the lockout
 	// counts every wrong secret before the next attempt is let through.
-	unlock, err := s.locks.lock(ctx, id)
+	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return nil, err
 	}

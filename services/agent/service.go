@@ -16,7 +16,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"path/filepath"
 	"time"
 
@@ -29,6 +28,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/audit"
 	"github.com/backlog/controlplane/services/kit/credclient"
 	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/keylock"
 	"github.com/backlog/controlplane/services/kit/ratelimit"
 	"github.com/backlog/controlplane/services/kit/store"
 )
@@ -89,7 +89,7 @@ type Service struct {
 	now   func() time.Time
 	errs  *errs.Table
 	audit *audit.Server
-	locks *keyLocks
+	locks *keylock.Locks
 
 	perIP   *ratelimit.Keyed
 	lockout *ratelimit.Lockout
@@ -150,7 +150,7 @@ func New(cfg Config) (*Service, error) {
 		now:   cfg.Now,
 		errs:  newErrorTable(),
 		audit: &audit.Server{DB: db},
-		locks: newKeyLocks(),
+		locks: keylock.New(),
 		perIP: ratelimit.NewKeyed(perIP),
 		lockout: ratelimit.NewLockout(ratelimit.LockoutConfig{
 			MaxFailures: cfg.LockoutFailures, LockFor: cfg.LockoutDuration, Now: cfg.Now,
@@ -248,33 +248,4 @@ func (s *Service) failureDetail(cause error) string {
 		return "failed: " + status.Code(st).String() + " " + r
 	}
 	return "failed: " + status.Code(st).String()
-}
-
-// keyLocks serialises the read-modify-write mutations of one agent (update,
-// rotate, revoke) within this process. The store file is locked to one
-// process, so this is every writer. Hashing to a fixed set of slots bounds
-// memory; unrelated agents sharing a slot only wait a little.
-type keyLocks struct {
-	slots [64]chan struct{}
-}
-
-func newKeyLocks() *keyLocks {
-	l := &keyLocks{}
-	for i := range l.slots {
-		l.slots[i] = make(chan struct{}, 1)
-	}
-	return l
-}
-
-// lock takes the slot of key, or gives up when ctx ends.
-func (l *keyLocks) lock(ctx context.Context, key string) (unlock func(), err error) {
-	h := fnv.New32a()
-	h.Write([]byte(key))
-	ch := l.slots[h.Sum32()%uint32(len(l.slots))]
-	select {
-	case ch <- struct{}{}:
-		return func() { <-ch }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
 }

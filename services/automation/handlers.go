@@ -233,7 +233,7 @@ func (s *Service) UpdateAutomation(ctx context.Context, req *automationv1.Update
 		return nil, err
 	}
 
-	unlock, err := s.locks.lock(ctx, id)
+	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -385,7 +385,7 @@ func (s *Service) DeleteAutomation(ctx context.Context, req *automationv1.Delete
 	if err := validAutomationID(id); err != nil {
 		return nil, err
 	}
-	unlock, err := s.locks.lock(ctx, id)
+	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -454,7 +454,7 @@ func (s *Service) RotateAutomationSecret(ctx context.Context, req *automationv1.
 	if err := validAutomationID(id); err != nil {
 		return nil, err
 	}
-	unlock, err := s.locks.lock(ctx, id)
+	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return nil, err
 	}

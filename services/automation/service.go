@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"path/filepath"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/audit"
 	"github.com/backlog/controlplane/services/kit/credclient"
 	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/keylock"
 	"github.com/backlog/controlplane/services/kit/store"
 )
 
@@ -58,7 +58,7 @@ type Service struct {
 	now   func() time.Time
 	errs  *errs.Table
 	audit *audit.Server
-	locks *keyLocks
+	locks *keylock.Locks
 
 	stopSweep context.CancelFunc
 	sweepDone chan struct{}
@@ -90,7 +90,7 @@ func New(cfg Config) (*Service, error) {
 		now:   cfg.Now,
 		errs:  newErrorTable(),
 		audit: &audit.Server{DB: db},
-		locks: newKeyLocks(),
+		locks: keylock.New(),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	svc.stopSweep, svc.sweepDone = cancel, make(chan struct{})
@@ -190,34 +190,5 @@ func (s *Service) recordFailure(ctx context.Context, ws, action, id string, caus
 	defer cancel()
 	if err := audit.Record(ctx, s.db, ev); err != nil {
 		s.lg.Warn("could not record a failure audit event", zap.String("action", action), zap.String("automation-id", id), zap.Error(err))
-	}
-}
-
-// keyLocks serialises the read-modify-write mutations of one automation
-// (update, delete, rotate) within this process. The store file is locked to
-// one process, so this is every writer. Hashing to a fixed set of slots
-// bounds memory; unrelated automations sharing a slot only wait a little.
-type keyLocks struct {
-	slots [64]chan struct{}
-}
-
-func newKeyLocks() *keyLocks {
-	l := &keyLocks{}
-	for i := range l.slots {
-		l.slots[i] = make(chan struct{}, 1)
-	}
-	return l
-}
-
-// lock takes the slot of key, or gives up when ctx ends.
-func (l *keyLocks) lock(ctx context.Context, key string) (unlock func(), err error) {
-	h := fnv.New32a()
-	h.Write([]byte(key))
-	ch := l.slots[h.Sum32()%uint32(len(l.slots))]
-	select {
-	case ch <- struct{}{}:
-		return func() { <-ch }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
 	}
 }
