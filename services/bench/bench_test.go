@@ -57,6 +57,24 @@ func TestHarnessTinyScale(t *testing.T) {
 			t.Errorf("%s: no value", k)
 		}
 	}
+	// The scenarios of services that may not be built yet, when they ran.
+	for sc, keys := range map[string][]string{
+		"agent-read":   {"agent-read.grpc", "agent-read.rest"},
+		"http-request": {"http-request.empty.c1", "http-request.plain.c1", "http-request.vault.c1", "http-request.direct.c1", "http-request.vault.c4", "http-request.direct.c4"},
+	} {
+		if slices.ContainsFunc(rep.Skipped, func(s Skip) bool { return s.Scenario == sc }) {
+			continue
+		}
+		for _, k := range keys {
+			res, ok := rep.Get(k)
+			switch {
+			case !ok || res.Stats == nil:
+				t.Errorf("no figure for %s", k)
+			case res.Stats.Requests == 0 || res.Stats.Errors > 0:
+				t.Errorf("%s: %d requests, %d errors: %v", k, res.Stats.Requests, res.Stats.Errors, res.Stats.FirstErrors)
+			}
+		}
+	}
 	for _, tg := range rep.Targets {
 		if tg.Status == "n/a" {
 			t.Errorf("target %q was not evaluated", tg.Name)

@@ -53,6 +53,14 @@ type Env struct {
 
 	listWS        map[int]listWS // automation count → seeded workspace
 	largeSeedNote string         // how the large workspace was seeded
+
+	// Target is the local HTTPS server HTTP Request steps are sent to (the
+	// vault trusts its certificate through -vault-egress-ca-file).
+	Target *egressTarget
+	// agentKey is a visible agent's API key (agent-read), made on first use.
+	agentKey string
+	// secretSeedNote says how the memory scenario's secrets were seeded.
+	secretSeedNote string
 }
 
 // bearer returns ctx carrying `authorization: Bearer tok`. Built once per
@@ -84,6 +92,12 @@ func Setup(ctx context.Context, cfg Config) (*Env, error) {
 	if err := writeKEK(e.Server.VaultKEK); err != nil {
 		return e, err
 	}
+	// The http-request scenario's target: started before backlogd, which
+	// reads the CA file at start-up.
+	if e.Target, err = startEgressTarget(filepath.Join(dir, "egress-ca.pem")); err != nil {
+		return e, err
+	}
+	e.Server.ExtraArgs = []string{"-vault-egress-allow-private", "-vault-egress-ca-file=" + e.Target.CAFile}
 	d, err := e.Server.Start(ctx)
 	if err != nil {
 		return e, err
@@ -139,6 +153,9 @@ func (e *Env) Close() {
 	e.closeConns()
 	if e.Server != nil {
 		e.Server.Stop()
+	}
+	if e.Target != nil {
+		e.Target.Close()
 	}
 	if e.Dir != "" && !e.Cfg.Keep {
 		os.RemoveAll(e.Dir)

@@ -101,6 +101,9 @@ type Server struct {
 	// VaultKEK is the vault's key-encryption key file (as `make run` makes
 	// one), so that the vault is unsealed; kept outside the data dir.
 	VaultKEK string
+	// ExtraArgs are appended to the command line (the vault's egress flags
+	// for the http-request scenario's local HTTPS target).
+	ExtraArgs []string
 
 	cmd     *exec.Cmd
 	done    chan struct{}
@@ -146,6 +149,7 @@ func (s *Server) startOnce(ctx context.Context) (time.Duration, error) {
 	if s.VaultKEK != "" {
 		args = append(args, "-vault-kek-file="+s.VaultKEK)
 	}
+	args = append(args, s.ExtraArgs...)
 	cmd := exec.Command(s.Binary, args...)
 	cmd.Env = cleanEnv()
 	cmd.Stdout, cmd.Stderr = logf, logf

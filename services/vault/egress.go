@@ -113,10 +113,12 @@ func newEgressClient(caFile string, allowPrivate bool, timeout time.Duration) (*
 		TLSHandshakeTimeout:    timeout,
 		ResponseHeaderTimeout:  timeout,
 		MaxResponseHeaderBytes: 64 << 10,
-		MaxIdleConns:           64,
-		MaxIdleConnsPerHost:    4,
-		IdleConnTimeout:        60 * time.Second,
-		ForceAttemptHTTP2:      true,
+		MaxIdleConns:           256,
+		// Steps to one target run concurrently: keep enough connections
+		// alive that a busy workspace does not pay a TLS handshake per step.
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     60 * time.Second,
+		ForceAttemptHTTP2:   true,
 	}
 	return &http.Client{
 		Transport:     tr,
