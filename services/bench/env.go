@@ -13,15 +13,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
-	agentv1 "github.com/backlog/controlplane/gen/go/backlog/agent/v1"
 	automationv1 "github.com/backlog/controlplane/gen/go/backlog/automation/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
-	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
 )
 
 // Env is a running backlogd with its clients and the data seeded for the
@@ -44,10 +40,6 @@ type Env struct {
 	AutomationID  string // an automation with scopes automations:read
 	Secret        string // its automation secret (for exchange)
 	AccessToken   string // exchanged from Secret (for authenticated reads)
-
-	// Built reports which not-yet-everywhere services answer their API
-	// (agent, vault) rather than Unimplemented.
-	Built map[string]bool
 
 	Report *Report
 
@@ -109,7 +101,6 @@ func Setup(ctx context.Context, cfg Config) (*Env, error) {
 	if err := e.seed(ctx); err != nil {
 		return e, fmt.Errorf("seeding: %w", err)
 	}
-	e.probeBuilt(ctx)
 	return e, nil
 }
 
@@ -213,18 +204,6 @@ func (e *Env) createWorkspace(ctx context.Context, name string) (string, string,
 		return "", "", fmt.Errorf("create workspace: %w", err)
 	}
 	return resp.GetWorkspace().GetId(), resp.GetToken(), nil
-}
-
-// probeBuilt asks the agent and vault services for their API: Unimplemented
-// means the process serves health and reflection only (not built yet).
-func (e *Env) probeBuilt(ctx context.Context) {
-	e.Built = map[string]bool{"credential": true, "automation": true}
-	ctx, cancel := context.WithTimeout(bearer(ctx, e.OwnerToken), 5*time.Second)
-	defer cancel()
-	_, err := vaultv1.NewVaultServiceClient(e.VaultConn).ListSecrets(ctx, &vaultv1.ListSecretsRequest{WorkspaceId: e.Workspace})
-	e.Built["vault"] = status.Code(err) != codes.Unimplemented
-	_, err = agentv1.NewAgentServiceClient(e.AgentConn).ListAgents(ctx, &agentv1.ListAgentsRequest{WorkspaceId: e.Workspace})
-	e.Built["agent"] = status.Code(err) != codes.Unimplemented
 }
 
 // rest sends one REST request and fails unless it answers want; the body is

@@ -15,15 +15,11 @@ import (
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 )
 
-// Scenario is one named group of measurements. Needs names services that
-// must be built (answer their API, not Unimplemented) for it to run;
-// otherwise it is skipped with a note. To add one (the agent and vault
-// scenarios, once those services land), append it to Scenarios and, if it
-// has a target, add the target to Targets in report.go.
+// Scenario is one named group of measurements. To add one, append it to
+// Scenarios and, if it has a target, add the target to Targets in report.go.
 type Scenario struct {
 	Name  string
 	About string
-	Needs []string
 	// Rounds marks the scenarios whose figures are compared as ratios:
 	// with Config.Rounds > 1 they run that many times, interleaved, and
 	// each figure is the round with the median throughput, so that a slow
@@ -44,8 +40,8 @@ var Scenarios = []Scenario{
 	{Name: "list", About: "gRPC ListAutomations first page (pageSize 50), one client, in a workspace of the small and of the large size", Run: runList},
 	{Name: "memory", About: "RssAnon of backlogd with the large workspace loaded: 100k automations and (vault built) 100k webhook secrets", Run: runMemory},
 	{Name: "startup", About: "process start → GET /readyz 200, on the data of the large workspace", Run: runStartup},
-	{Name: "agent-read", About: "authenticated read with a visible agent's API key: gRPC AgentService/GetSelf and REST GET /v1/agents/self", Needs: []string{"agent"}, Rounds: true, Run: runAgentRead},
-	{Name: "http-request", About: "vault HTTP Request step (gRPC RunHttpRequest, one {secret:name} header) to a local HTTPS server vs the same request sent directly, at 1 and 16 clients", Needs: []string{"vault"}, Run: runHTTPRequest},
+	{Name: "agent-read", About: "authenticated read with a visible agent's API key: gRPC AgentService/GetSelf and REST GET /v1/agents/self", Rounds: true, Run: runAgentRead},
+	{Name: "http-request", About: "vault HTTP Request step (gRPC RunHttpRequest, one {secret:name} header) to a local HTTPS server vs the same request sent directly, at 1 and 16 clients", Run: runHTTPRequest},
 }
 
 // measure runs one load and adds it to the report under key.
@@ -257,21 +253,13 @@ func runMemory(ctx context.Context, e *Env) error {
 		return err
 	}
 	note := "after " + countLabel(e.Cfg.ListLarge) + " automations (" + e.largeSeedNote + ")"
-	if e.Built["vault"] {
-		if SeedSecrets == nil {
-			note += "; vault is built but SeedSecrets is not written yet: no secrets loaded"
-		} else if e.Report.SecretsSeeded == 0 {
-			if err := SeedSecrets(ctx, e, e.Cfg.ListLarge); err != nil {
-				return fmt.Errorf("seeding secrets: %w", err)
-			}
-			e.Report.SecretsSeeded = e.Cfg.ListLarge
+	if e.Report.SecretsSeeded == 0 {
+		if err := seedSecretsAPI(ctx, e, e.Cfg.ListLarge); err != nil {
+			return fmt.Errorf("seeding secrets: %w", err)
 		}
-		if e.Report.SecretsSeeded > 0 {
-			note += "; " + e.secretSeedNote
-		}
-	} else {
-		note += "; the vault is not built yet, so no secrets"
+		e.Report.SecretsSeeded = e.Cfg.ListLarge
 	}
+	note += "; " + e.secretSeedNote
 	pid := e.Server.Pid()
 	anon, err := ProcStatus(pid, "RssAnon")
 	if err != nil {
@@ -311,12 +299,6 @@ func runStartup(ctx context.Context, e *Env) error {
 
 // mb is bytes in MB (10^6 bytes, as the target says).
 func mb(b int64) float64 { return float64(b) / 1e6 }
-
-// SeedSecrets is the hook the memory scenario calls once the vault is
-// built: create n secrets in the large workspace (seedSecretsAPI).
-var SeedSecrets func(ctx context.Context, e *Env, n int) error
-
-var errNotWritten = errors.New("the service is built but this scenario is not written yet (see scenarios.go)")
 
 // parallel calls fn(i) for i in [0,n) on conc goroutines; the first error
 // stops it.

@@ -217,5 +217,3 @@ func seedSecretsAPI(ctx context.Context, e *Env, n int) error {
 	e.Cfg.logf("  seeded %s secrets in %.1f s (%.0f/s)", countLabel(n), d.Seconds(), float64(n)/d.Seconds())
 	return nil
 }
-
-func init() { SeedSecrets = seedSecretsAPI }
