@@ -16,7 +16,7 @@ const chunkSize = 256 << 10
 // Server streams snapshots of one store.
 type Server struct {
 	adminv1.UnsafeAdminServiceServer
-	DB *store.DB
+	DB store.Backend
 }
 
 // Register registers s on g.
@@ -31,13 +31,16 @@ func IsAdminMethod(fullMethod string) bool {
 // Snapshot writes the store in one read transaction: a consistent copy while
 // writers carry on.
 func (s *Server) Snapshot(_ *adminv1.SnapshotRequest, stream adminv1.AdminService_SnapshotServer) error {
-	return s.DB.View(func(tx *store.Tx) error {
-		w := &chunker{stream: stream, first: &adminv1.SnapshotResponse{Store: filepath.Base(s.DB.Path()), Size: tx.Size()}}
-		if _, err := tx.WriteTo(w); err != nil {
-			return err
-		}
-		return w.flush()
-	})
+	snap, err := s.DB.Snapshot(stream.Context())
+	if err != nil {
+		return err
+	}
+	defer snap.Close()
+	w := &chunker{stream: stream, first: &adminv1.SnapshotResponse{Store: filepath.Base(s.DB.Info().Name), Size: snap.Size()}}
+	if _, err := snap.WriteTo(w); err != nil {
+		return err
+	}
+	return w.flush()
 }
 
 type chunker struct {

@@ -31,13 +31,34 @@ const (
 	Failure = "failure"
 )
 
+// Recorder builds one service's events on its clock.
+type Recorder struct {
+	Service string
+	Now     func() time.Time // default time.Now
+}
+
 // Event builds an event for the call in ctx: actor, client IP and request id
-// come from the call. detail must never hold secret material.
+// come from the call, the time from the recorder's clock. detail must never
+// hold secret material.
+func (r Recorder) Event(ctx context.Context, ws, action, targetKind, targetID, outcome, detail string) *auditv1.AuditEvent {
+	now := time.Now
+	if r.Now != nil {
+		now = r.Now
+	}
+	return newEvent(ctx, now(), r.Service, ws, action, targetKind, targetID, outcome, detail)
+}
+
+// Event builds an event for the call in ctx at the wall clock's time; see
+// Recorder.Event for services with an injected clock.
 func Event(ctx context.Context, service, ws, action, targetKind, targetID, outcome, detail string) *auditv1.AuditEvent {
+	return newEvent(ctx, time.Now(), service, ws, action, targetKind, targetID, outcome, detail)
+}
+
+func newEvent(ctx context.Context, at time.Time, service, ws, action, targetKind, targetID, outcome, detail string) *auditv1.AuditEvent {
 	ev := &auditv1.AuditEvent{
 		Id:          ids.New("evt"),
 		WorkspaceId: ws,
-		Time:        timestamppb.Now(),
+		Time:        timestamppb.New(at),
 		Action:      action,
 		Outcome:     outcome,
 		TargetKind:  targetKind,
@@ -70,20 +91,20 @@ func ActorKind(p *auth.Principal) string {
 }
 
 // Put writes ev inside tx.
-func Put(tx *store.Tx, ev *auditv1.AuditEvent) error {
+func Put(tx store.WriteTx, ev *auditv1.AuditEvent) error {
 	return store.Put(tx, Bucket, store.Key(ev.WorkspaceId, ev.Id), ev)
 }
 
 // Record writes ev in a transaction of its own (for failures, where there is
 // no other write to join).
-func Record(ctx context.Context, db *store.DB, ev *auditv1.AuditEvent) error {
-	return db.Update(ctx, func(tx *store.Tx) error { return Put(tx, ev) })
+func Record(ctx context.Context, db store.Backend, ev *auditv1.AuditEvent) error {
+	return db.Update(ctx, func(tx store.WriteTx) error { return Put(tx, ev) })
 }
 
 // Server serves one service's own events (AuditService with local_only).
 type Server struct {
 	auditv1.UnsafeAuditServiceServer
-	DB *store.DB
+	DB store.Backend
 }
 
 // Register registers s on g.
@@ -94,11 +115,11 @@ func (s *Server) ListAuditEvents(ctx context.Context, req *auditv1.ListAuditEven
 	if _, err := auth.Require(ctx, req.GetWorkspaceId(), auth.AuditRead); err != nil {
 		return nil, err
 	}
-	return List(s.DB, req)
+	return List(ctx, s.DB, req)
 }
 
 // List reads events of req's workspace matching its filters, oldest first.
-func List(db *store.DB, req *auditv1.ListAuditEventsRequest) (*auditv1.ListAuditEventsResponse, error) {
+func List(ctx context.Context, db store.Backend, req *auditv1.ListAuditEventsRequest) (*auditv1.ListAuditEventsResponse, error) {
 	size, err := page.Size(req.GetPageSize())
 	if err != nil {
 		return nil, err
@@ -120,7 +141,7 @@ func List(db *store.DB, req *auditv1.ListAuditEventsRequest) (*auditv1.ListAudit
 		end = req.GetEndTime().AsTime()
 	}
 	resp := &auditv1.ListAuditEventsResponse{}
-	err = db.View(func(tx *store.Tx) error {
+	err = db.View(ctx, func(tx store.ReadTx) error {
 		next, err := store.Scan(tx, Bucket, prefix, after, size, func(k, v []byte) (bool, error) {
 			ev := &auditv1.AuditEvent{}
 			if err := proto.Unmarshal(v, ev); err != nil {

@@ -12,6 +12,8 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/backlog/controlplane/services/kit/store"
 )
 
 type entry struct {
@@ -57,7 +59,16 @@ func (t *Table) ToStatus(err error) (out error, known bool) {
 			return WithReason(e.code, t.domain, e.reason, err.Error()), true
 		}
 	}
+	// The storage seam's errors mean the same in every service.
 	switch {
+	case errors.Is(err, store.ErrOutcomeUnknown):
+		return WithReason(codes.Unavailable, t.domain, "STORE_OUTCOME_UNKNOWN",
+			"the store did not confirm the write: it may or may not have happened; read before you retry"), true
+	case errors.Is(err, store.ErrTooLarge):
+		return WithReason(codes.InvalidArgument, t.domain, "STORE_UPDATE_TOO_LARGE",
+			"the request is larger than one store update may be; send less at a time"), true
+	case errors.Is(err, store.ErrUnavailable):
+		return WithReason(codes.Unavailable, t.domain, "STORE_UNAVAILABLE", "the store is unavailable; try again"), true
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "request canceled"), true
 	case errors.Is(err, context.DeadlineExceeded):

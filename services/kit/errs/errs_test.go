@@ -8,6 +8,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/backlog/controlplane/services/kit/store"
 )
 
 var errGone = errors.New("gone")
@@ -36,5 +38,22 @@ func TestToStatus(t *testing.T) {
 				t.Fatalf("internal error leaks its cause: %q", status.Convert(out).Message())
 			}
 		})
+	}
+}
+
+func TestStoreErrorsMapEverywhere(t *testing.T) {
+	tb := NewTable("x.backlog")
+	for _, tc := range []struct {
+		err  error
+		code codes.Code
+	}{
+		{fmt.Errorf("%w: commit failed", store.ErrUnavailable), codes.Unavailable},
+		{fmt.Errorf("%w: reply lost", store.ErrOutcomeUnknown), codes.Unavailable},
+		{fmt.Errorf("%w: 200 operations", store.ErrTooLarge), codes.InvalidArgument},
+	} {
+		out, known := tb.ToStatus(tc.err)
+		if !known || status.Code(out) != tc.code {
+			t.Errorf("%v → %v (known %v), want %v", tc.err, out, known, tc.code)
+		}
 	}
 }

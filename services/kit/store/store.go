@@ -1,235 +1,210 @@
-// Package store wraps a bbolt file: buckets declared once, protobuf values,
-// keys that sort the way lists read them, and group commit so that concurrent
-// writers share one fsync while a lone writer never waits for a timer.
+// Package store is the storage seam every service is written against: a read
+// transaction, a write transaction and a backend that runs them. Handlers never
+// see an engine's types; each service's schema.go turns these calls into typed
+// accessors. The embedded engine is in package boltstore; every engine passes
+// storetest.Run.
+//
+// The model is a sorted key/value map split into buckets (declared once per
+// service), with serializable transactions:
+//
+//   - View runs fn on a consistent snapshot.
+//   - Update runs fn and commits all its writes atomically and durably, or none.
+//     fn may run more than once (an engine retries it on conflict, or without a
+//     failing neighbour in a group commit), so it must have no effects outside
+//     the transaction other than setting its own results.
+//   - Every commit gets a revision, strictly increasing; Watch replays commits
+//     after a revision, in order, or says ErrCompacted when they are gone.
 package store
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"sync"
+	"io"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
-	"github.com/backlog/controlplane/services/kit/metrics"
-	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 )
 
-// ErrUnavailable is returned when a write could not be committed. The caller
-// must treat the write as not having happened.
-var ErrUnavailable = errors.New("store unavailable")
+// Errors every engine returns (wrapped; test with errors.Is).
+var (
+	// ErrUnavailable: the store could not run or commit the transaction; it
+	// did not happen. Safe to retry.
+	ErrUnavailable = errors.New("store unavailable")
+	// ErrOutcomeUnknown: the commit was sent but its reply was lost (a leader
+	// died, a connection broke); it may or may not have been applied. Retry
+	// only through UpdateOnce with the same request id, or read to decide.
+	ErrOutcomeUnknown = errors.New("store commit outcome unknown")
+	// ErrTooLarge: the update exceeds the engine's declared Limits. Nothing
+	// was written; updates are never silently split.
+	ErrTooLarge = errors.New("store update too large")
+	// ErrCompacted: a watch asked for revisions the engine no longer keeps.
+	// Re-read the state and watch from the revision of that read.
+	ErrCompacted = errors.New("store revision compacted")
+	// ErrExists: a Put with IfAbsent found the key present.
+	ErrExists = errors.New("store key exists")
+	// ErrClosed: the backend was closed.
+	ErrClosed = errors.New("store closed")
+)
 
-// Tx is a bbolt transaction.
-type Tx = bolt.Tx
-
-// Bucket names a top-level bucket. Every bucket a service uses is declared once
-// in its schema and passed to Open.
+// Bucket names a keyspace. Every bucket a service uses is declared once in
+// its schema and passed to the engine when the store is opened. Names that
+// start with '_' are reserved for the engines.
 type Bucket []byte
 
-// DB is one service's store.
-type DB struct {
-	db *bolt.DB
-	lg *zap.Logger
-
-	mu      sync.Mutex
-	pending []*call
-	closed  bool
-	kick    chan struct{} // wakes the committer; buffered 1
-	done    chan struct{} // closed when the committer exits
-
-	// fault, when set, runs inside every write transaction before commit; an
-	// error from it aborts the transaction (fault injection in tests).
-	fault func() error
+// ReadTx is a read transaction: a consistent snapshot.
+type ReadTx interface {
+	// Get returns the value at key, or nil when there is none. The slice is
+	// valid only until the transaction ends and must not be modified.
+	Get(b Bucket, key []byte) ([]byte, error)
+	// Scan visits keys in order (see ScanOptions) until fn returns an error
+	// or Limit keys were counted (fn returns true to count a key). It returns
+	// the last counted key when keys in range remain, else nil: a cursor for
+	// the next page. Keys and values are valid only during fn.
+	Scan(b Bucket, opt ScanOptions, fn func(k, v []byte) (bool, error)) ([]byte, error)
+	// Revision is the revision of the snapshot this transaction reads.
+	Revision() int64
 }
 
-type call struct {
-	fn     func(*Tx) error
-	done   chan error
-	queued time.Time
+// ScanOptions selects keys for Scan.
+type ScanOptions struct {
+	Prefix  []byte // only keys with this prefix (nil: all)
+	After   []byte // start strictly after this key (before it, when Reverse); must have Prefix
+	Limit   int    // stop after this many counted keys (0: no limit)
+	Reverse bool   // visit keys in descending order
 }
 
-// Open opens (creating if needed, mode 0600) the bbolt file at path and makes
-// sure every bucket exists.
-func Open(path string, buckets []Bucket, lg *zap.Logger) (*DB, error) {
-	if lg == nil {
-		lg = zap.NewNop()
+// WriteTx is a read-write transaction. Reads see the transaction's own writes.
+type WriteTx interface {
+	ReadTx
+	// Put stores value at key. See IfAbsent and ExpiresAt.
+	Put(b Bucket, key, value []byte, opts ...PutOption) error
+	// Delete removes key (no error when it is absent).
+	Delete(b Bucket, key []byte) error
+}
+
+// PutOption changes a Put.
+type PutOption func(*PutOptions)
+
+// PutOptions is what PutOption sets; engines read it with PutOptionsOf.
+type PutOptions struct {
+	IfAbsent  bool
+	ExpiresAt time.Time
+}
+
+// IfAbsent makes Put fail with ErrExists when the key holds a value.
+func IfAbsent() PutOption { return func(o *PutOptions) { o.IfAbsent = true } }
+
+// ExpiresAt makes the key disappear at t (to the second): reads stop seeing
+// it then, and a watch reports its deletion. A later Put without it keeps
+// the key for good.
+func ExpiresAt(t time.Time) PutOption { return func(o *PutOptions) { o.ExpiresAt = t } }
+
+// PutOptionsOf folds opts.
+func PutOptionsOf(opts []PutOption) PutOptions {
+	var o PutOptions
+	for _, f := range opts {
+		f(&o)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create data dir: %w", err)
-	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
-			return nil, fmt.Errorf("open %s: another process holds it open", path)
-		}
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range buckets {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return fmt.Errorf("bucket %s: %w", b, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		db.Close()
-		return nil, err
-	}
-	d := &DB{db: db, lg: lg, kick: make(chan struct{}, 1), done: make(chan struct{})}
-	go d.committer()
-	return d, nil
+	return o
 }
 
-// Bolt exposes the underlying database (for backups and consistency checks).
-func (d *DB) Bolt() *bolt.DB { return d.db }
-
-// Path is the file the store lives in.
-func (d *DB) Path() string { return d.db.Path() }
-
-// Close waits for pending writes and closes the file.
-func (d *DB) Close() error {
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
-		return nil
-	}
-	d.closed = true
-	d.mu.Unlock()
-	d.wake()
-	<-d.done
-	return d.db.Close()
+// Limits an engine declares. Code written against one engine must fit all:
+// the embedded engine enforces the same limits as the distributed one.
+type Limits struct {
+	MaxOpsPerUpdate int // puts and deletes in one Update call
+	MaxValueBytes   int // one value
+	MaxUpdateBytes  int // keys and values written by one Update call
 }
 
-func (d *DB) wake() {
-	select {
-	case d.kick <- struct{}{}:
-	default: // already awake or about to be
-	}
+// DefaultLimits are etcd's defaults (128 operations per transaction, a
+// 1.5 MiB request), with headroom for the engine's own keys.
+var DefaultLimits = Limits{MaxOpsPerUpdate: 120, MaxValueBytes: 1 << 20, MaxUpdateBytes: 1 << 20}
+
+// Change is one key's change in a commit.
+type Change struct {
+	Bucket string
+	Key    []byte
+	Value  []byte // nil when Deleted
+	Delete bool
 }
 
-// SetFault installs a hook that runs inside every write transaction; a non-nil
-// error aborts it. For fault-injection tests only.
-func (d *DB) SetFault(f func() error) {
-	d.mu.Lock()
-	d.fault = f
-	d.mu.Unlock()
+// WatchResponse is one commit's changes, or the error that ended a watch.
+type WatchResponse struct {
+	Revision int64
+	Changes  []Change
+	Err      error // ErrCompacted, ErrClosed or the context's error; the channel closes after it
 }
 
-// View runs fn in a read-only transaction.
-func (d *DB) View(fn func(*Tx) error) error { return d.db.View(fn) }
-
-// Update runs fn in a read-write transaction and returns once it is durably
-// committed. Concurrent calls are grouped into one transaction and one fsync.
-// fn may run more than once (if another function in its group fails, the
-// group is retried without it), so it must not have side effects outside tx
-// other than setting its own results.
-func (d *DB) Update(ctx context.Context, fn func(*Tx) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	c := &call{fn: fn, done: make(chan error, 1), queued: time.Now()}
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
-		return fmt.Errorf("%w: closed", ErrUnavailable)
-	}
-	d.pending = append(d.pending, c)
-	d.mu.Unlock()
-	d.wake()
-	// The write is not cancelled by ctx once queued: the caller learns its fate.
-	return <-c.done
+// Backend is one service's store.
+type Backend interface {
+	// View runs fn in a read transaction.
+	View(ctx context.Context, fn func(ReadTx) error) error
+	// Update runs fn in a write transaction and returns once it is durably
+	// committed. fn may run more than once. An error from fn aborts the
+	// transaction and is returned as is.
+	Update(ctx context.Context, fn func(WriteTx) error) error
+	// Watch sends every commit with a revision greater than after, in order
+	// (after 0: from now on), until ctx ends or the watch fails.
+	Watch(ctx context.Context, after int64) <-chan WatchResponse
+	// Snapshot opens a consistent copy of the store, in the embedded
+	// engine's file format (so a backup restores onto either engine), while
+	// writers carry on. Close it when done.
+	Snapshot(ctx context.Context) (Snapshot, error)
+	// Info describes the store.
+	Info() Info
+	// Limits are the engine's update limits.
+	Limits() Limits
+	// Close waits for pending writes and releases the store.
+	Close() error
 }
 
-// committer is the store's one writer: it commits whatever queued while the
-// previous commit ran, as one transaction and one fsync (group commit). A
-// lone write is committed at once, with no timer to wait for.
-func (d *DB) committer() {
-	defer close(d.done)
-	for range d.kick {
-		for {
-			d.mu.Lock()
-			batch, fault, closed := d.pending, d.fault, d.closed
-			d.pending = nil
-			d.mu.Unlock()
-			if len(batch) == 0 {
-				if closed {
-					return
-				}
-				break
-			}
-			d.commit(batch, fault)
-		}
-	}
+// Snapshot is a consistent copy of a store being read out.
+type Snapshot interface {
+	Size() int64 // bytes WriteTo will write
+	WriteTo(w io.Writer) (int64, error)
+	Close() error
 }
 
-// fnError marks an error returned by a caller's function (not by the commit).
-type fnError struct {
-	idx int
-	err error
+// Info describes an open store.
+type Info struct {
+	Name      string    // what messages call it: a file path, or an etcd prefix
+	Engine    string    // "bbolt", "etcd"
+	ID        string    // random id given at creation
+	CreatedAt time.Time // when the store was first created
+	Created   bool      // this open created it (it held nothing before)
+	Reinit    bool      // created empty on purpose (-init-store) where a store had existed
 }
 
-func (e *fnError) Error() string { return e.err.Error() }
-
-func (d *DB) commit(batch []*call, fault func() error) {
-	for len(batch) > 0 {
-		err := d.db.Update(func(tx *bolt.Tx) error {
-			for i, c := range batch {
-				if err := safeCall(c.fn, tx); err != nil {
-					return &fnError{i, err}
-				}
-			}
-			if fault != nil {
-				if err := fault(); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		var fe *fnError
-		if errors.As(err, &fe) {
-			// That function fails on the state the others before it left: a
-			// valid serial order. Report its error; retry the rest without it.
-			batch[fe.idx].done <- fe.err
-			batch = append(batch[:fe.idx:fe.idx], batch[fe.idx+1:]...)
-			continue
-		}
-		name := filepath.Base(d.db.Path())
-		metrics.StoreBatchSize.WithLabelValues(name).Observe(float64(len(batch)))
-		now := time.Now()
-		for _, c := range batch {
-			metrics.StoreCommitSeconds.WithLabelValues(name).Observe(now.Sub(c.queued).Seconds())
-		}
-		if err != nil {
-			d.lg.Error("store commit failed", zap.String("path", d.db.Path()), zap.Int("batch", len(batch)), zap.Error(err))
-			err = fmt.Errorf("%w: commit failed", ErrUnavailable)
-		}
-		for _, c := range batch {
-			c.done <- err
-		}
-		return
-	}
+// Discarder is implemented by engines that can undo the creation of a store
+// that start-up then refused: the next start must find it missing again, not
+// an empty store that looks deliberate.
+type Discarder interface {
+	// Discard closes the store and removes it, if this open created it.
+	Discard() error
 }
 
-func safeCall(fn func(*Tx) error, tx *Tx) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("panic in store transaction: %v", r)
-		}
-	}()
-	return fn(tx)
+// Faults is implemented by engines that can simulate failures, for tests.
+type Faults interface {
+	// SetFault installs f, run inside every write transaction before it
+	// commits; an error from it aborts the commit (callers get ErrUnavailable).
+	SetFault(f func() error)
+	// SetLoseReply makes commits apply while their callers get
+	// ErrOutcomeUnknown, as when a reply is lost.
+	SetLoseReply(on bool)
+	// Compact forgets the history up to rev: a watch from before it gets
+	// ErrCompacted.
+	Compact(rev int64) error
 }
+
+// Opener opens the store called name (e.g. "automation") with its buckets.
+type Opener func(name string, buckets []Bucket) (Backend, error)
 
 // Get decodes the value at key in bucket into m. It reports whether the key exists.
-func Get(tx *Tx, bucket Bucket, key []byte, m proto.Message) (bool, error) {
-	v := tx.Bucket(bucket).Get(key)
-	if v == nil {
-		return false, nil
+func Get(tx ReadTx, bucket Bucket, key []byte, m proto.Message) (bool, error) {
+	v, err := tx.Get(bucket, key)
+	if err != nil || v == nil {
+		return false, err
 	}
 	if err := proto.Unmarshal(v, m); err != nil {
 		return true, fmt.Errorf("decode %s/%q: %w", bucket, key, err)
@@ -237,13 +212,19 @@ func Get(tx *Tx, bucket Bucket, key []byte, m proto.Message) (bool, error) {
 	return true, nil
 }
 
-// Put encodes m and stores it at key in bucket.
-func Put(tx *Tx, bucket Bucket, key []byte, m proto.Message) error {
+// Put encodes m (deterministically) and stores it at key in bucket.
+func Put(tx WriteTx, bucket Bucket, key []byte, m proto.Message, opts ...PutOption) error {
 	v, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		return err
 	}
-	return tx.Bucket(bucket).Put(key, v)
+	return tx.Put(bucket, key, v, opts...)
+}
+
+// Scan visits keys with prefix in order, starting strictly after `after`
+// (when set); see ReadTx.Scan.
+func Scan(tx ReadTx, bucket Bucket, prefix, after []byte, limit int, fn func(k, v []byte) (bool, error)) ([]byte, error) {
+	return tx.Scan(bucket, ScanOptions{Prefix: prefix, After: after, Limit: limit}, fn)
 }
 
 // Key joins parts with '/', which sorts before every id character.
@@ -262,37 +243,43 @@ func Key(parts ...string) []byte {
 	return b
 }
 
-// Scan visits keys with prefix in order, starting strictly after `after`
-// (when set), until fn returns false or limit keys were visited. It returns
-// the last key visited when more keys with the prefix remain, else nil.
-func Scan(tx *Tx, bucket Bucket, prefix, after []byte, limit int, fn func(k, v []byte) (bool, error)) ([]byte, error) {
-	c := tx.Bucket(bucket).Cursor()
-	var k, v []byte
-	if len(after) > 0 {
-		if !bytes.HasPrefix(after, prefix) {
-			return nil, errors.New("cursor outside prefix")
-		}
-		k, v = c.Seek(after)
-		if k != nil && bytes.Equal(k, after) {
-			k, v = c.Next()
-		}
-	} else {
-		k, v = c.Seek(prefix)
+// RequestsBucket holds UpdateOnce's results. Engines create it.
+var RequestsBucket = Bucket("_requests")
+
+// RequestTTL is how long UpdateOnce remembers a request id.
+const RequestTTL = 24 * time.Hour
+
+// UpdateOnce runs fn in an Update at most once per request id: the result fn
+// returns is stored in the same transaction, and a later call with the same
+// id (a retry after ErrOutcomeUnknown, say) returns that stored result without
+// running fn. Ids are remembered for RequestTTL.
+func UpdateOnce(ctx context.Context, b Backend, requestID string, fn func(WriteTx) ([]byte, error)) ([]byte, error) {
+	if requestID == "" {
+		return nil, errors.New("store: UpdateOnce needs a request id")
 	}
-	n := 0
-	var last []byte
-	for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-		if limit > 0 && n == limit {
-			return last, nil
-		}
-		ok, err := fn(k, v)
+	key := []byte(requestID)
+	var out []byte
+	err := b.Update(ctx, func(tx WriteTx) error {
+		prev, err := tx.Get(RequestsBucket, key)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if ok {
-			n++
-			last = append(last[:0], k...)
+		if prev != nil {
+			out = append([]byte(nil), prev...)
+			return nil
 		}
+		res, err := fn(tx)
+		if err != nil {
+			return err
+		}
+		if res == nil {
+			res = []byte{}
+		}
+		out = res
+		return tx.Put(RequestsBucket, key, res, ExpiresAt(time.Now().Add(RequestTTL)))
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, nil
+	return out, nil
 }
