@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
+	"github.com/backlog/controlplane/services/kit/store"
 )
 
 // ErrUnavailable means the credential service could not be reached. Each
@@ -73,30 +74,46 @@ func Revoke(ctx context.Context, c credentialv1.CredentialInternalServiceClient,
 		zap.String("subject-kind", kind), zap.String("subject-id", id), zap.String("workspace-id", ws), zap.String("why", why))
 }
 
-// Sweep revokes the live subjects of kind that were created before `before`
-// and that the calling service holds no record of (reconcile reports false):
-// the leftovers of creates that died between the credential service issuing
-// a credential and the record being written. Nobody ever received those
-// credentials; this makes sure they cannot be used either. Subjects created
-// after `before` are left alone: their creates may still be in flight. It
-// retries until the credential service answers or ctx ends, and returns how
-// many subjects it revoked. reconcile may also repair the service's record
-// from the subject's live credentials (e.g. metadata a rotation killed
-// half-way did not write).
-func Sweep(ctx context.Context, c credentialv1.CredentialInternalServiceClient, lg *zap.Logger,
-	kind credentialv1.SubjectKind, kindName string, before time.Time, reconcile func(*credentialv1.SubjectSummary) (bool, error)) int {
+// Sweeper revokes the live subjects of one kind that the calling service
+// holds no record of (Recorded reports false): the leftovers of creates that
+// died between the credential service issuing a credential and the record
+// being written. Nobody ever received those credentials; this makes sure they
+// cannot be used either.
+//
+// It only ever judges subjects its own store could have recorded: those
+// created after the store was (unless the store was re-initialised on
+// purpose) and before Before (later creates may still be in flight).
+type Sweeper struct {
+	Client   credentialv1.CredentialInternalServiceClient
+	Logger   *zap.Logger
+	Kind     credentialv1.SubjectKind
+	KindName string // "automation", "agent": for logs and messages
+	Store    store.Info
+	Before   time.Time
+	Recorded func(*credentialv1.SubjectSummary) (bool, error)
+	// After is the retry timer (default time.After): the injected clock.
+	After func(time.Duration) <-chan time.Time
+}
+
+// Run sweeps, retrying until the credential service answers or ctx ends,
+// and returns how many subjects it revoked.
+func (s Sweeper) Run(ctx context.Context) int {
+	after := s.After
+	if after == nil {
+		after = time.After
+	}
 	backoff := 100 * time.Millisecond
 	for {
-		n, err := sweepOnce(ctx, c, lg, kind, kindName, before, reconcile)
+		n, err := s.once(ctx)
 		if err == nil {
-			lg.Info("orphan sweep finished", zap.String("subject-kind", kindName), zap.Int("revoked", n))
+			s.Logger.Info("orphan sweep finished", zap.String("subject-kind", s.KindName), zap.Int("revoked", n))
 			return n
 		}
-		lg.Debug("orphan sweep will retry", zap.String("subject-kind", kindName), zap.Error(err))
+		s.Logger.Debug("orphan sweep will retry", zap.String("subject-kind", s.KindName), zap.Error(err))
 		select {
 		case <-ctx.Done():
 			return n
-		case <-time.After(backoff):
+		case <-after(backoff):
 		}
 		if backoff < 5*time.Second {
 			backoff *= 2
@@ -104,33 +121,78 @@ func Sweep(ctx context.Context, c credentialv1.CredentialInternalServiceClient, 
 	}
 }
 
-func sweepOnce(ctx context.Context, c credentialv1.CredentialInternalServiceClient, lg *zap.Logger,
-	kind credentialv1.SubjectKind, kindName string, before time.Time, reconcile func(*credentialv1.SubjectSummary) (bool, error)) (int, error) {
+// judged reports whether the sweep may judge sub.
+func (s Sweeper) judged(sub *credentialv1.SubjectSummary) bool {
+	if sub.GetCreatedAt() == nil {
+		return false
+	}
+	t := sub.GetCreatedAt().AsTime()
+	if !t.Before(s.Before) {
+		return false
+	}
+	return s.Store.Reinit || s.Store.CreatedAt.IsZero() || !t.Before(s.Store.CreatedAt)
+}
+
+func (s Sweeper) once(ctx context.Context) (int, error) {
 	revoked, token := 0, ""
 	for {
-		resp, err := c.ListSubjects(ctx, &credentialv1.ListSubjectsRequest{Kind: kind, PageSize: 1000, PageToken: token})
+		resp, err := s.Client.ListSubjects(ctx, &credentialv1.ListSubjectsRequest{Kind: s.Kind, PageSize: 1000, PageToken: token})
 		if err != nil {
 			return revoked, err
 		}
 		for _, sub := range resp.GetSubjects() {
-			if sub.GetCreatedAt() == nil || !sub.GetCreatedAt().AsTime().Before(before) {
+			if !s.judged(sub) {
 				continue
 			}
-			ok, err := reconcile(sub)
+			ok, err := s.Recorded(sub)
 			if err != nil {
 				return revoked, err
 			}
 			if ok {
 				continue
 			}
-			if _, err := c.RevokeSubject(ctx, &credentialv1.RevokeSubjectRequest{WorkspaceId: sub.GetWorkspaceId(), SubjectId: sub.GetId()}); err != nil && status.Code(err) != codes.NotFound {
+			if _, err := s.Client.RevokeSubject(ctx, &credentialv1.RevokeSubjectRequest{WorkspaceId: sub.GetWorkspaceId(), SubjectId: sub.GetId()}); err != nil && status.Code(err) != codes.NotFound {
 				return revoked, err
 			}
-			lg.Info("revoked an unrecorded subject", zap.String("subject-kind", kindName), zap.String("subject-id", sub.GetId()), zap.String("workspace-id", sub.GetWorkspaceId()))
+			s.Logger.Info("revoked an unrecorded subject", zap.String("subject-kind", s.KindName), zap.String("subject-id", sub.GetId()), zap.String("workspace-id", sub.GetWorkspaceId()))
 			revoked++
 		}
 		if token = resp.GetNextPageToken(); token == "" {
 			return revoked, nil
+		}
+	}
+}
+
+// ErrStoreLost is returned by CheckNewStore.
+var ErrStoreLost = errors.New("store lost")
+
+// CheckNewStore is called when start-up has just created the service's
+// store empty (and not on purpose, see store.Info.Reinit). If the credential
+// service holds live subjects of the kind created before the store, that
+// store existed and is gone: it fails with a message naming the store and
+// what to do, and the caller must not start. It waits for the credential
+// service (within ctx): the first start of a store cannot be judged without it.
+func CheckNewStore(ctx context.Context, c credentialv1.CredentialInternalServiceClient, kind credentialv1.SubjectKind, kindName string, info store.Info) error {
+	if !info.Created || info.Reinit {
+		return nil
+	}
+	backoff := 50 * time.Millisecond
+	for {
+		resp, err := c.ListSubjects(ctx, &credentialv1.ListSubjectsRequest{Kind: kind, PageSize: 1})
+		if err == nil {
+			if len(resp.GetSubjects()) == 0 {
+				return nil
+			}
+			return fmt.Errorf("%w: the %s store %s was just created empty, but the credential service holds live %s credentials issued before it: restore %s from a backup (backlogd restore), or start with -init-store=%s to begin empty on purpose (those credentials are then revoked)",
+				ErrStoreLost, kindName, info.Name, kindName, info.Name, kindName)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the %s store %s is new, and the credential service could not confirm that no %s data existed before it: %v", kindName, info.Name, kindName, err)
+		case <-time.After(backoff):
+		}
+		if backoff < time.Second {
+			backoff *= 2
 		}
 	}
 }
