@@ -13,7 +13,6 @@ import (
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/page"
-	"github.com/backlog/controlplane/services/kit/store"
 )
 
 // ListAuditEvents serves the workspace's one trail: this service's events
@@ -23,7 +22,7 @@ func (s *Service) ListAuditEvents(ctx context.Context, req *auditv1.ListAuditEve
 	if _, err := auth.Require(ctx, req.GetWorkspaceId(), auth.AuditRead); err != nil {
 		return nil, err
 	}
-	local, err := audit.List(s.db, req)
+	local, err := audit.List(ctx, s.db, req)
 	if err != nil || req.GetLocalOnly() {
 		return local, err
 	}
@@ -55,7 +54,7 @@ func (s *Service) ListAuditEvents(ctx context.Context, req *auditv1.ListAuditEve
 	resp := &auditv1.ListAuditEventsResponse{AuditEvents: events}
 	if more && len(events) > 0 {
 		last := events[len(events)-1]
-		resp.NextPageToken = page.Encode(audit.Scope(req), store.Key(last.WorkspaceId, last.Id))
+		resp.NextPageToken = page.Encode(audit.Scope(req), auditCursor(last))
 	}
 	return resp, nil
 }

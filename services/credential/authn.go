@@ -45,7 +45,7 @@ type localAuth struct{ s *Service }
 
 // Authenticate implements auth.Authenticator without a network hop.
 func (l localAuth) Authenticate(ctx context.Context, raw string) (*auth.Principal, error) {
-	p, _, err := l.s.authenticate(raw)
+	p, _, err := l.s.authenticate(ctx, raw)
 	return p, err
 }
 
@@ -54,35 +54,20 @@ var errInvalid = errs.Unauthenticated(auth.MsgInvalid)
 // authenticate resolves any raw credential. An unknown credential and a wrong
 // one get the same answer. The returned subject is nil for access tokens'
 // callers that do not need it.
-func (s *Service) authenticate(raw string) (*auth.Principal, *credentialstorev1.SubjectRecord, error) {
+func (s *Service) authenticate(ctx context.Context, raw string) (*auth.Principal, *credentialstorev1.SubjectRecord, error) {
 	parsed, err := credfmt.Parse(raw)
 	if err != nil {
 		return nil, nil, errs.Unauthenticated(err.Error())
 	}
 	if parsed.Kind == credfmt.AccessToken {
-		return s.verifyAccessToken(parsed)
+		return s.verifyAccessToken(ctx, parsed)
 	}
 	h := s.hash(raw)
-	rec := &credentialstorev1.CredentialRecord{}
-	subj := &credentialstorev1.SubjectRecord{}
-	var found bool
-	err = s.db.View(func(tx *store.Tx) error {
-		id := tx.Bucket(bucketHashes).Get(h)
-		if id == nil {
-			return nil
-		}
-		ok, err := store.Get(tx, bucketCredentials, id, rec)
-		if err != nil || !ok {
-			return err
-		}
-		ok, err = store.Get(tx, bucketSubjects, []byte(rec.SubjectId), subj)
-		found = ok
-		return err
-	})
+	rec, subj, err := s.credentialAndSubject(ctx, h)
 	if err != nil {
 		return nil, nil, err
 	}
-	if !found || subtle.ConstantTimeCompare(rec.Hash, h) != 1 || rec.Kind != kindOf[parsed.Kind] {
+	if subj == nil || subtle.ConstantTimeCompare(rec.Hash, h) != 1 || rec.Kind != kindOf[parsed.Kind] {
 		return nil, nil, errInvalid
 	}
 	if err := checkSubject(subj, rec.RevokedAt != nil); err != nil {
@@ -167,7 +152,26 @@ func (s *Service) mintAccessToken(credID string, now time.Time, ttl time.Duratio
 	return credfmt.Encode(credfmt.AccessToken, m.Sum(body)), exp, nil
 }
 
-func (s *Service) verifyAccessToken(parsed credfmt.Parsed) (*auth.Principal, *credentialstorev1.SubjectRecord, error) {
+// credentialAndSubject reads the credential whose keyed hash is h and its
+// subject; subj is nil when either is missing.
+func (s *Service) credentialAndSubject(ctx context.Context, h []byte) (rec *credentialstorev1.CredentialRecord, subj *credentialstorev1.SubjectRecord, err error) {
+	err = s.db.View(ctx, func(tx store.ReadTx) error {
+		rec, subj = nil, nil
+		r, err := credentialByHash(tx, h)
+		if err != nil || r == nil {
+			return err
+		}
+		sr, ok, err := findSubject(tx, r.SubjectId)
+		if err != nil || !ok {
+			return err
+		}
+		rec, subj = r, sr
+		return nil
+	})
+	return rec, subj, err
+}
+
+func (s *Service) verifyAccessToken(ctx context.Context, parsed credfmt.Parsed) (*auth.Principal, *credentialstorev1.SubjectRecord, error) {
 	payload, err := parsed.Payload()
 	if err != nil || len(payload) <= tagLen {
 		return nil, nil, errInvalid
@@ -186,21 +190,25 @@ func (s *Service) verifyAccessToken(parsed credfmt.Parsed) (*auth.Principal, *cr
 	if !s.cfg.Now().Before(exp) {
 		return nil, nil, errs.Unauthenticated("access token expired at " + exp.UTC().Format(time.RFC3339) + ": exchange the automation secret for a new one (POST /v1/auth/exchange)")
 	}
-	rec := &credentialstorev1.CredentialRecord{}
-	subj := &credentialstorev1.SubjectRecord{}
-	var found bool
-	err = s.db.View(func(tx *store.Tx) error {
-		ok, err := store.Get(tx, bucketCredentials, []byte(claims.CredentialId), rec)
+	var rec *credentialstorev1.CredentialRecord
+	var subj *credentialstorev1.SubjectRecord
+	err = s.db.View(ctx, func(tx store.ReadTx) error {
+		rec, subj = nil, nil
+		r, ok, err := getCredential(tx, claims.CredentialId)
 		if err != nil || !ok {
 			return err
 		}
-		found, err = store.Get(tx, bucketSubjects, []byte(rec.SubjectId), subj)
-		return err
+		sr, ok, err := findSubject(tx, r.SubjectId)
+		if err != nil || !ok {
+			return err
+		}
+		rec, subj = r, sr
+		return nil
 	})
 	if err != nil {
 		return nil, nil, err
 	}
-	if !found {
+	if subj == nil {
 		return nil, nil, errInvalid
 	}
 	if rec.RevokedAt != nil && !subj.Revoked {

@@ -3,8 +3,12 @@ package credential_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
+	adminv1 "github.com/backlog/controlplane/gen/go/backlog/admin/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	"github.com/backlog/controlplane/services/credential"
 	"github.com/backlog/controlplane/services/credential/credentialtest"
@@ -244,23 +249,47 @@ func TestExchangeAndRevocation(t *testing.T) {
 		t.Fatalf("forged token: %v", err)
 	}
 
-	// A sibling service's cache, with its revocation watch.
-	remote := auth.NewRemote(env.Internal, zap.NewNop())
+	// A sibling service's cache, with its revocation watch, on a connection
+	// of its own that counts the Authenticate calls reaching the server and
+	// records the watch stream's traffic.
+	spy := &rpcSpy{}
+	conn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(auth.ServiceCredentials{Token: env.ServiceToken}),
+		grpc.WithUnaryInterceptor(spy.unary), grpc.WithStreamInterceptor(spy.stream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	remote := auth.NewRemote(credentialv1.NewCredentialInternalServiceClient(conn), zap.NewNop())
 	wctx, cancel := context.WithCancel(bg)
 	defer cancel()
 	go remote.Watch(wctx)
-	time.Sleep(100 * time.Millisecond)
-	if _, err := remote.Authenticate(bg, resp.AccessToken); err != nil {
-		t.Fatalf("remote authenticate: %v", err)
+	// The cache answers only while the watch is connected: a repeated
+	// authenticate that does not reach the server proves both.
+	waitForCacheHit(t, remote, spy, resp.AccessToken)
+	if n := spy.watches(); n != 1 {
+		t.Fatalf("%d watch streams opened, want 1", n)
 	}
 
-	// Suspension: exchange is 403 and the token dies everywhere at once.
+	// Suspension: exchange is 403 and the token dies everywhere at once. The
+	// revocation reaches the cache through the same watch, which drops the
+	// entry before acknowledging, and UpdateSubject waits for that ack.
 	subj := &credentialv1.Subject{Kind: credentialv1.SubjectKind_SUBJECT_KIND_AUTOMATION, Id: autoID, WorkspaceId: ws, Name: "ci", Scopes: []string{"automations:read", "issues:write"}, Suspended: true}
 	if _, err := env.Internal.UpdateSubject(bg, &credentialv1.UpdateSubjectRequest{Subject: subj}); err != nil {
 		t.Fatal(err)
 	}
+	if !spy.ackedInvalidation(autoID) {
+		t.Fatalf("UpdateSubject returned before the watch acknowledged dropping %s", autoID)
+	}
+	if n := spy.watches(); n != 1 {
+		t.Fatalf("the watch reconnected (%d streams): the cache was dropped by the disconnect, not by the revocation", n)
+	}
+	before := spy.authCalls()
 	if _, err := remote.Authenticate(bg, resp.AccessToken); code(err) != codes.PermissionDenied {
 		t.Fatalf("cached token after suspension: %v", err)
+	}
+	if spy.authCalls() != before+1 {
+		t.Fatalf("the request after the suspension was answered from the cache")
 	}
 	if _, err := env.Public.Exchange(as(bg, secret), &credentialv1.ExchangeRequest{}); code(err) != codes.PermissionDenied {
 		t.Fatalf("exchange while suspended: %v", err)
@@ -329,6 +358,9 @@ func TestConcurrentRotationsLeaveOneLiveSecret(t *testing.T) {
 	}
 }
 
+// TestInternalAPIRequiresServiceCredential: the internal API and
+// AdminService, mounted as backlogd mounts them, answer only a caller
+// presenting the service credential.
 func TestInternalAPIRequiresServiceCredential(t *testing.T) {
 	env := credentialtest.Start(t)
 	ws, owner := env.NewWorkspace(t, "Acme")
@@ -337,31 +369,78 @@ func TestInternalAPIRequiresServiceCredential(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	stranger := credentialv1.NewCredentialInternalServiceClient(conn)
-	req := &credentialv1.IssueCredentialRequest{
-		Subject: &credentialv1.Subject{Kind: credentialv1.SubjectKind_SUBJECT_KIND_AUTOMATION, Id: "auto_x", WorkspaceId: ws},
-		Kind:    credentialv1.CredentialKind_CREDENTIAL_KIND_AUTOMATION_SECRET,
-	}
 	bg := context.Background()
-	for name, ctx := range map[string]context.Context{
-		"no service credential":    bg,
-		"a member's token":         as(bg, owner),
-		"wrong service credential": metadata.AppendToOutgoingContext(bg, auth.ServiceTokenKey, credfmt.New(credfmt.Service)),
+	calls := map[string]func(ctx context.Context, cc *grpc.ClientConn) error{
+		"IssueCredential": func(ctx context.Context, cc *grpc.ClientConn) error {
+			_, err := credentialv1.NewCredentialInternalServiceClient(cc).IssueCredential(ctx, &credentialv1.IssueCredentialRequest{
+				Subject: &credentialv1.Subject{Kind: credentialv1.SubjectKind_SUBJECT_KIND_AUTOMATION, Id: "auto_x", WorkspaceId: ws},
+				Kind:    credentialv1.CredentialKind_CREDENTIAL_KIND_AUTOMATION_SECRET,
+			})
+			return err
+		},
+		"Authenticate": func(ctx context.Context, cc *grpc.ClientConn) error {
+			_, err := credentialv1.NewCredentialInternalServiceClient(cc).Authenticate(ctx, &credentialv1.AuthenticateRequest{Credential: owner})
+			return err
+		},
+		"AdminService.Snapshot": func(ctx context.Context, cc *grpc.ClientConn) error {
+			name, b, err := snapshot(ctx, cc)
+			if err == nil && (name != "credential.db" || len(b) == 0) {
+				t.Errorf("snapshot of %q, %d bytes", name, len(b))
+			}
+			return err
+		},
+	}
+	for _, tc := range []struct {
+		name string
+		conn *grpc.ClientConn
+		ctx  context.Context
+		want codes.Code
+	}{
+		{"no service credential", conn, bg, codes.Unauthenticated},
+		{"a member's token", conn, as(bg, owner), codes.Unauthenticated},
+		{"wrong service credential", conn, metadata.AppendToOutgoingContext(bg, auth.ServiceTokenKey, credfmt.New(credfmt.Service)), codes.Unauthenticated},
+		{"the service credential", env.Conn, bg, codes.OK},
 	} {
-		if _, err := stranger.IssueCredential(ctx, req); code(err) != codes.Unauthenticated {
-			t.Errorf("%s: IssueCredential = %v, want Unauthenticated", name, err)
-		}
-		if _, err := stranger.Authenticate(ctx, &credentialv1.AuthenticateRequest{Credential: owner}); code(err) != codes.Unauthenticated {
-			t.Errorf("%s: Authenticate = %v, want Unauthenticated", name, err)
+		for method, call := range calls {
+			if err := call(tc.ctx, tc.conn); code(err) != tc.want {
+				t.Errorf("%s: %s = %v, want %v", tc.name, method, err, tc.want)
+			}
 		}
 	}
 	// The public API on the same port is unaffected.
 	if _, err := credentialv1.NewCredentialServiceClient(conn).WhoAmI(as(bg, owner), &credentialv1.WhoAmIRequest{}); err != nil {
 		t.Fatalf("public API: %v", err)
 	}
-	if _, err := env.Internal.IssueCredential(bg, req); err != nil {
-		t.Fatalf("with the service credential: %v", err)
+}
+
+// snapshot reads a whole AdminService.Snapshot: the store's name and bytes.
+func snapshot(ctx context.Context, cc grpc.ClientConnInterface) (string, []byte, error) {
+	stream, err := adminv1.NewAdminServiceClient(cc).Snapshot(ctx, &adminv1.SnapshotRequest{})
+	if err != nil {
+		return "", nil, err
 	}
+	var (
+		name string
+		size int64
+		b    []byte
+	)
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return "", nil, err
+		}
+		if m.GetStore() != "" {
+			name, size = m.GetStore(), m.GetSize()
+		}
+		b = append(b, m.GetChunk()...)
+	}
+	if int64(len(b)) != size {
+		return name, b, fmt.Errorf("snapshot sent %d bytes, announced %d", len(b), size)
+	}
+	return name, b, nil
 }
 
 // mistype changes the last character of a credential (always to a different one).
@@ -371,4 +450,111 @@ func mistype(s string) string {
 		return s[:len(s)-1] + "y"
 	}
 	return s[:len(s)-1] + "x"
+}
+
+// rpcSpy watches a sibling service's connection to the credential service:
+// the Authenticate calls that reach the server, and the revocation watch.
+type rpcSpy struct {
+	mu      sync.Mutex
+	auths   int
+	streams int
+	events  map[uint64][]string // sequence → subject ids received
+	acks    map[uint64]bool     // sequences acknowledged
+}
+
+func (s *rpcSpy) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if method == credentialv1.CredentialInternalService_Authenticate_FullMethodName {
+		s.mu.Lock()
+		s.auths++
+		s.mu.Unlock()
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+func (s *rpcSpy) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	cs, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil || method != credentialv1.CredentialInternalService_WatchRevocations_FullMethodName {
+		return cs, err
+	}
+	s.mu.Lock()
+	s.streams++
+	s.mu.Unlock()
+	return &spyStream{ClientStream: cs, spy: s}, nil
+}
+
+func (s *rpcSpy) authCalls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.auths
+}
+
+func (s *rpcSpy) watches() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.streams
+}
+
+// ackedInvalidation reports whether the watch received an invalidation of
+// subject and acknowledged it.
+func (s *rpcSpy) ackedInvalidation(subject string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for seq, subjects := range s.events {
+		if s.acks[seq] && slices.Contains(subjects, subject) {
+			return true
+		}
+	}
+	return false
+}
+
+type spyStream struct {
+	grpc.ClientStream
+	spy *rpcSpy
+}
+
+func (c *spyStream) RecvMsg(m any) error {
+	err := c.ClientStream.RecvMsg(m)
+	if ev, ok := m.(*credentialv1.WatchRevocationsResponse); ok && err == nil {
+		c.spy.mu.Lock()
+		if c.spy.events == nil {
+			c.spy.events = map[uint64][]string{}
+		}
+		c.spy.events[ev.GetSequence()] = slices.Clone(ev.GetSubjectIds())
+		c.spy.mu.Unlock()
+	}
+	return err
+}
+
+// SendMsg records an ack before sending it: the Remote sends it after it
+// has applied the invalidation, and the server waits for it.
+func (c *spyStream) SendMsg(m any) error {
+	if req, ok := m.(*credentialv1.WatchRevocationsRequest); ok {
+		c.spy.mu.Lock()
+		if c.spy.acks == nil {
+			c.spy.acks = map[uint64]bool{}
+		}
+		c.spy.acks[req.GetAckSequence()] = true
+		c.spy.mu.Unlock()
+	}
+	return c.ClientStream.SendMsg(m)
+}
+
+// waitForCacheHit authenticates raw through remote until a call is answered
+// without reaching the server.
+func waitForCacheHit(t *testing.T, remote *auth.Remote, spy *rpcSpy, raw string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		before := spy.authCalls()
+		if _, err := remote.Authenticate(context.Background(), raw); err != nil {
+			t.Fatalf("remote authenticate: %v", err)
+		}
+		if spy.authCalls() == before {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no authenticate was answered from the cache in 10s: the revocation watch never connected")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
@@ -21,7 +20,7 @@ import (
 
 // Authenticate implements the internal API: resolve a raw credential.
 func (s *Service) Authenticate(ctx context.Context, req *credentialv1.AuthenticateRequest) (*credentialv1.AuthenticateResponse, error) {
-	p, _, err := s.authenticate(req.GetCredential())
+	p, _, err := s.authenticate(ctx, req.GetCredential())
 	if err != nil {
 		return nil, err
 	}
@@ -70,10 +69,9 @@ func (s *Service) IssueCredential(ctx context.Context, req *credentialv1.IssueCr
 	}
 	raws := newRaws(kinds)
 	var out []*credentialv1.IssuedCredential
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
+	err := s.db.Update(ctx, func(tx store.WriteTx) error {
 		out = out[:0]
-		var existing credentialstorev1.SubjectRecord
-		ok, err := store.Get(tx, bucketSubjects, []byte(subj.Id), &existing)
+		existing, ok, err := findSubject(tx, subj.Id)
 		if err != nil {
 			return err
 		}
@@ -84,11 +82,11 @@ func (s *Service) IssueCredential(ctx context.Context, req *credentialv1.IssueCr
 		if !ok {
 			created = timestamppb.New(s.cfg.Now())
 		}
-		if err := store.Put(tx, bucketSubjects, []byte(subj.Id), &credentialstorev1.SubjectRecord{Subject: subj, CreatedAt: created}); err != nil {
+		if err := putSubject(tx, &credentialstorev1.SubjectRecord{Subject: subj, CreatedAt: created}); err != nil {
 			return err
 		}
 		for i, k := range kinds {
-			rec, err := s.putCredential(tx, subj, k, raws[i], req.GetLabel())
+			rec, err := s.issue(tx, subj, k, raws[i], req.GetLabel())
 			if err != nil {
 				return err
 			}
@@ -148,7 +146,7 @@ func (s *Service) RotateCredentials(ctx context.Context, req *credentialv1.Rotat
 	}
 	raws := newRaws(kinds)
 	var out []*credentialv1.IssuedCredential
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
+	err := s.db.Update(ctx, func(tx store.WriteTx) error {
 		out = out[:0]
 		subj, err := getSubject(tx, req.GetWorkspaceId(), req.GetSubjectId())
 		if err != nil {
@@ -158,15 +156,17 @@ func (s *Service) RotateCredentials(ctx context.Context, req *credentialv1.Rotat
 			return fmt.Errorf("subject %s: %w", req.GetSubjectId(), errSubjectNotFound)
 		}
 		for _, h := range expect {
-			if !liveCredentialOf(tx, h, subj.Subject.Id) {
+			if live, err := liveCredentialOf(tx, h, subj.Subject.Id); err != nil {
+				return err
+			} else if !live {
 				return errInvalid
 			}
 		}
 		for i, k := range kinds {
-			if err := revokeLive(tx, subj.Subject.Id, k, s.cfg.Now()); err != nil {
+			if _, err := revokeLive(tx, subj.Subject.Id, k, s.cfg.Now(), 0); err != nil {
 				return err
 			}
-			rec, err := s.putCredential(tx, subj.Subject, k, raws[i], req.GetLabel())
+			rec, err := s.issue(tx, subj.Subject, k, raws[i], req.GetLabel())
 			if err != nil {
 				return err
 			}
@@ -183,62 +183,49 @@ func (s *Service) RotateCredentials(ctx context.Context, req *credentialv1.Rotat
 
 // liveCredentialOf reports whether the credential with keyed hash h is live
 // and belongs to subjectID.
-func liveCredentialOf(tx *store.Tx, h []byte, subjectID string) bool {
-	id := tx.Bucket(bucketHashes).Get(h)
-	if id == nil {
-		return false
+func liveCredentialOf(tx store.ReadTx, h []byte, subjectID string) (bool, error) {
+	rec, err := credentialByHash(tx, h)
+	if err != nil || rec == nil {
+		return false, err
 	}
-	rec := &credentialstorev1.CredentialRecord{}
-	ok, err := store.Get(tx, bucketCredentials, id, rec)
-	return err == nil && ok && rec.RevokedAt == nil && rec.SubjectId == subjectID && subtle.ConstantTimeCompare(rec.Hash, h) == 1
+	return rec.RevokedAt == nil && rec.SubjectId == subjectID && subtle.ConstantTimeCompare(rec.Hash, h) == 1, nil
 }
 
 func infoOf(rec *credentialstorev1.CredentialRecord) *credentialv1.CredentialInfo {
 	return &credentialv1.CredentialInfo{Id: rec.Id, Label: rec.Label, Kind: rec.Kind, CreatedAt: rec.CreatedAt, LastUsedAt: rec.LastUsedAt}
 }
 
-// revokeLive marks every live credential of subjectID (of kind, or all kinds
-// when kind is unspecified) revoked at now.
-func revokeLive(tx *store.Tx, subjectID string, kind credentialv1.CredentialKind, now time.Time) error {
-	var keys [][]byte
-	_, err := store.Scan(tx, bucketLiveCreds, store.Key(subjectID, ""), nil, 0, func(k, _ []byte) (bool, error) {
-		keys = append(keys, append([]byte(nil), k...))
-		return true, nil
-	})
+// revokeLive marks the live credentials of subjectID (of kind, or of every
+// kind when kind is unspecified) revoked at now, at most limit of them (0: all;
+// each is 2 writes). It reports whether matching live credentials remain.
+func revokeLive(tx store.WriteTx, subjectID string, kind credentialv1.CredentialKind, now time.Time, limit int) (bool, error) {
+	ids, err := liveCredentialIDs(tx, subjectID, 0)
 	if err != nil {
-		return err
+		return false, err
 	}
-	for _, k := range keys {
-		id := k[len(subjectID)+1:]
-		rec := &credentialstorev1.CredentialRecord{}
-		if ok, err := store.Get(tx, bucketCredentials, id, rec); err != nil || !ok {
-			return err
+	n := 0
+	for _, id := range ids {
+		rec, ok, err := getCredential(tx, id)
+		if err != nil {
+			return false, err
 		}
-		if kind != credentialv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED && rec.Kind != kind {
+		if !ok || (kind != credentialv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED && rec.Kind != kind) {
 			continue
 		}
-		rec.RevokedAt = timestamppb.New(now)
-		if err := store.Put(tx, bucketCredentials, id, rec); err != nil {
-			return err
+		if limit > 0 && n == limit {
+			return true, nil
 		}
-		if err := tx.Bucket(bucketLiveCreds).Delete(k); err != nil {
-			return err
+		if err := revokeCredential(tx, rec, now); err != nil {
+			return false, err
 		}
+		n++
 	}
-	return nil
+	return false, nil
 }
 
-func getSubject(tx *store.Tx, ws, id string) (*credentialstorev1.SubjectRecord, error) {
-	rec := &credentialstorev1.SubjectRecord{}
-	ok, err := store.Get(tx, bucketSubjects, []byte(id), rec)
-	if err != nil {
-		return nil, err
-	}
-	if !ok || rec.Subject.WorkspaceId != ws {
-		return nil, fmt.Errorf("subject %s: %w", id, errSubjectNotFound)
-	}
-	return rec, nil
-}
+// revokeBatch is how many credentials one update revokes along with a
+// subject, leaving room for the handler's own writes.
+func (s *Service) revokeBatch() int { return (s.db.Limits().MaxOpsPerUpdate - 8) / 2 }
 
 // RotateCredential revokes the subject's live credentials of a kind and
 // issues one new one in a single transaction: concurrent rotations serialize
@@ -253,7 +240,7 @@ func (s *Service) RotateCredential(ctx context.Context, req *credentialv1.Rotate
 	}
 	raw := credfmt.New(prefixOf[req.GetKind()])
 	var rec *credentialstorev1.CredentialRecord
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
+	err := s.db.Update(ctx, func(tx store.WriteTx) error {
 		subj, err := getSubject(tx, req.GetWorkspaceId(), req.GetSubjectId())
 		if err != nil {
 			return err
@@ -261,10 +248,10 @@ func (s *Service) RotateCredential(ctx context.Context, req *credentialv1.Rotate
 		if subj.Revoked {
 			return fmt.Errorf("subject %s: %w", req.GetSubjectId(), errSubjectNotFound)
 		}
-		if err := revokeLive(tx, subj.Subject.Id, req.GetKind(), s.cfg.Now()); err != nil {
+		if _, err := revokeLive(tx, subj.Subject.Id, req.GetKind(), s.cfg.Now(), 0); err != nil {
 			return err
 		}
-		rec, err = s.putCredential(tx, subj.Subject, req.GetKind(), raw, req.GetLabel())
+		rec, err = s.issue(tx, subj.Subject, req.GetKind(), raw, req.GetLabel())
 		return err
 	})
 	if err != nil {
@@ -280,7 +267,7 @@ func (s *Service) UpdateSubject(ctx context.Context, req *credentialv1.UpdateSub
 	if err := validateSubject(subj); err != nil {
 		return nil, err
 	}
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
+	err := s.db.Update(ctx, func(tx store.WriteTx) error {
 		cur, err := getSubject(tx, subj.WorkspaceId, subj.Id)
 		if err != nil {
 			return err
@@ -288,7 +275,7 @@ func (s *Service) UpdateSubject(ctx context.Context, req *credentialv1.UpdateSub
 		if cur.Revoked || cur.Subject.Kind != subj.Kind {
 			return fmt.Errorf("subject %s: %w", subj.Id, errSubjectNotFound)
 		}
-		return store.Put(tx, bucketSubjects, []byte(subj.Id), &credentialstorev1.SubjectRecord{Subject: subj, CreatedAt: cur.CreatedAt})
+		return putSubject(tx, &credentialstorev1.SubjectRecord{Subject: subj, CreatedAt: cur.CreatedAt})
 	})
 	if err != nil {
 		return nil, err
@@ -299,26 +286,55 @@ func (s *Service) UpdateSubject(ctx context.Context, req *credentialv1.UpdateSub
 
 // RevokeSubject revokes a subject and all its credentials for good.
 func (s *Service) RevokeSubject(ctx context.Context, req *credentialv1.RevokeSubjectRequest) (*credentialv1.RevokeSubjectResponse, error) {
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
-		return s.revokeSubjectTx(tx, req.GetWorkspaceId(), req.GetSubjectId())
+	now := s.cfg.Now()
+	var more bool
+	err := s.db.Update(ctx, func(tx store.WriteTx) (err error) {
+		more, err = s.revokeSubjectTx(tx, req.GetWorkspaceId(), req.GetSubjectId(), now)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
+	if more {
+		// The subject is revoked: every credential of it is refused already.
+		// A failure here is reported so that the caller's retry finishes.
+		err = s.finishRevocation(ctx, req.GetSubjectId(), now)
+	}
 	s.hub.publish(ctx, []string{req.GetSubjectId()})
+	if err != nil {
+		return nil, err
+	}
 	return &credentialv1.RevokeSubjectResponse{}, nil
 }
 
-func (s *Service) revokeSubjectTx(tx *store.Tx, ws, id string) error {
+// revokeSubjectTx marks a subject revoked, and as many of its live
+// credentials as fit one update (see finishRevocation for the rest). It
+// reports whether live credentials remain.
+func (s *Service) revokeSubjectTx(tx store.WriteTx, ws, id string, now time.Time) (bool, error) {
 	subj, err := getSubject(tx, ws, id)
 	if err != nil {
-		return err
+		return false, err
 	}
 	subj.Revoked = true
-	if err := store.Put(tx, bucketSubjects, []byte(id), subj); err != nil {
-		return err
+	if err := putSubject(tx, subj); err != nil {
+		return false, err
 	}
-	return revokeLive(tx, id, credentialv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED, s.cfg.Now())
+	return revokeLive(tx, id, credentialv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED, now, s.revokeBatch())
+}
+
+// finishRevocation marks the live credentials of a revoked subject revoked,
+// one batch per update.
+func (s *Service) finishRevocation(ctx context.Context, subjectID string, now time.Time) error {
+	for more := true; more; {
+		err := s.db.Update(ctx, func(tx store.WriteTx) (err error) {
+			more, err = revokeLive(tx, subjectID, credentialv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED, now, s.revokeBatch())
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // VerifyCredential checks that raw is a live credential of kind belonging to
@@ -332,24 +348,11 @@ func (s *Service) VerifyCredential(ctx context.Context, req *credentialv1.Verify
 		return nil, errInvalid
 	}
 	h := s.hash(req.GetCredential())
-	rec := &credentialstorev1.CredentialRecord{}
-	subj := &credentialstorev1.SubjectRecord{}
-	var found bool
-	err = s.db.View(func(tx *store.Tx) error {
-		id := tx.Bucket(bucketHashes).Get(h)
-		if id == nil {
-			return nil
-		}
-		if ok, err := store.Get(tx, bucketCredentials, id, rec); err != nil || !ok {
-			return err
-		}
-		found, err = store.Get(tx, bucketSubjects, []byte(rec.SubjectId), subj)
-		return err
-	})
+	rec, subj, err := s.credentialAndSubject(ctx, h)
 	if err != nil {
 		return nil, err
 	}
-	if !found || subtle.ConstantTimeCompare(rec.Hash, h) != 1 || rec.SubjectId != req.GetSubjectId() ||
+	if subj == nil || subtle.ConstantTimeCompare(rec.Hash, h) != 1 || rec.SubjectId != req.GetSubjectId() ||
 		rec.WorkspaceId != req.GetWorkspaceId() || rec.Kind != req.GetKind() {
 		return nil, errInvalid
 	}
@@ -374,12 +377,9 @@ func (s *Service) ListSubjects(ctx context.Context, req *credentialv1.ListSubjec
 		return nil, err
 	}
 	resp := &credentialv1.ListSubjectsResponse{}
-	err = s.db.View(func(tx *store.Tx) error {
-		next, err := store.Scan(tx, bucketSubjects, nil, after, size, func(k, v []byte) (_ bool, err error) {
-			rec := &credentialstorev1.SubjectRecord{}
-			if err := proto.Unmarshal(v, rec); err != nil {
-				return false, fmt.Errorf("decode subject %q: %w", k, err)
-			}
+	err = s.db.View(ctx, func(tx store.ReadTx) error {
+		resp.Subjects = resp.Subjects[:0]
+		next, err := scanSubjects(tx, after, size, func(rec *credentialstorev1.SubjectRecord) (_ bool, err error) {
 			if rec.Revoked || rec.GetSubject().GetKind() != req.GetKind() {
 				return false, nil
 			}
@@ -397,17 +397,22 @@ func (s *Service) ListSubjects(ctx context.Context, req *credentialv1.ListSubjec
 }
 
 // liveCredentials lists the metadata of a subject's live credentials.
-func liveCredentials(tx *store.Tx, subjectID string) ([]*credentialv1.CredentialInfo, error) {
+func liveCredentials(tx store.ReadTx, subjectID string) ([]*credentialv1.CredentialInfo, error) {
+	ids, err := liveCredentialIDs(tx, subjectID, 0)
+	if err != nil {
+		return nil, err
+	}
 	var out []*credentialv1.CredentialInfo
-	_, err := store.Scan(tx, bucketLiveCreds, store.Key(subjectID, ""), nil, 0, func(k, _ []byte) (bool, error) {
-		rec := &credentialstorev1.CredentialRecord{}
-		if ok, err := store.Get(tx, bucketCredentials, k[len(subjectID)+1:], rec); err != nil || !ok {
-			return false, err
+	for _, id := range ids {
+		rec, ok, err := getCredential(tx, id)
+		if err != nil {
+			return nil, err
 		}
-		out = append(out, infoOf(rec))
-		return true, nil
-	})
-	return out, err
+		if ok {
+			out = append(out, infoOf(rec))
+		}
+	}
+	return out, nil
 }
 
 // WatchRevocations streams invalidations to a sibling service and reads its
@@ -448,7 +453,7 @@ func (s *Service) auditFailure(ctx context.Context, ws, action, targetKind, targ
 	if ws == "" {
 		return
 	}
-	ev := audit.Event(ctx, "credential", ws, action, targetKind, targetID, audit.Failure, detail)
+	ev := s.event(ctx, ws, action, targetKind, targetID, audit.Failure, detail)
 	if err := audit.Record(ctx, s.db, ev); err != nil {
 		s.lg.Warn("could not record audit event", errField(err))
 	}

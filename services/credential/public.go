@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -80,11 +81,11 @@ func (s *Service) CreateWorkspace(ctx context.Context, req *credentialv1.CreateW
 	ws := &credentialv1.Workspace{Id: ids.New("ws"), Name: name, CreatedAt: now}
 	owner := &credentialv1.Member{Id: ids.New("mem"), WorkspaceId: ws.Id, Name: ownerName, Email: email, Role: auth.RoleOwner, CreatedAt: now, UpdatedAt: now}
 	raw := credfmt.New(credfmt.Personal)
-	err = s.db.Update(ctx, func(tx *store.Tx) error {
-		if err := store.Put(tx, bucketWorkspaces, []byte(ws.Id), ws); err != nil {
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
+		if err := putWorkspace(tx, ws); err != nil {
 			return err
 		}
-		if err := s.putMember(tx, owner, raw); err != nil {
+		if err := s.addMember(tx, owner, raw); err != nil {
 			return err
 		}
 		if err := audit.Put(tx, s.event(ctx, ws.Id, "workspace.create", "workspace", ws.Id, audit.Success, "")); err != nil {
@@ -98,15 +99,16 @@ func (s *Service) CreateWorkspace(ctx context.Context, req *credentialv1.CreateW
 	return &credentialv1.CreateWorkspaceResponse{Workspace: ws, Owner: owner, Token: raw}, nil
 }
 
-func (s *Service) putMember(tx *store.Tx, m *credentialv1.Member, raw string) error {
-	if err := store.Put(tx, bucketMembers, store.Key(m.WorkspaceId, m.Id), m); err != nil {
+// addMember stores a new member, its subject and its personal token (6 writes).
+func (s *Service) addMember(tx store.WriteTx, m *credentialv1.Member, raw string) error {
+	if err := putMember(tx, m); err != nil {
 		return err
 	}
 	subj := memberSubject(m)
-	if err := store.Put(tx, bucketSubjects, []byte(m.Id), &credentialstorev1.SubjectRecord{Subject: subj, CreatedAt: m.CreatedAt}); err != nil {
+	if err := putSubject(tx, &credentialstorev1.SubjectRecord{Subject: subj, CreatedAt: m.CreatedAt}); err != nil {
 		return err
 	}
-	_, err := s.putCredential(tx, subj, credentialv1.CredentialKind_CREDENTIAL_KIND_PERSONAL, raw, "personal")
+	_, err := s.issue(tx, subj, credentialv1.CredentialKind_CREDENTIAL_KIND_PERSONAL, raw, "personal")
 	return err
 }
 
@@ -119,12 +121,9 @@ func (s *Service) GetWorkspace(ctx context.Context, req *credentialv1.GetWorkspa
 	if _, err := auth.Require(ctx, req.GetWorkspaceId(), ""); err != nil {
 		return nil, err
 	}
-	ws := &credentialv1.Workspace{}
-	err := s.db.View(func(tx *store.Tx) error {
-		ok, err := store.Get(tx, bucketWorkspaces, []byte(req.GetWorkspaceId()), ws)
-		if err == nil && !ok {
-			err = fmt.Errorf("workspace %s: %w", req.GetWorkspaceId(), errWorkspaceNotFound)
-		}
+	var ws *credentialv1.Workspace
+	err := s.db.View(ctx, func(tx store.ReadTx) (err error) {
+		ws, err = getWorkspace(tx, req.GetWorkspaceId())
 		return err
 	})
 	if err != nil {
@@ -147,16 +146,9 @@ func (s *Service) ListMembers(ctx context.Context, req *credentialv1.ListMembers
 		return nil, err
 	}
 	resp := &credentialv1.ListMembersResponse{}
-	err = s.db.View(func(tx *store.Tx) error {
-		next, err := store.Scan(tx, bucketMembers, store.Key(req.GetWorkspaceId(), ""), after, size, func(k, v []byte) (bool, error) {
-			m := &credentialv1.Member{}
-			if _, err := store.Get(tx, bucketMembers, k, m); err != nil {
-				return false, err
-			}
-			resp.Members = append(resp.Members, m)
-			return true, nil
-		})
-		resp.NextPageToken = page.Encode(req.GetWorkspaceId(), next)
+	err = s.db.View(ctx, func(tx store.ReadTx) error {
+		members, next, err := listMembers(tx, req.GetWorkspaceId(), after, size)
+		resp.Members, resp.NextPageToken = members, page.Encode(req.GetWorkspaceId(), next)
 		return err
 	})
 	return resp, err
@@ -186,13 +178,13 @@ func (s *Service) CreateMember(ctx context.Context, req *credentialv1.CreateMemb
 	now := timestamppb.New(s.cfg.Now())
 	m := &credentialv1.Member{Id: ids.New("mem"), WorkspaceId: req.GetWorkspaceId(), Name: name, Email: email, Role: role, CreatedAt: now, UpdatedAt: now}
 	raw := credfmt.New(credfmt.Personal)
-	err = s.db.Update(ctx, func(tx *store.Tx) error {
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
 		if email != "" {
 			if err := checkEmailFree(tx, m.WorkspaceId, "", email); err != nil {
 				return err
 			}
 		}
-		if err := s.putMember(tx, m, raw); err != nil {
+		if err := s.addMember(tx, m, raw); err != nil {
 			return err
 		}
 		return audit.Put(tx, s.event(ctx, m.WorkspaceId, "member.create", "member", m.Id, audit.Success, "role "+role))
@@ -203,18 +195,7 @@ func (s *Service) CreateMember(ctx context.Context, req *credentialv1.CreateMemb
 	return &credentialv1.CreateMemberResponse{Member: m, Token: raw}, nil
 }
 
-func eachMember(tx *store.Tx, ws string, fn func(*credentialv1.Member) error) error {
-	_, err := store.Scan(tx, bucketMembers, store.Key(ws, ""), nil, 0, func(k, v []byte) (bool, error) {
-		m := &credentialv1.Member{}
-		if _, err := store.Get(tx, bucketMembers, k, m); err != nil {
-			return false, err
-		}
-		return true, fn(m)
-	})
-	return err
-}
-
-func checkEmailFree(tx *store.Tx, ws, self, email string) error {
+func checkEmailFree(tx store.ReadTx, ws, self, email string) error {
 	return eachMember(tx, ws, func(m *credentialv1.Member) error {
 		if m.Email == email && m.Id != self {
 			return errDuplicateEmail
@@ -223,7 +204,7 @@ func checkEmailFree(tx *store.Tx, ws, self, email string) error {
 	})
 }
 
-func countOwners(tx *store.Tx, ws string) (int, error) {
+func countOwners(tx store.ReadTx, ws string) (int, error) {
 	n := 0
 	err := eachMember(tx, ws, func(m *credentialv1.Member) error {
 		if m.Role == auth.RoleOwner {
@@ -232,18 +213,6 @@ func countOwners(tx *store.Tx, ws string) (int, error) {
 		return nil
 	})
 	return n, err
-}
-
-func getMember(tx *store.Tx, ws, id string) (*credentialv1.Member, error) {
-	m := &credentialv1.Member{}
-	ok, err := store.Get(tx, bucketMembers, store.Key(ws, id), m)
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		return nil, fmt.Errorf("member %s: %w", clip(id), errMemberNotFound)
-	}
-	return m, nil
 }
 
 // UpdateMember implements credentialv1.CredentialServiceServer.
@@ -284,7 +253,7 @@ func (s *Service) UpdateMember(ctx context.Context, req *credentialv1.UpdateMemb
 		return nil, err
 	}
 	var out *credentialv1.Member
-	err = s.db.Update(ctx, func(tx *store.Tx) error {
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
 		m, err := getMember(tx, req.GetWorkspaceId(), req.GetMemberId())
 		if err != nil {
 			return err
@@ -317,7 +286,7 @@ func (s *Service) UpdateMember(ctx context.Context, req *credentialv1.UpdateMemb
 			}
 		}
 		m.UpdatedAt = timestamppb.New(s.cfg.Now())
-		if err := store.Put(tx, bucketMembers, store.Key(m.WorkspaceId, m.Id), m); err != nil {
+		if err := putMember(tx, m); err != nil {
 			return err
 		}
 		subj, err := getSubject(tx, m.WorkspaceId, m.Id)
@@ -325,7 +294,7 @@ func (s *Service) UpdateMember(ctx context.Context, req *credentialv1.UpdateMemb
 			return err
 		}
 		subj.Subject.Name, subj.Subject.Role = m.Name, m.Role
-		if err := store.Put(tx, bucketSubjects, []byte(m.Id), subj); err != nil {
+		if err := putSubject(tx, subj); err != nil {
 			return err
 		}
 		out = m
@@ -344,7 +313,9 @@ func (s *Service) DeleteMember(ctx context.Context, req *credentialv1.DeleteMemb
 	if err != nil {
 		return nil, err
 	}
-	err = s.db.Update(ctx, func(tx *store.Tx) error {
+	now := s.cfg.Now()
+	var more bool
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
 		m, err := getMember(tx, req.GetWorkspaceId(), req.GetMemberId())
 		if err != nil {
 			return err
@@ -359,16 +330,23 @@ func (s *Service) DeleteMember(ctx context.Context, req *credentialv1.DeleteMemb
 				return errLastOwner
 			}
 		}
-		if err := tx.Bucket(bucketMembers).Delete(store.Key(m.WorkspaceId, m.Id)); err != nil {
+		if err := deleteMember(tx, m.WorkspaceId, m.Id); err != nil {
 			return err
 		}
-		if err := s.revokeSubjectTx(tx, m.WorkspaceId, m.Id); err != nil {
+		if more, err = s.revokeSubjectTx(tx, m.WorkspaceId, m.Id, now); err != nil {
 			return err
 		}
 		return audit.Put(tx, s.event(ctx, m.WorkspaceId, "member.delete", "member", m.Id, audit.Success, ""))
 	})
 	if err != nil {
 		return nil, err
+	}
+	if more {
+		// The member is gone and its subject revoked: every credential of it
+		// is refused already. What remains only marks the records.
+		if err := s.finishRevocation(ctx, req.GetMemberId(), now); err != nil {
+			s.lg.Warn("could not mark every credential of a deleted member revoked", zap.String("member-id", req.GetMemberId()), zap.Error(err))
+		}
 	}
 	s.hub.publish(ctx, []string{req.GetMemberId()})
 	return &credentialv1.DeleteMemberResponse{}, nil
@@ -404,7 +382,7 @@ func (s *Service) Exchange(ctx context.Context, req *credentialv1.ExchangeReques
 	if err != nil {
 		return nil, err
 	}
-	p, subj, err := s.authenticate(raw)
+	p, subj, err := s.authenticate(ctx, raw)
 	if err != nil {
 		if subj != nil {
 			s.auditFailure(ctx, subj.Subject.WorkspaceId, "auth.exchange", "automation", subj.Subject.Id, "refused")

@@ -5,7 +5,8 @@ import (
 	"github.com/backlog/controlplane/services/kit/store"
 )
 
-// Every bucket of credential.db, declared once.
+// Every bucket of credential.db, declared once. Only store.go reads and
+// writes them, through typed accessors.
 var (
 	// workspaces: workspace id → credentialv1.Workspace
 	bucketWorkspaces = store.Bucket("workspaces")
@@ -23,6 +24,8 @@ var (
 	// live_credentials: subject id/credential id → empty (only the live ones,
 	// so that rotating costs the same however long the history)
 	bucketLiveCreds = store.Bucket("live_credentials")
+	// migrations: migration name → its progress (see store.go)
+	bucketMigrations = store.Bucket("migrations")
 
-	schema = []store.Bucket{bucketWorkspaces, bucketMembers, bucketSubjects, bucketCredentials, bucketHashes, bucketSubjectCreds, bucketLiveCreds, audit.Bucket}
+	schema = []store.Bucket{bucketWorkspaces, bucketMembers, bucketSubjects, bucketCredentials, bucketHashes, bucketSubjectCreds, bucketLiveCreds, bucketMigrations, audit.Bucket}
 )

@@ -12,15 +12,16 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
@@ -31,13 +32,18 @@ import (
 	"github.com/backlog/controlplane/services/kit/credfmt"
 	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/store"
+	"github.com/backlog/controlplane/services/kit/store/boltstore"
 )
 
 // Config configures the credential service.
 type Config struct {
-	// DataDir holds credential.db, credential.key and operator-token.
+	// DataDir holds credential.key and operator-token (and, with the default
+	// Store, credential.db).
 	DataDir string
-	Logger  *zap.Logger
+	// Store opens the service's store, called "credential" (default: the
+	// bbolt file DataDir/credential.db).
+	Store  store.Opener
+	Logger *zap.Logger
 	// DefaultTokenTTL is an access token's lifetime when none is asked (1h).
 	DefaultTokenTTL time.Duration
 	// MaxTokenTTL caps what an exchange may ask for (default 24h).
@@ -57,7 +63,8 @@ type Service struct {
 
 	cfg      Config
 	lg       *zap.Logger
-	db       *store.DB
+	db       store.Backend
+	audit    audit.Recorder
 	key      []byte // HMAC key for credential hashes
 	tokenKey []byte // HMAC key for access token MACs (derived)
 	errors   *errs.Table
@@ -72,8 +79,17 @@ type Service struct {
 	closeErr  error
 }
 
-// New opens the store, loads (or creates) the service key and the operator
-// token, and starts the last-used flusher.
+// storeName is the service's store: credential.db in a data dir.
+const storeName = "credential"
+
+// ErrDataLost is returned by New when the data dir lost part of the
+// service's state: the store while the files made with it remain, or the key
+// file while the store holds credentials hashed with it.
+var ErrDataLost = errors.New("credential data lost")
+
+// New opens the store, checks that it and the key file belong together,
+// loads (or, on a first start, creates) the key and the operator token, and
+// starts the last-used flusher.
 func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
@@ -93,31 +109,114 @@ func New(cfg Config) (*Service, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("credential: no data dir")
 	}
-	key, err := loadOrCreateKey(filepath.Join(cfg.DataDir, "credential.key"))
+	if cfg.Store == nil {
+		cfg.Store = boltstore.Dir(cfg.DataDir, cfg.Logger)
+	}
+	db, err := cfg.Store(storeName, schema)
 	if err != nil {
 		return nil, err
 	}
-	db, err := store.Open(filepath.Join(cfg.DataDir, "credential.db"), schema, cfg.Logger)
+	ctx := context.Background()
+	if err := checkStart(ctx, db, cfg.DataDir); err != nil {
+		discardIfCreated(db)
+		return nil, err
+	}
+	key, err := loadOrCreateKey(KeyPath(cfg.DataDir))
 	if err != nil {
+		db.Close()
 		return nil, err
 	}
 	m := hmac.New(sha256.New, key)
 	m.Write([]byte("backlog access token v1"))
 	s := &Service{
 		cfg: cfg, lg: cfg.Logger.With(zap.String("component", "credential")), db: db,
-		key: key, tokenKey: m.Sum(nil), errors: errorTable(), hub: newHub(),
+		audit: audit.Recorder{Service: "credential", Now: cfg.Now},
+		key:   key, tokenKey: m.Sum(nil), errors: errorTable(), hub: newHub(),
 		used: map[string]time.Time{}, stop: make(chan struct{}), done: make(chan struct{}),
 	}
-	if err := s.indexLiveCredentials(); err != nil {
+	if err := s.indexLiveCredentials(ctx); err != nil {
 		db.Close()
 		return nil, err
 	}
-	if err := s.ensureOperatorToken(); err != nil {
+	if err := s.ensureOperatorToken(ctx); err != nil {
 		db.Close()
 		return nil, err
 	}
 	go s.flushLoop()
 	return s, nil
+}
+
+// checkStart refuses a data dir whose store and key files do not belong
+// together:
+//   - the store was just created (not on purpose) while credential.key or
+//     operator-token exist: they were made with a store that is gone;
+//   - credential.key is missing while the store holds credentials: they are
+//     stored as keyed hashes, and with a new key every one would be refused.
+//
+// A store that is not new but holds no credential is one whose first start
+// stopped before it issued the operator token; it gets a key now.
+func checkStart(ctx context.Context, db store.Backend, dataDir string) error {
+	info := db.Info()
+	keyPath, tokenPath := KeyPath(dataDir), OperatorTokenPath(dataDir)
+	hasKey, err := fileExists(keyPath)
+	if err != nil {
+		return err
+	}
+	hasToken, err := fileExists(tokenPath)
+	if err != nil {
+		return err
+	}
+	if info.Created && !info.Reinit {
+		var found []string
+		if hasKey {
+			found = append(found, keyPath)
+		}
+		if hasToken {
+			found = append(found, tokenPath)
+		}
+		if len(found) > 0 {
+			return fmt.Errorf("%w: the credential store %s was missing and has just been created empty, but %s, made with the store, show that it existed: "+
+				"restore %s from a backup (backlogd restore), or start with -init-store=%s to begin with an empty store on purpose (every credential issued so far then stops working)",
+				ErrDataLost, info.Name, strings.Join(found, " and "), info.Name, storeName)
+		}
+		return nil
+	}
+	if hasKey || info.Created {
+		return nil
+	}
+	var held bool
+	if err := db.View(ctx, func(tx store.ReadTx) error {
+		held, err = holdsCredentials(tx)
+		return err
+	}); err != nil {
+		return err
+	}
+	if held {
+		return fmt.Errorf("%w: %s is missing, but the credential store %s holds credentials hashed with that key, and with a new key every one of them would be refused: "+
+			"put the key file back from your secret backups (backlogd backup does not copy key files), "+
+			"or move %s aside and start with -init-store=%s to begin with an empty store on purpose (every credential issued so far then stops working)",
+			ErrDataLost, keyPath, info.Name, info.Name, storeName)
+	}
+	return nil
+}
+
+// discardIfCreated closes db and, if this start created it, removes it: the
+// next start must find the store missing again, not an empty one that looks
+// deliberate.
+func discardIfCreated(db store.Backend) {
+	if d, ok := db.(store.Discarder); ok && db.Info().Created {
+		d.Discard()
+		return
+	}
+	db.Close()
+}
+
+func fileExists(path string) (bool, error) {
+	_, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // Register registers the public, internal and audit APIs on g.
@@ -147,7 +246,7 @@ func (s *Service) Internal(fullMethod string) bool {
 }
 
 // DB is the service's store.
-func (s *Service) DB() *store.DB { return s.db }
+func (s *Service) DB() store.Backend { return s.db }
 
 // EndWatches ends every revocation watch stream, so that a graceful stop of
 // the server does not wait for watchers that never hang up on their own.
@@ -166,6 +265,9 @@ func (s *Service) Close() error {
 
 // OperatorTokenPath is where the first start writes the operator token.
 func OperatorTokenPath(dataDir string) string { return filepath.Join(dataDir, "operator-token") }
+
+// KeyPath is the file holding the key credentials are hashed with.
+func KeyPath(dataDir string) string { return filepath.Join(dataDir, "credential.key") }
 
 func loadOrCreateKey(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
@@ -208,31 +310,25 @@ func writeFileExcl(path string, b []byte) error {
 	return f.Close()
 }
 
-// indexLiveCredentials fills the live-credential index once, for a store
-// written before the index existed.
-func (s *Service) indexLiveCredentials() error {
-	var need bool
-	s.db.View(func(tx *store.Tx) error {
-		k, _ := tx.Bucket(bucketLiveCreds).Cursor().First()
-		c, _ := tx.Bucket(bucketCredentials).Cursor().First()
-		need = k == nil && c != nil
-		return nil
-	})
-	if !need {
-		return nil
-	}
-	return s.db.Update(context.Background(), func(tx *store.Tx) error {
-		return tx.Bucket(bucketCredentials).ForEach(func(k, v []byte) error {
-			rec := &credentialstorev1.CredentialRecord{}
-			if err := proto.Unmarshal(v, rec); err != nil {
-				return err
-			}
-			if rec.RevokedAt != nil {
-				return nil
-			}
-			return tx.Bucket(bucketLiveCreds).Put(store.Key(rec.SubjectId, rec.Id), nil)
+// indexLiveCredentials fills the live-credential index for a store written
+// before the index existed, in batches that each fit one update and record
+// their progress: a start that stops half-way resumes where it stopped.
+func (s *Service) indexLiveCredentials(ctx context.Context) error {
+	batch := s.db.Limits().MaxOpsPerUpdate - 1 // one write records the progress
+	for {
+		var done bool
+		err := s.db.Update(ctx, func(tx store.WriteTx) error {
+			var err error
+			done, err = indexLiveCredentialsBatch(tx, batch)
+			return err
 		})
-	})
+		if err != nil {
+			return fmt.Errorf("index live credentials: %w", err)
+		}
+		if done {
+			return nil
+		}
+	}
 }
 
 const operatorID = "operator"
@@ -240,28 +336,28 @@ const operatorID = "operator"
 // ensureOperatorToken creates the operator token on first start: when the
 // store has no live operator credential, it issues one and writes it to
 // <data-dir>/operator-token (0600). It is shown nowhere else.
-func (s *Service) ensureOperatorToken() error {
-	var live bool
-	err := s.db.View(func(tx *store.Tx) error {
+func (s *Service) ensureOperatorToken(ctx context.Context) error {
+	var live []string
+	err := s.db.View(ctx, func(tx store.ReadTx) error {
 		var err error
-		live, err = hasLiveCredential(tx, operatorID)
+		live, err = liveCredentialIDs(tx, operatorID, 1)
 		return err
 	})
-	if err != nil || live {
+	if err != nil || len(live) > 0 {
 		return err
 	}
 	path := OperatorTokenPath(s.cfg.DataDir)
-	os.Remove(path) // a stale file from a wiped store
+	os.Remove(path) // a stale file from a store re-initialised on purpose
 	raw := credfmt.New(credfmt.Operator)
 	if err := writeFileExcl(path, []byte(raw+"\n")); err != nil {
 		return fmt.Errorf("write operator token: %w", err)
 	}
 	subj := &credentialv1.Subject{Kind: credentialv1.SubjectKind_SUBJECT_KIND_OPERATOR, Id: operatorID, Name: "operator"}
-	err = s.db.Update(context.Background(), func(tx *store.Tx) error {
-		if err := store.Put(tx, bucketSubjects, []byte(operatorID), &credentialstorev1.SubjectRecord{Subject: subj}); err != nil {
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
+		if err := putSubject(tx, &credentialstorev1.SubjectRecord{Subject: subj}); err != nil {
 			return err
 		}
-		_, err := s.putCredential(tx, subj, credentialv1.CredentialKind_CREDENTIAL_KIND_OPERATOR, raw, "operator")
+		_, err := s.issue(tx, subj, credentialv1.CredentialKind_CREDENTIAL_KIND_OPERATOR, raw, "operator")
 		return err
 	})
 	if err != nil {
@@ -272,41 +368,27 @@ func (s *Service) ensureOperatorToken() error {
 	return nil
 }
 
-func hasLiveCredential(tx *store.Tx, subjectID string) (bool, error) {
-	live, err := liveCredentials(tx, subjectID)
-	return len(live) > 0, err
-}
-
 func (s *Service) hash(raw string) []byte {
 	m := hmac.New(sha256.New, s.key)
 	m.Write([]byte(raw))
 	return m.Sum(nil)
 }
 
-// putCredential stores the keyed hash of raw as a new credential of subj.
-func (s *Service) putCredential(tx *store.Tx, subj *credentialv1.Subject, kind credentialv1.CredentialKind, raw, label string) (*credentialstorev1.CredentialRecord, error) {
+// issue stores the keyed hash of raw as a new live credential of subj.
+func (s *Service) issue(tx store.WriteTx, subj *credentialv1.Subject, kind credentialv1.CredentialKind, raw, label string) (*credentialstorev1.CredentialRecord, error) {
 	rec := &credentialstorev1.CredentialRecord{
 		Id: newCredentialID(), Kind: kind, SubjectId: subj.Id, WorkspaceId: subj.WorkspaceId,
 		Label: label, Hash: s.hash(raw), CreatedAt: timestamppb.New(s.cfg.Now()),
 	}
-	if err := store.Put(tx, bucketCredentials, []byte(rec.Id), rec); err != nil {
-		return nil, err
-	}
-	if err := tx.Bucket(bucketHashes).Put(rec.Hash, []byte(rec.Id)); err != nil {
-		return nil, err
-	}
-	if err := tx.Bucket(bucketSubjectCreds).Put(store.Key(subj.Id, rec.Id), nil); err != nil {
-		return nil, err
-	}
-	if err := tx.Bucket(bucketLiveCreds).Put(store.Key(subj.Id, rec.Id), nil); err != nil {
+	if err := putCredential(tx, rec); err != nil {
 		return nil, err
 	}
 	return rec, nil
 }
 
-// record writes an audit event of this service inside tx.
+// event builds an audit event of this service on its clock.
 func (s *Service) event(ctx context.Context, ws, action, targetKind, targetID, outcome, detail string) *auditv1.AuditEvent {
-	return audit.Event(ctx, "credential", ws, action, targetKind, targetID, outcome, detail)
+	return s.audit.Event(ctx, ws, action, targetKind, targetID, outcome, detail)
 }
 
 func (s *Service) touch(credID string) {
@@ -315,7 +397,7 @@ func (s *Service) touch(credID string) {
 	s.usedMu.Unlock()
 }
 
-// flushLoop records last-used times in one write every few seconds, so that
+// flushLoop records last-used times every few seconds, so that
 // authenticating and exchanging never wait for a disk write.
 func (s *Service) flushLoop() {
 	defer close(s.done)
@@ -332,29 +414,33 @@ func (s *Service) flushLoop() {
 	}
 }
 
+// flushUsed writes the last-used times gathered since the previous flush, as
+// many per update as fit. Times are a hint: a batch that fails is dropped.
 func (s *Service) flushUsed() {
 	s.usedMu.Lock()
 	used := s.used
 	s.used = map[string]time.Time{}
 	s.usedMu.Unlock()
-	if len(used) == 0 {
-		return
-	}
-	err := s.db.Update(context.Background(), func(tx *store.Tx) error {
-		for id, t := range used {
-			rec := &credentialstorev1.CredentialRecord{}
-			ok, err := store.Get(tx, bucketCredentials, []byte(id), rec)
-			if err != nil || !ok {
-				continue
+	ids := slices.Sorted(maps.Keys(used))
+	batch := s.db.Limits().MaxOpsPerUpdate
+	for len(ids) > 0 {
+		chunk := ids[:min(batch, len(ids))]
+		ids = ids[len(chunk):]
+		err := s.db.Update(context.Background(), func(tx store.WriteTx) error {
+			for _, id := range chunk {
+				rec, ok, err := getCredential(tx, id)
+				if err != nil || !ok {
+					continue
+				}
+				rec.LastUsedAt = timestamppb.New(used[id])
+				if err := updateCredential(tx, rec); err != nil {
+					return err
+				}
 			}
-			rec.LastUsedAt = timestamppb.New(t)
-			if err := store.Put(tx, bucketCredentials, []byte(id), rec); err != nil {
-				return err
-			}
+			return nil
+		})
+		if err != nil {
+			s.lg.Warn("could not record last-used times", zap.Int("credentials", len(chunk)), zap.Error(err))
 		}
-		return nil
-	})
-	if err != nil {
-		s.lg.Warn("could not record last-used times", zap.Error(err))
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,7 +21,7 @@ import (
 	"github.com/backlog/controlplane/services/credential"
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/credfmt"
-	"github.com/backlog/controlplane/services/kit/server"
+	"github.com/backlog/controlplane/services/kit/mount"
 )
 
 // Env is a running credential service.
@@ -34,12 +35,22 @@ type Env struct {
 	ServiceToken string
 	Service      *credential.Service
 	DataDir      string
+
+	stopOnce sync.Once
+	stop     func()
 }
 
 // Options tune Start.
 type Options struct {
 	Logger *zap.Logger
-	Config func(*credential.Config)
+	// DataDir is the data dir to start in (default: a new tb.TempDir()), to
+	// start again where an earlier Env stopped.
+	DataDir string
+	// ServiceToken is the service credential the server requires on
+	// internal RPCs (default: a new one). Siblings started before the
+	// credential service (its audit peers) need it first.
+	ServiceToken string
+	Config       func(*credential.Config)
 }
 
 // Start runs a credential service in tb.TempDir() on 127.0.0.1:0.
@@ -52,7 +63,10 @@ func StartWith(tb testing.TB, o Options) *Env {
 	if lg == nil {
 		lg = zaptest.NewLogger(tb)
 	}
-	dir := tb.TempDir()
+	dir := o.DataDir
+	if dir == "" {
+		dir = tb.TempDir()
+	}
 	cfg := credential.Config{DataDir: dir, Logger: lg}
 	if o.Config != nil {
 		o.Config(&cfg)
@@ -61,12 +75,16 @@ func StartWith(tb testing.TB, o Options) *Env {
 	if err != nil {
 		tb.Fatalf("credential.New: %v", err)
 	}
-	svcToken := credfmt.New(credfmt.Service)
-	srv := server.New(server.Config{Name: "credential", Logger: lg, Errors: svc.Errors(), Auth: svc.Authenticator(),
-		NoAuth: svc.NoAuth, Internal: svc.Internal, ServiceToken: svcToken})
-	svc.Register(srv.GRPC)
+	svcToken := o.ServiceToken
+	if svcToken == "" {
+		svcToken = credfmt.New(credfmt.Service)
+	}
+	// Mounted as backlogd mounts it; the listener is ours so that Stop can
+	// end the server before the test does (to start again on DataDir).
+	srv := mount.New(svc, mount.Options{Name: "credential", Logger: lg, Auth: svc.Authenticator(), ServiceToken: svcToken})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
+		svc.Close()
 		tb.Fatal(err)
 	}
 	go srv.Serve(lis)
@@ -77,23 +95,30 @@ func StartWith(tb testing.TB, o Options) *Env {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() {
-		conn.Close()
-		srv.Stop(time.Second)
-		svc.Close()
-	})
+	e := &Env{
+		Addr: lis.Addr().String(), Conn: conn, Service: svc, DataDir: dir,
+		Internal:     credentialv1.NewCredentialInternalServiceClient(conn),
+		Public:       credentialv1.NewCredentialServiceClient(conn),
+		ServiceToken: svcToken,
+		stop: func() {
+			conn.Close()
+			svc.EndWatches() // as backlogd: watch streams would hold up the graceful stop
+			srv.Stop(time.Second)
+			svc.Close()
+		},
+	}
+	tb.Cleanup(e.Stop)
 	tok, err := os.ReadFile(credential.OperatorTokenPath(dir))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &Env{
-		Addr: lis.Addr().String(), Conn: conn, Service: svc, DataDir: dir,
-		Internal:      credentialv1.NewCredentialInternalServiceClient(conn),
-		Public:        credentialv1.NewCredentialServiceClient(conn),
-		OperatorToken: strings.TrimSpace(string(tok)),
-		ServiceToken:  svcToken,
-	}
+	e.OperatorToken = strings.TrimSpace(string(tok))
+	return e
 }
+
+// Stop stops the server and closes the service and its store (once; the
+// test's cleanup calls it too).
+func (e *Env) Stop() { e.stopOnce.Do(e.stop) }
 
 // As returns ctx carrying token as the bearer credential.
 func As(ctx context.Context, token string) context.Context {
