@@ -1,7 +1,6 @@
 package automation
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -50,22 +49,17 @@ func (s *Service) ListAutomations(ctx context.Context, req *automationv1.ListAut
 	if err != nil {
 		return nil, err
 	}
-	prefix := store.Key(ws, "")
-	if len(after) > 0 && !bytes.HasPrefix(after, prefix) {
+	if !cursorInWorkspace(ws, after) {
 		return nil, errs.Invalid("pageToken", "does not belong to this workspace")
 	}
 	if _, err := auth.Require(ctx, ws, auth.AutomationsRead); err != nil {
 		return nil, err
 	}
 	resp := &automationv1.ListAutomationsResponse{}
-	err = s.db.View(func(tx *store.Tx) error {
-		next, err := store.Scan(tx, automationsBucket, prefix, after, size, func(k, v []byte) (bool, error) {
-			a := &automationv1.Automation{}
-			if err := proto.Unmarshal(v, a); err != nil {
-				return false, fmt.Errorf("decode automation %q: %w", k, err)
-			}
+	err = s.db.View(ctx, func(tx store.ReadTx) error {
+		resp.Automations = nil
+		next, err := listAutomations(tx, ws, after, size, func(a *automationv1.Automation) {
 			resp.Automations = append(resp.Automations, a)
-			return true, nil
 		})
 		resp.NextPageToken = page.Encode(ws, next)
 		return err
@@ -88,7 +82,7 @@ func (s *Service) GetAutomation(ctx context.Context, req *automationv1.GetAutoma
 	if err := validAutomationID(id); err != nil {
 		return nil, err
 	}
-	a, err := s.load(ws, id)
+	a, err := s.load(ctx, ws, id)
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +131,7 @@ func (s *Service) CreateAutomation(ctx context.Context, req *automationv1.Create
 
 	// A duplicate name is refused before a credential is issued; the check
 	// is repeated inside the write for a concurrent create.
-	if err := s.db.View(func(tx *store.Tx) error { return nameFree(tx, ws, name, "") }); err != nil {
+	if err := s.db.View(ctx, func(tx store.ReadTx) error { return nameFree(tx, ws, name, "") }); err != nil {
 		return nil, err
 	}
 	now := timestamppb.New(s.now())
@@ -164,16 +158,13 @@ func (s *Service) CreateAutomation(ctx context.Context, req *automationv1.Create
 	}
 	a.Credential = secretInfo(info)
 
-	ev := audit.Event(ctx, serviceName, ws, actionCreate, "automation", a.Id, audit.Success,
+	ev := s.rec.Event(ctx, ws, actionCreate, "automation", a.Id, audit.Success,
 		fmt.Sprintf("name=%q scopes=[%s] teams=[%s] credential=%s", a.Name, strings.Join(a.Scopes, ","), strings.Join(a.TeamIds, ","), info.GetId()))
-	err = s.db.Update(ctx, func(tx *store.Tx) error {
-		if err := nameFree(tx, ws, a.Name, ""); err != nil {
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
+		if err := claimName(tx, ws, a.Name, a.Id); err != nil {
 			return err
 		}
-		if err := store.Put(tx, automationsBucket, automationKey(ws, a.Id), a); err != nil {
-			return err
-		}
-		if err := tx.Bucket(namesBucket).Put(nameKey(ws, a.Name), []byte(a.Id)); err != nil {
+		if err := putAutomation(tx, a); err != nil {
 			return err
 		}
 		return audit.Put(tx, ev)
@@ -238,7 +229,7 @@ func (s *Service) UpdateAutomation(ctx context.Context, req *automationv1.Update
 		return nil, err
 	}
 	defer unlock()
-	old, err := s.load(ws, id)
+	old, err := s.load(ctx, ws, id)
 	if err != nil {
 		return nil, err
 	}
@@ -270,33 +261,26 @@ func (s *Service) UpdateAutomation(ctx context.Context, req *automationv1.Update
 	}
 	renamed := foldName(next.Name) != foldName(old.Name)
 	if renamed {
-		if err := s.db.View(func(tx *store.Tx) error { return nameFree(tx, ws, next.Name, id) }); err != nil {
+		if err := s.db.View(ctx, func(tx store.ReadTx) error { return nameFree(tx, ws, next.Name, id) }); err != nil {
 			return nil, err
 		}
 	}
 
-	events := updateEvents(ctx, ws, old, next, ch)
+	events := s.updateEvents(ctx, ws, old, next, ch)
 	write := func() error {
-		return s.db.Update(ctx, func(tx *store.Tx) error {
-			ok, err := store.Get(tx, automationsBucket, automationKey(ws, id), &automationv1.Automation{})
-			if err != nil {
+		return s.db.Update(ctx, func(tx store.WriteTx) error {
+			if _, err := getAutomation(tx, ws, id); err != nil {
 				return err
-			}
-			if !ok {
-				return ErrNotFound
 			}
 			if renamed {
-				if err := nameFree(tx, ws, next.Name, id); err != nil {
-					return err
-				}
-				if err := tx.Bucket(namesBucket).Delete(nameKey(ws, old.Name)); err != nil {
+				if err := releaseName(tx, ws, old.Name, id); err != nil {
 					return err
 				}
 			}
-			if err := tx.Bucket(namesBucket).Put(nameKey(ws, next.Name), []byte(id)); err != nil {
+			if err := claimName(tx, ws, next.Name, id); err != nil {
 				return err
 			}
-			if err := store.Put(tx, automationsBucket, automationKey(ws, id), next); err != nil {
+			if err := putAutomation(tx, next); err != nil {
 				return err
 			}
 			for _, ev := range events {
@@ -340,13 +324,13 @@ func (s *Service) UpdateAutomation(ctx context.Context, req *automationv1.Update
 // updateEvents describes an update for the audit trail: automation.suspend
 // or automation.resume when the suspension flips, automation.update for any
 // other change (both when both happen).
-func updateEvents(ctx context.Context, ws string, old, next *automationv1.Automation, ch *changeSet) []*auditv1.AuditEvent {
+func (s *Service) updateEvents(ctx context.Context, ws string, old, next *automationv1.Automation, ch *changeSet) []*auditv1.AuditEvent {
 	var out []*auditv1.AuditEvent
 	switch {
 	case !old.GetSuspended() && next.GetSuspended():
-		out = append(out, audit.Event(ctx, serviceName, ws, actionSusp, "automation", next.Id, audit.Success, "suspended"))
+		out = append(out, s.rec.Event(ctx, ws, actionSusp, "automation", next.Id, audit.Success, "suspended"))
 	case old.GetSuspended() && !next.GetSuspended():
-		out = append(out, audit.Event(ctx, serviceName, ws, actionResume, "automation", next.Id, audit.Success, "resumed"))
+		out = append(out, s.rec.Event(ctx, ws, actionResume, "automation", next.Id, audit.Success, "resumed"))
 	}
 	var fields []string
 	for _, p := range []string{pathName, pathDescription, pathTeamIDs, pathScopes} {
@@ -365,7 +349,7 @@ func updateEvents(ctx context.Context, ws string, old, next *automationv1.Automa
 		if len(fields) == 0 {
 			detail = fmt.Sprintf("suspended=%v (unchanged)", next.GetSuspended())
 		}
-		out = append(out, audit.Event(ctx, serviceName, ws, actionUpdate, "automation", next.Id, audit.Success, detail))
+		out = append(out, s.rec.Event(ctx, ws, actionUpdate, "automation", next.Id, audit.Success, detail))
 	}
 	return out
 }
@@ -390,7 +374,7 @@ func (s *Service) DeleteAutomation(ctx context.Context, req *automationv1.Delete
 		return nil, err
 	}
 	defer unlock()
-	a, err := s.load(ws, id)
+	a, err := s.load(ctx, ws, id)
 	if err != nil {
 		return nil, err
 	}
@@ -402,17 +386,14 @@ func (s *Service) DeleteAutomation(ctx context.Context, req *automationv1.Delete
 			return nil, err
 		}
 	}
-	ev := audit.Event(ctx, serviceName, ws, actionDelete, "automation", id, audit.Success, fmt.Sprintf("name=%q", a.GetName()))
-	err = s.db.Update(ctx, func(tx *store.Tx) error {
-		if err := tx.Bucket(automationsBucket).Delete(automationKey(ws, id)); err != nil {
+	ev := s.rec.Event(ctx, ws, actionDelete, "automation", id, audit.Success, fmt.Sprintf("name=%q", a.GetName()))
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
+		if err := deleteAutomation(tx, ws, id); err != nil {
 			return err
 		}
 		// Remove the name only if it is still ours.
-		nk := nameKey(ws, a.GetName())
-		if string(tx.Bucket(namesBucket).Get(nk)) == id {
-			if err := tx.Bucket(namesBucket).Delete(nk); err != nil {
-				return err
-			}
+		if err := releaseName(tx, ws, a.GetName(), id); err != nil {
+			return err
 		}
 		return audit.Put(tx, ev)
 	})
@@ -459,7 +440,7 @@ func (s *Service) RotateAutomationSecret(ctx context.Context, req *automationv1.
 		return nil, err
 	}
 	defer unlock()
-	a, err := s.load(ws, id)
+	a, err := s.load(ctx, ws, id)
 	if err != nil {
 		return nil, err
 	}
@@ -482,21 +463,17 @@ func (s *Service) RotateAutomationSecret(ctx context.Context, req *automationv1.
 		return nil, err
 	}
 	si := secretInfo(info)
-	ev := audit.Event(ctx, serviceName, ws, actionRotate, "automation", id, audit.Success,
+	ev := s.rec.Event(ctx, ws, actionRotate, "automation", id, audit.Success,
 		fmt.Sprintf("credential=%s label=%q", si.GetId(), si.GetLabel()))
-	err = s.db.Update(ctx, func(tx *store.Tx) error {
-		cur := &automationv1.Automation{}
-		ok, err := store.Get(tx, automationsBucket, automationKey(ws, id), cur)
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
+		cur, err := getAutomation(tx, ws, id)
 		if err != nil {
 			return err
-		}
-		if !ok {
-			return ErrNotFound
 		}
 		if newer(si, cur.GetCredential()) {
 			cur.Credential = si
 			cur.UpdatedAt = timestamppb.New(s.now())
-			if err := store.Put(tx, automationsBucket, automationKey(ws, id), cur); err != nil {
+			if err := putAutomation(tx, cur); err != nil {
 				return err
 			}
 		}
@@ -517,31 +494,17 @@ func (s *Service) RotateAutomationSecret(ctx context.Context, req *automationv1.
 }
 
 // load reads one automation of workspace ws.
-func (s *Service) load(ws, id string) (*automationv1.Automation, error) {
-	a := &automationv1.Automation{}
-	var ok bool
-	err := s.db.View(func(tx *store.Tx) error {
+func (s *Service) load(ctx context.Context, ws, id string) (*automationv1.Automation, error) {
+	var a *automationv1.Automation
+	err := s.db.View(ctx, func(tx store.ReadTx) error {
 		var err error
-		ok, err = store.Get(tx, automationsBucket, automationKey(ws, id), a)
+		a, err = getAutomation(tx, ws, id)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	if !ok {
-		return nil, ErrNotFound
-	}
 	return a, nil
-}
-
-// nameFree reports ErrNameTaken if another automation than self (which may
-// be "") holds name in ws.
-func nameFree(tx *store.Tx, ws, name, self string) error {
-	owner := tx.Bucket(namesBucket).Get(nameKey(ws, name))
-	if owner != nil && string(owner) != self {
-		return fmt.Errorf("%w: %q", ErrNameTaken, name)
-	}
-	return nil
 }
 
 // withinCaller keeps a scope-bound caller (an access token, which has no

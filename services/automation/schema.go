@@ -1,11 +1,20 @@
 package automation
 
 import (
+	"bytes"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	automationv1 "github.com/backlog/controlplane/gen/go/backlog/automation/v1"
 	"github.com/backlog/controlplane/services/kit/audit"
 	"github.com/backlog/controlplane/services/kit/store"
 )
 
-// The automation service's buckets, declared once. Values are protobuf.
+// The automation service's schema: its buckets, declared once, their keys,
+// and the typed accessors below, which are the only code that reads or
+// writes them. Handlers run the accessors inside s.db.View and s.db.Update.
+// Values are protobuf (the name index holds an id as raw bytes).
 var (
 	// automationsBucket holds automationv1.Automation records keyed
 	// workspace/automation-id. Ids sort by creation time, so a prefix scan of
@@ -17,10 +26,99 @@ var (
 	// workspace/folded-name, value the automation id (raw bytes).
 	namesBucket = store.Bucket("automation_names")
 
-	// buckets is every bucket Open must create.
+	// buckets is every bucket the store is opened with.
 	buckets = []store.Bucket{automationsBucket, namesBucket, audit.Bucket}
 )
 
 func automationKey(ws, id string) []byte { return store.Key(ws, id) }
 
 func nameKey(ws, name string) []byte { return store.Key(ws, foldName(name)) }
+
+// workspacePrefix is the prefix of every key of workspace ws.
+func workspacePrefix(ws string) []byte { return store.Key(ws, "") }
+
+// cursorInWorkspace reports whether a ListAutomations page cursor (a key)
+// lies within workspace ws. An empty cursor (the first page) does.
+func cursorInWorkspace(ws string, after []byte) bool {
+	return len(after) == 0 || bytes.HasPrefix(after, workspacePrefix(ws))
+}
+
+// getAutomation reads automation id of workspace ws; ErrNotFound when there
+// is none.
+func getAutomation(tx store.ReadTx, ws, id string) (*automationv1.Automation, error) {
+	a := &automationv1.Automation{}
+	ok, err := store.Get(tx, automationsBucket, automationKey(ws, id), a)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, ErrNotFound
+	}
+	return a, nil
+}
+
+// putAutomation writes a under its workspace and id.
+func putAutomation(tx store.WriteTx, a *automationv1.Automation) error {
+	return store.Put(tx, automationsBucket, automationKey(a.GetWorkspaceId(), a.GetId()), a)
+}
+
+// deleteAutomation removes the record of automation id of workspace ws (its
+// name is released separately, see releaseName).
+func deleteAutomation(tx store.WriteTx, ws, id string) error {
+	return tx.Delete(automationsBucket, automationKey(ws, id))
+}
+
+// listAutomations passes up to limit automations of workspace ws to fn,
+// oldest first, starting after the cursor after (nil: from the first). It
+// returns the cursor of the next page, nil when there is none.
+func listAutomations(tx store.ReadTx, ws string, after []byte, limit int, fn func(*automationv1.Automation)) ([]byte, error) {
+	return store.Scan(tx, automationsBucket, workspacePrefix(ws), after, limit, func(k, v []byte) (bool, error) {
+		a := &automationv1.Automation{}
+		if err := proto.Unmarshal(v, a); err != nil {
+			return false, fmt.Errorf("decode automation %q: %w", k, err)
+		}
+		fn(a)
+		return true, nil
+	})
+}
+
+// nameOwner returns the id of the automation that holds name in workspace
+// ws, "" when none does.
+func nameOwner(tx store.ReadTx, ws, name string) (string, error) {
+	v, err := tx.Get(namesBucket, nameKey(ws, name))
+	if err != nil {
+		return "", err
+	}
+	return string(v), nil
+}
+
+// nameFree reports ErrNameTaken if another automation than self (which may
+// be "") holds name in ws.
+func nameFree(tx store.ReadTx, ws, name, self string) error {
+	owner, err := nameOwner(tx, ws, name)
+	if err != nil {
+		return err
+	}
+	if owner != "" && owner != self {
+		return fmt.Errorf("%w: %q", ErrNameTaken, name)
+	}
+	return nil
+}
+
+// claimName records that automation id holds name in ws; ErrNameTaken if
+// another automation holds it.
+func claimName(tx store.WriteTx, ws, name, id string) error {
+	if err := nameFree(tx, ws, name, id); err != nil {
+		return err
+	}
+	return tx.Put(namesBucket, nameKey(ws, name), []byte(id))
+}
+
+// releaseName frees name in ws if automation id still holds it.
+func releaseName(tx store.WriteTx, ws, name, id string) error {
+	owner, err := nameOwner(tx, ws, name)
+	if err != nil || owner != id {
+		return err
+	}
+	return tx.Delete(namesBucket, nameKey(ws, name))
+}

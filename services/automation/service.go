@@ -1,5 +1,5 @@
 // Package automation is the automation service: it keeps a workspace's
-// automations (scripts, CI jobs, integrations) in its own bbolt store and asks
+// automations (scripts, CI jobs, integrations) in its own store and asks
 // the credential service over gRPC to issue, rotate and revoke their secrets.
 // A raw secret passes through this service exactly twice — in the responses
 // of CreateAutomation and RotateAutomationSecret — and is never stored or
@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"go.uber.org/zap"
@@ -24,10 +23,18 @@ import (
 	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/keylock"
 	"github.com/backlog/controlplane/services/kit/store"
+	"github.com/backlog/controlplane/services/kit/store/boltstore"
 )
 
 // serviceName names this service in logs and audit events.
 const serviceName = "automation"
+
+// subjectKind is the kind of credential subject an automation is.
+const subjectKind = credentialv1.SubjectKind_SUBJECT_KIND_AUTOMATION
+
+// DefaultStartTimeout bounds how long New waits for the credential service
+// to judge a store it has just created.
+const DefaultStartTimeout = 30 * time.Second
 
 // compensateTimeout bounds a compensating call made after the caller's
 // request has already failed (or been cancelled).
@@ -35,27 +42,36 @@ const compensateTimeout = 10 * time.Second
 
 // Config configures the automation service.
 type Config struct {
-	// DataDir holds the store file, DataDir/automation.db.
+	// DataDir holds the store file, DataDir/automation.db, unless Store is
+	// set.
 	DataDir string
-	Logger  *zap.Logger
+	// Store opens the service's store; default boltstore.Dir(DataDir, Logger).
+	Store  store.Opener
+	Logger *zap.Logger
 	// Credential is the credential service's internal API, over gRPC.
 	Credential credentialv1.CredentialInternalServiceClient
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// SweepOrphans, when set, revokes at start the credentials of subjects
 	// this service has no record of (creates that died half-way; see
-	// credclient.Sweep). It runs in the background until done or Close.
+	// credclient.Sweeper). It runs in the background until done or Close.
+	// Before it starts, a store that this start created empty is checked
+	// against the credential service (credclient.CheckNewStore): if live
+	// automation credentials predate it, the store was lost and New fails.
 	SweepOrphans bool
+	// StartTimeout bounds that check; default DefaultStartTimeout.
+	StartTimeout time.Duration
 }
 
 // Service implements automationv1.AutomationService.
 type Service struct {
 	automationv1.UnsafeAutomationServiceServer
 
-	db    *store.DB
+	db    store.Backend
 	lg    *zap.Logger
 	cred  credentialv1.CredentialInternalServiceClient
 	now   func() time.Time
+	rec   audit.Recorder
 	errs  *errs.Table
 	audit *audit.Server
 	locks *keylock.Locks
@@ -66,7 +82,7 @@ type Service struct {
 
 // New opens the store and returns the service.
 func New(cfg Config) (*Service, error) {
-	if cfg.DataDir == "" {
+	if cfg.DataDir == "" && cfg.Store == nil {
 		return nil, errors.New("automation: DataDir is required")
 	}
 	if cfg.Credential == nil {
@@ -78,38 +94,74 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = DefaultStartTimeout
+	}
 	lg := cfg.Logger.With(zap.String("service", serviceName))
-	db, err := store.Open(filepath.Join(cfg.DataDir, "automation.db"), buckets, lg)
+	if cfg.Store == nil {
+		cfg.Store = boltstore.Dir(cfg.DataDir, lg)
+	}
+	db, err := cfg.Store(serviceName, buckets)
 	if err != nil {
 		return nil, fmt.Errorf("automation: %w", err)
+	}
+	if cfg.SweepOrphans {
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.StartTimeout)
+		err := credclient.CheckNewStore(ctx, cfg.Credential, subjectKind, serviceName, db.Info())
+		cancel()
+		if err != nil {
+			refuse(lg, db)
+			return nil, fmt.Errorf("automation: %w", err)
+		}
 	}
 	svc := &Service{
 		db:    db,
 		lg:    lg,
 		cred:  cfg.Credential,
 		now:   cfg.Now,
+		rec:   audit.Recorder{Service: serviceName, Now: cfg.Now},
 		errs:  newErrorTable(),
 		audit: &audit.Server{DB: db},
 		locks: keylock.New(),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	svc.stopSweep, svc.sweepDone = cancel, make(chan struct{})
+	sweep := credclient.Sweeper{
+		Client: cfg.Credential, Logger: lg, Kind: subjectKind, KindName: serviceName,
+		Store: db.Info(), Before: svc.now(),
+		Recorded: func(sub *credentialv1.SubjectSummary) (bool, error) { return svc.recorded(ctx, sub) },
+	}
 	go func() {
 		defer close(svc.sweepDone)
 		if cfg.SweepOrphans {
-			credclient.Sweep(ctx, cfg.Credential, lg, credentialv1.SubjectKind_SUBJECT_KIND_AUTOMATION, "automation", time.Now(), svc.recorded)
+			sweep.Run(ctx)
 		}
 	}()
 	return svc, nil
+}
+
+// refuse releases a store that start-up refused. One this start created is
+// removed, so that the next start finds it missing again rather than an
+// empty store that looks deliberate.
+func refuse(lg *zap.Logger, db store.Backend) {
+	var err error
+	if d, ok := db.(store.Discarder); ok {
+		err = d.Discard()
+	} else {
+		err = db.Close()
+	}
+	if err != nil {
+		lg.Warn("could not release the refused store", zap.String("store", db.Info().Name), zap.Error(err))
+	}
 }
 
 // recorded reports whether this service holds the record of a subject, and
 // repairs the record's secret metadata when a rotation was killed between
 // the credential service rotating and the record being written (the record
 // then names the revoked secret).
-func (s *Service) recorded(sub *credentialv1.SubjectSummary) (bool, error) {
+func (s *Service) recorded(ctx context.Context, sub *credentialv1.SubjectSummary) (bool, error) {
 	ws, id := sub.GetWorkspaceId(), sub.GetId()
-	if _, err := s.load(ws, id); errors.Is(err, ErrNotFound) {
+	if _, err := s.load(ctx, ws, id); errors.Is(err, ErrNotFound) {
 		return false, nil
 	} else if err != nil {
 		return false, err
@@ -124,18 +176,30 @@ func (s *Service) recorded(sub *credentialv1.SubjectSummary) (bool, error) {
 		return true, nil
 	}
 	si := secretInfo(live)
-	return true, s.db.Update(context.Background(), func(tx *store.Tx) error {
-		cur := &automationv1.Automation{}
-		if ok, err := store.Get(tx, automationsBucket, automationKey(ws, id), cur); err != nil || !ok {
+	var repaired bool
+	err := s.db.Update(ctx, func(tx store.WriteTx) error {
+		repaired = false
+		cur, err := getAutomation(tx, ws, id)
+		if errors.Is(err, ErrNotFound) {
+			return nil // deleted meanwhile
+		}
+		if err != nil {
 			return err
 		}
 		if cur.GetCredential().GetId() == si.GetId() || !newer(si, cur.GetCredential()) {
 			return nil
 		}
-		s.lg.Info("repaired secret metadata left stale by an interrupted rotation", zap.String("automation-id", id), zap.String("credential-id", si.GetId()))
 		cur.Credential = si
-		return store.Put(tx, automationsBucket, automationKey(ws, id), cur)
+		repaired = true
+		return putAutomation(tx, cur)
 	})
+	if err != nil {
+		return true, err
+	}
+	if repaired {
+		s.lg.Info("repaired secret metadata left stale by an interrupted rotation", zap.String("automation-id", id), zap.String("credential-id", si.GetId()))
+	}
+	return true, nil
 }
 
 // Register registers the AutomationService and this service's own
@@ -153,7 +217,7 @@ func (s *Service) Errors() *errs.Table { return s.errs }
 func (s *Service) NoAuth(fullMethod string) bool { return false }
 
 // DB is the service's store.
-func (s *Service) DB() *store.DB { return s.db }
+func (s *Service) DB() store.Backend { return s.db }
 
 // Close closes the store after pending writes.
 func (s *Service) Close() error {
@@ -185,7 +249,7 @@ func (s *Service) recordFailure(ctx context.Context, ws, action, id string, caus
 	} else if errors.Is(cause, ErrCredentialUnavailable) {
 		detail = "failed: credential service unavailable"
 	}
-	ev := audit.Event(ctx, serviceName, ws, action, "automation", id, audit.Failure, detail)
+	ev := s.rec.Event(ctx, ws, action, "automation", id, audit.Failure, detail)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), compensateTimeout)
 	defer cancel()
 	if err := audit.Record(ctx, s.db, ev); err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,17 +21,21 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
+	adminv1 "github.com/backlog/controlplane/gen/go/backlog/admin/v1"
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	automationv1 "github.com/backlog/controlplane/gen/go/backlog/automation/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	"github.com/backlog/controlplane/services/automation"
 	"github.com/backlog/controlplane/services/credential/credentialtest"
 	"github.com/backlog/controlplane/services/kit/auth"
+	"github.com/backlog/controlplane/services/kit/credfmt"
 	"github.com/backlog/controlplane/services/kit/errs"
-	"github.com/backlog/controlplane/services/kit/server"
+	"github.com/backlog/controlplane/services/kit/mount"
+	"github.com/backlog/controlplane/services/kit/store"
 )
 
 // syncBuffer collects every log line, at debug level, for "never logged" checks.
@@ -86,6 +91,7 @@ type harness struct {
 	logs    *syncBuffer
 	seen    *secrets
 	dataDir string
+	addr    string // the automation server's
 	stop    func() // stops the automation server and closes its store (idempotent)
 }
 
@@ -128,8 +134,10 @@ func newHarness(t *testing.T) *harness {
 	ctx, cancel := context.WithCancel(context.Background())
 	remote := auth.NewRemote(internal, lg)
 	go remote.Watch(ctx)
-	srv := server.New(server.Config{Name: "automation", Logger: lg, Errors: svc.Errors(), Auth: remote, NoAuth: svc.NoAuth})
-	svc.Register(srv.GRPC)
+	// Mounted as backlogd mounts it, with the service credential the
+	// credential service's siblings share; the listener is ours so that
+	// stop can end the server before the test does.
+	srv := mount.New(svc, mount.Options{Name: "automation", Logger: lg, Auth: remote, ServiceToken: env.ServiceToken})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -153,7 +161,7 @@ func newHarness(t *testing.T) *harness {
 	}
 	t.Cleanup(stop)
 	return &harness{
-		env: env, svc: svc, logs: logs, seen: seen, dataDir: dir, stop: stop,
+		env: env, svc: svc, logs: logs, seen: seen, dataDir: dir, addr: lis.Addr().String(), stop: stop,
 		client: automationv1.NewAutomationServiceClient(conn),
 		audit:  auditv1.NewAuditServiceClient(conn),
 	}
@@ -732,10 +740,10 @@ func TestDeleteKillsEverything(t *testing.T) {
 func TestFailedCreateRevokesTheIssuedSecret(t *testing.T) {
 	h := newHarness(t)
 	ws, owner := h.env.NewWorkspace(t, "acme")
-	h.svc.DB().SetFault(func() error { return errors.New("disk full") })
+	h.svc.DB().(store.Faults).SetFault(func() error { return errors.New("disk full") })
 	_, err := h.client.CreateAutomation(as(bg(), owner), &automationv1.CreateAutomationRequest{WorkspaceId: ws, Name: "bot"})
 	wantCode(t, err, codes.Unavailable, "STORE_UNAVAILABLE")
-	h.svc.DB().SetFault(nil)
+	h.svc.DB().(store.Faults).SetFault(nil)
 
 	issued := h.seen.list()
 	if len(issued) != 1 {
@@ -771,10 +779,10 @@ func TestNoSecretAtRestOrInLogs(t *testing.T) {
 	}
 	// Failure paths log too.
 	h.client.ListAutomations(as(bg(), h.seen.list()[1]), &automationv1.ListAutomationsRequest{WorkspaceId: ws})
-	h.svc.DB().SetFault(func() error { return errors.New("disk full") })
+	h.svc.DB().(store.Faults).SetFault(func() error { return errors.New("disk full") })
 	h.client.CreateAutomation(as(bg(), owner), &automationv1.CreateAutomationRequest{WorkspaceId: ws, Name: "doomed"})
 	h.client.RotateAutomationSecret(as(bg(), owner), &automationv1.RotateAutomationSecretRequest{WorkspaceId: ws, AutomationId: ids[0]})
-	h.svc.DB().SetFault(nil)
+	h.svc.DB().(store.Faults).SetFault(nil)
 	if _, err := h.client.UpdateAutomation(as(bg(), owner), &automationv1.UpdateAutomationRequest{WorkspaceId: ws, AutomationId: ids[1],
 		Automation: &automationv1.Automation{Suspended: true}, UpdateMask: mask("suspended")}); err != nil {
 		t.Fatal(err)
@@ -819,6 +827,74 @@ func TestNoSecretAtRestOrInLogs(t *testing.T) {
 	}
 }
 
+// TestInternalMethodsRequireServiceCredential: AdminService, mounted as
+// backlogd mounts it, answers only a caller presenting the service
+// credential (the automation service has no other internal method).
+func TestInternalMethodsRequireServiceCredential(t *testing.T) {
+	h := newHarness(t)
+	_, owner := h.env.NewWorkspace(t, "Acme")
+	dial := func(opts ...grpc.DialOption) *grpc.ClientConn {
+		conn, err := grpc.NewClient(h.addr, append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	bare, sibling := dial(), dial(grpc.WithPerRPCCredentials(auth.ServiceCredentials{Token: h.env.ServiceToken}))
+	for _, tc := range []struct {
+		name string
+		conn *grpc.ClientConn
+		ctx  context.Context
+		want codes.Code
+	}{
+		{"no service credential", bare, bg(), codes.Unauthenticated},
+		{"a member's token", bare, as(bg(), owner), codes.Unauthenticated},
+		{"wrong service credential", bare, metadata.AppendToOutgoingContext(bg(), auth.ServiceTokenKey, credfmt.New(credfmt.Service)), codes.Unauthenticated},
+		{"the service credential", sibling, bg(), codes.OK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name, b, err := snapshot(tc.ctx, tc.conn)
+			if status.Code(err) != tc.want {
+				t.Fatalf("AdminService.Snapshot = %v, want %v", err, tc.want)
+			}
+			if err == nil && (name != "automation.db" || len(b) == 0) {
+				t.Fatalf("snapshot of %q, %d bytes", name, len(b))
+			}
+		})
+	}
+}
+
+// snapshot reads a whole AdminService.Snapshot: the store's name and bytes.
+func snapshot(ctx context.Context, cc grpc.ClientConnInterface) (string, []byte, error) {
+	stream, err := adminv1.NewAdminServiceClient(cc).Snapshot(ctx, &adminv1.SnapshotRequest{})
+	if err != nil {
+		return "", nil, err
+	}
+	var (
+		name string
+		size int64
+		b    []byte
+	)
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return "", nil, err
+		}
+		if m.GetStore() != "" {
+			name, size = m.GetStore(), m.GetSize()
+		}
+		b = append(b, m.GetChunk()...)
+	}
+	if int64(len(b)) != size {
+		return name, b, fmt.Errorf("snapshot sent %d bytes, announced %d", len(b), size)
+	}
+	return name, b, nil
+}
+
 func TestNewNeedsItsParts(t *testing.T) {
 	if _, err := automation.New(automation.Config{DataDir: t.TempDir()}); err == nil {
 		t.Fatal("New without a credential client succeeded")
@@ -861,9 +937,9 @@ func TestSuspendAndResumeFailClosed(t *testing.T) {
 
 	// Suspend: the credentials are suspended first, so even though the
 	// record could not be written, the secret is already refused.
-	h.svc.DB().SetFault(func() error { return errors.New("disk full") })
+	h.svc.DB().(store.Faults).SetFault(func() error { return errors.New("disk full") })
 	wantCode(t, setSuspended(true), codes.Unavailable, "STORE_UNAVAILABLE")
-	h.svc.DB().SetFault(nil)
+	h.svc.DB().(store.Faults).SetFault(nil)
 	if stored() {
 		t.Fatal("record says suspended although its write failed")
 	}
@@ -876,9 +952,9 @@ func TestSuspendAndResumeFailClosed(t *testing.T) {
 
 	// Resume: the record is written first; when that fails the credentials
 	// stay suspended.
-	h.svc.DB().SetFault(func() error { return errors.New("disk full") })
+	h.svc.DB().(store.Faults).SetFault(func() error { return errors.New("disk full") })
 	wantCode(t, setSuspended(false), codes.Unavailable, "STORE_UNAVAILABLE")
-	h.svc.DB().SetFault(nil)
+	h.svc.DB().(store.Faults).SetFault(nil)
 	if !stored() {
 		t.Fatal("record says resumed although its write failed")
 	}
