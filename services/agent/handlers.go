@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -66,22 +65,17 @@ func (s *Service) ListInstallations(ctx context.Context, req *agentv1.ListInstal
 	if err != nil {
 		return nil, err
 	}
-	prefix := store.Key(ws, "")
-	if len(after) > 0 && !bytes.HasPrefix(after, prefix) {
+	if !cursorInList(ws, "", after) {
 		return nil, errs.Invalid("pageToken", "does not belong to this workspace")
 	}
 	if _, err := auth.Require(ctx, ws, auth.AgentsRead); err != nil {
 		return nil, err
 	}
 	resp := &agentv1.ListInstallationsResponse{}
-	err = s.db.View(func(tx *store.Tx) error {
-		next, err := store.Scan(tx, installationsBucket, prefix, after, size, func(k, v []byte) (bool, error) {
-			in := &agentv1.Installation{}
-			if err := proto.Unmarshal(v, in); err != nil {
-				return false, fmt.Errorf("decode installation %q: %w", k, err)
-			}
+	err = s.db.View(ctx, func(tx store.ReadTx) error {
+		resp.Installations = nil
+		next, err := listInstallations(tx, ws, after, size, func(in *agentv1.Installation) {
 			resp.Installations = append(resp.Installations, in)
-			return true, nil
 		})
 		resp.NextPageToken = page.Encode(ws, next)
 		return err
@@ -116,17 +110,13 @@ func (s *Service) CreateInstallation(ctx context.Context, req *agentv1.CreateIns
 		AppId:       appID,
 		CreatedAt:   timestamppb.New(s.now()),
 	}
-	ev := audit.Event(ctx, serviceName, ws, actionInstallationCreate, targetInstallation, in.Id, audit.Success,
+	ev := s.rec.Event(ctx, ws, actionInstallationCreate, targetInstallation, in.Id, audit.Success,
 		fmt.Sprintf("name=%q app=%q", in.Name, in.AppId))
-	err = s.db.Update(ctx, func(tx *store.Tx) error {
-		nk := installationNameKey(ws, name)
-		if tx.Bucket(installationNamesBucket).Get(nk) != nil {
-			return fmt.Errorf("%w: %q", ErrInstallationNameTaken, name)
-		}
-		if err := store.Put(tx, installationsBucket, installationKey(ws, in.Id), in); err != nil {
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
+		if err := claimInstallationName(tx, ws, name, in.Id); err != nil {
 			return err
 		}
-		if err := tx.Bucket(installationNamesBucket).Put(nk, []byte(in.Id)); err != nil {
+		if err := putInstallation(tx, in); err != nil {
 			return err
 		}
 		return audit.Put(tx, ev)
@@ -158,11 +148,7 @@ func (s *Service) ListAgents(ctx context.Context, req *agentv1.ListAgentsRequest
 	if err != nil {
 		return nil, err
 	}
-	bucket, prefix := agentsBucket, store.Key(ws, "")
-	if inst != "" {
-		bucket, prefix = installationAgentsBucket, store.Key(ws, inst, "")
-	}
-	if len(after) > 0 && !bytes.HasPrefix(after, prefix) {
+	if !cursorInList(ws, inst, after) {
 		return nil, errs.Invalid("pageToken", "does not belong to this list")
 	}
 	if _, err := auth.Require(ctx, ws, auth.AgentsRead); err != nil {
@@ -174,22 +160,17 @@ func (s *Service) ListAgents(ctx context.Context, req *agentv1.ListAgentsRequest
 		}
 	}
 	resp := &agentv1.ListAgentsResponse{}
-	err = s.db.View(func(tx *store.Tx) error {
-		if inst != "" && tx.Bucket(installationsBucket).Get(installationKey(ws, inst)) == nil {
-			return ErrInstallationNotFound
-		}
-		next, err := store.Scan(tx, bucket, prefix, after, size, func(k, v []byte) (bool, error) {
-			a := &agentv1.Agent{}
-			if inst != "" {
-				ok, err := store.Get(tx, agentsBucket, agentKey(ws, string(k[len(prefix):])), a)
-				if err != nil || !ok {
-					return false, err
-				}
-			} else if err := proto.Unmarshal(v, a); err != nil {
-				return false, fmt.Errorf("decode agent %q: %w", k, err)
+	err = s.db.View(ctx, func(tx store.ReadTx) error {
+		if inst != "" {
+			if ok, err := hasInstallation(tx, ws, inst); err != nil {
+				return err
+			} else if !ok {
+				return ErrInstallationNotFound
 			}
+		}
+		resp.Agents = nil
+		next, err := listAgents(tx, ws, inst, after, size, func(a *agentv1.Agent) {
 			resp.Agents = append(resp.Agents, a)
-			return true, nil
 		})
 		resp.NextPageToken = page.Encode(scope, next)
 		return err
@@ -212,7 +193,7 @@ func (s *Service) GetAgent(ctx context.Context, req *agentv1.GetAgentRequest) (*
 	if err := validAgentID(id); err != nil {
 		return nil, err
 	}
-	a, err := s.load(ws, id)
+	a, err := s.load(ctx, ws, id)
 	if err != nil {
 		return nil, err
 	}
@@ -256,7 +237,7 @@ func (s *Service) CreateAgent(ctx context.Context, req *agentv1.CreateAgentReque
 	}
 	// A missing installation or a duplicate name is refused before any
 	// credential is issued; both are checked again inside the write.
-	if err := s.db.View(func(tx *store.Tx) error {
+	if err := s.db.View(ctx, func(tx store.ReadTx) error {
 		if err := installationExists(tx, ws, inst); err != nil {
 			return err
 		}
@@ -288,22 +269,19 @@ func (s *Service) CreateAgent(ctx context.Context, req *agentv1.CreateAgentReque
 	}
 	a.KeyRotatedAt = pair[0].GetInfo().GetCreatedAt()
 
-	ev := audit.Event(ctx, serviceName, ws, actionCreate, targetAgent, a.Id, audit.Success,
+	ev := s.rec.Event(ctx, ws, actionCreate, targetAgent, a.Id, audit.Success,
 		fmt.Sprintf("name=%q installation=%s role=%s teams=[%s] credentials=%s", a.Name, inst, a.Role, strings.Join(a.TeamIds, ","), credIDs(pair)))
-	err = s.db.Update(ctx, func(tx *store.Tx) error {
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
 		if err := installationExists(tx, ws, inst); err != nil {
 			return err
 		}
-		if err := nameFree(tx, ws, a.Name, ""); err != nil {
+		if err := claimName(tx, ws, a.Name, a.Id); err != nil {
 			return err
 		}
-		if err := store.Put(tx, agentsBucket, agentKey(ws, a.Id), a); err != nil {
+		if err := putAgent(tx, a); err != nil {
 			return err
 		}
-		if err := tx.Bucket(agentNamesBucket).Put(agentNameKey(ws, a.Name), []byte(a.Id)); err != nil {
-			return err
-		}
-		if err := tx.Bucket(installationAgentsBucket).Put(installationAgentKey(ws, inst, a.Id), nil); err != nil {
+		if err := indexAgent(tx, ws, inst, a.Id); err != nil {
 			return err
 		}
 		if err := putCredentialInfos(tx, ws, a.Id, pair); err != nil {
@@ -370,7 +348,7 @@ func (s *Service) UpdateAgent(ctx context.Context, req *agentv1.UpdateAgentReque
 		return nil, err
 	}
 	defer unlock()
-	old, err := s.load(ws, id)
+	old, err := s.load(ctx, ws, id)
 	if err != nil {
 		return nil, err
 	}
@@ -402,36 +380,26 @@ func (s *Service) UpdateAgent(ctx context.Context, req *agentv1.UpdateAgentReque
 	}
 	renamed := foldName(next.Name) != foldName(old.Name)
 	if renamed {
-		if err := s.db.View(func(tx *store.Tx) error { return nameFree(tx, ws, next.Name, id) }); err != nil {
+		if err := s.db.View(ctx, func(tx store.ReadTx) error { return nameFree(tx, ws, next.Name, id) }); err != nil {
 			return nil, err
 		}
 	}
 
-	events := updateEvents(ctx, ws, old, next, ch)
+	events := s.updateEvents(ctx, ws, old, next, ch)
 	write := func() error {
-		return s.db.Update(ctx, func(tx *store.Tx) error {
-			cur := &agentv1.Agent{}
-			ok, err := store.Get(tx, agentsBucket, agentKey(ws, id), cur)
-			if err != nil {
+		return s.db.Update(ctx, func(tx store.WriteTx) error {
+			if _, err := getAgent(tx, ws, id); err != nil {
 				return err
-			}
-			if !ok {
-				return ErrAgentNotFound
 			}
 			if renamed {
-				if err := nameFree(tx, ws, next.Name, id); err != nil {
+				if err := releaseName(tx, ws, old.Name, id); err != nil {
 					return err
 				}
-				if string(tx.Bucket(agentNamesBucket).Get(agentNameKey(ws, old.Name))) == id {
-					if err := tx.Bucket(agentNamesBucket).Delete(agentNameKey(ws, old.Name)); err != nil {
-						return err
-					}
-				}
 			}
-			if err := tx.Bucket(agentNamesBucket).Put(agentNameKey(ws, next.Name), []byte(id)); err != nil {
+			if err := claimName(tx, ws, next.Name, id); err != nil {
 				return err
 			}
-			if err := store.Put(tx, agentsBucket, agentKey(ws, id), next); err != nil {
+			if err := putAgent(tx, next); err != nil {
 				return err
 			}
 			for _, ev := range events {
@@ -507,13 +475,13 @@ func teamsWider(a, b []string) bool {
 // updateEvents describes an update for the audit trail: agent.suspend or
 // agent.resume when the suspension flips, agent.update for any other change
 // (both when both happen).
-func updateEvents(ctx context.Context, ws string, old, next *agentv1.Agent, ch *changeSet) []*auditv1.AuditEvent {
+func (s *Service) updateEvents(ctx context.Context, ws string, old, next *agentv1.Agent, ch *changeSet) []*auditv1.AuditEvent {
 	var out []*auditv1.AuditEvent
 	switch {
 	case !old.GetSuspended() && next.GetSuspended():
-		out = append(out, audit.Event(ctx, serviceName, ws, actionSuspend, targetAgent, next.Id, audit.Success, "suspended"))
+		out = append(out, s.rec.Event(ctx, ws, actionSuspend, targetAgent, next.Id, audit.Success, "suspended"))
 	case old.GetSuspended() && !next.GetSuspended():
-		out = append(out, audit.Event(ctx, serviceName, ws, actionResume, targetAgent, next.Id, audit.Success, "resumed"))
+		out = append(out, s.rec.Event(ctx, ws, actionResume, targetAgent, next.Id, audit.Success, "resumed"))
 	}
 	var fields []string
 	for _, p := range []string{pathName, pathTeamIDs, pathRole} {
@@ -535,7 +503,7 @@ func updateEvents(ctx context.Context, ws string, old, next *agentv1.Agent, ch *
 		if len(fields) == 0 {
 			detail = fmt.Sprintf("suspended=%v (unchanged)", next.GetSuspended())
 		}
-		out = append(out, audit.Event(ctx, serviceName, ws, actionUpdate, targetAgent, next.Id, audit.Success, detail))
+		out = append(out, s.rec.Event(ctx, ws, actionUpdate, targetAgent, next.Id, audit.Success, detail))
 	}
 	return out
 }
@@ -563,7 +531,7 @@ func (s *Service) RevokeAgent(ctx context.Context, req *agentv1.RevokeAgentReque
 		return nil, err
 	}
 	defer unlock()
-	a, err := s.load(ws, id)
+	a, err := s.load(ctx, ws, id)
 	if err != nil {
 		return nil, err
 	}
@@ -583,21 +551,16 @@ func (s *Service) RevokeAgent(ctx context.Context, req *agentv1.RevokeAgentReque
 	next := proto.CloneOf(a)
 	next.Revoked = true
 	next.UpdatedAt = timestamppb.New(s.now())
-	ev := audit.Event(ctx, serviceName, ws, actionRevoke, targetAgent, id, audit.Success, fmt.Sprintf("name=%q", a.GetName()))
-	err = s.db.Update(ctx, func(tx *store.Tx) error {
-		if err := store.Put(tx, agentsBucket, agentKey(ws, id), next); err != nil {
+	ev := s.rec.Event(ctx, ws, actionRevoke, targetAgent, id, audit.Success, fmt.Sprintf("name=%q", a.GetName()))
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
+		if err := putAgent(tx, next); err != nil {
 			return err
 		}
-		nk := agentNameKey(ws, a.GetName())
-		if string(tx.Bucket(agentNamesBucket).Get(nk)) == id {
-			if err := tx.Bucket(agentNamesBucket).Delete(nk); err != nil {
-				return err
-			}
+		if err := releaseName(tx, ws, a.GetName(), id); err != nil {
+			return err
 		}
-		for _, k := range []string{credKeyAPIKey, credKeyRotationSecret} {
-			if err := tx.Bucket(agentCredentialsBucket).Delete(agentCredentialKey(ws, id, k)); err != nil {
-				return err
-			}
+		if err := deleteCredentialInfos(tx, ws, id); err != nil {
+			return err
 		}
 		return audit.Put(tx, ev)
 	})
@@ -642,7 +605,7 @@ func (s *Service) RotateAgentKey(ctx context.Context, req *agentv1.RotateAgentKe
 		return nil, err
 	}
 	defer unlock()
-	a, err := s.load(ws, id)
+	a, err := s.load(ctx, ws, id)
 	if err != nil {
 		return nil, err
 	}
@@ -664,7 +627,7 @@ func (s *Service) RotateAgentKey(ctx context.Context, req *agentv1.RotateAgentKe
 	if err := checkPair(pair); err != nil {
 		return nil, err
 	}
-	ev := audit.Event(ctx, serviceName, ws, actionRotate, targetAgent, id, audit.Success, "credentials="+credIDs(pair))
+	ev := s.rec.Event(ctx, ws, actionRotate, targetAgent, id, audit.Success, "credentials="+credIDs(pair))
 	if _, err := s.recordRotation(ctx, ws, id, pair, ev); err != nil {
 		s.recordFailure(ctx, ws, actionRotate, targetAgent, id, err)
 		return nil, err
@@ -682,23 +645,19 @@ func (s *Service) RotateAgentKey(ctx context.Context, req *agentv1.RotateAgentKe
 // only ever moves to a newer pair.
 func (s *Service) recordRotation(ctx context.Context, ws, id string, pair []*credentialv1.IssuedCredential, ev *auditv1.AuditEvent) (*agentv1.Agent, error) {
 	var out *agentv1.Agent
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
-		cur := &agentv1.Agent{}
-		ok, err := store.Get(tx, agentsBucket, agentKey(ws, id), cur)
+	err := s.db.Update(ctx, func(tx store.WriteTx) error {
+		cur, err := getAgent(tx, ws, id)
 		if err != nil {
 			return err
 		}
-		if !ok {
-			return ErrAgentNotFound
-		}
-		stored := &credentialv1.CredentialInfo{}
-		if _, err := store.Get(tx, agentCredentialsBucket, agentCredentialKey(ws, id, credKeyAPIKey), stored); err != nil {
+		stored, err := credentialInfo(tx, ws, id, credKeyAPIKey)
+		if err != nil {
 			return err
 		}
 		if newer(pair[0].GetInfo(), stored) {
 			cur.KeyRotatedAt = pair[0].GetInfo().GetCreatedAt()
 			cur.UpdatedAt = timestamppb.New(s.now())
-			if err := store.Put(tx, agentsBucket, agentKey(ws, id), cur); err != nil {
+			if err := putAgent(tx, cur); err != nil {
 				return err
 			}
 			if err := putCredentialInfos(tx, ws, id, pair); err != nil {
@@ -712,48 +671,17 @@ func (s *Service) recordRotation(ctx context.Context, ws, id string, pair []*cre
 }
 
 // load reads one agent of workspace ws.
-func (s *Service) load(ws, id string) (*agentv1.Agent, error) {
-	a := &agentv1.Agent{}
-	var ok bool
-	err := s.db.View(func(tx *store.Tx) error {
+func (s *Service) load(ctx context.Context, ws, id string) (*agentv1.Agent, error) {
+	var a *agentv1.Agent
+	err := s.db.View(ctx, func(tx store.ReadTx) error {
 		var err error
-		ok, err = store.Get(tx, agentsBucket, agentKey(ws, id), a)
+		a, err = getAgent(tx, ws, id)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	if !ok {
-		return nil, ErrAgentNotFound
-	}
 	return a, nil
-}
-
-// installationExists reports ErrInstallationNotFound unless ws has inst.
-func installationExists(tx *store.Tx, ws, inst string) error {
-	if tx.Bucket(installationsBucket).Get(installationKey(ws, inst)) == nil {
-		return fmt.Errorf("%w: %s", ErrInstallationNotFound, inst)
-	}
-	return nil
-}
-
-// nameFree reports ErrNameTaken if a live agent other than self (which may
-// be "") holds name in ws.
-func nameFree(tx *store.Tx, ws, name, self string) error {
-	owner := tx.Bucket(agentNamesBucket).Get(agentNameKey(ws, name))
-	if owner != nil && string(owner) != self {
-		return fmt.Errorf("%w: %q", ErrNameTaken, name)
-	}
-	return nil
-}
-
-// putCredentialInfos stores the metadata (never the credentials) of an
-// agent's API key and rotation secret.
-func putCredentialInfos(tx *store.Tx, ws, id string, pair []*credentialv1.IssuedCredential) error {
-	if err := store.Put(tx, agentCredentialsBucket, agentCredentialKey(ws, id, credKeyAPIKey), pair[0].GetInfo()); err != nil {
-		return err
-	}
-	return store.Put(tx, agentCredentialsBucket, agentCredentialKey(ws, id, credKeyRotationSecret), pair[1].GetInfo())
 }
 
 // withinCaller keeps a scope-bound caller (an access token, which has no

@@ -3,6 +3,9 @@ package agent_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"net"
 	"slices"
 	"strings"
@@ -21,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
+	adminv1 "github.com/backlog/controlplane/gen/go/backlog/admin/v1"
 	agentv1 "github.com/backlog/controlplane/gen/go/backlog/agent/v1"
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
@@ -29,8 +33,9 @@ import (
 	"github.com/backlog/controlplane/services/credential/credentialtest"
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/clientip"
+	"github.com/backlog/controlplane/services/kit/credfmt"
 	"github.com/backlog/controlplane/services/kit/errs"
-	"github.com/backlog/controlplane/services/kit/server"
+	"github.com/backlog/controlplane/services/kit/mount"
 )
 
 // syncBuffer collects every log line, at debug level, for "never logged" checks.
@@ -107,6 +112,7 @@ type harness struct {
 	clock   *clock
 	rotated atomic.Int64 // successful RotateCredentials calls by the agent service
 	dataDir string
+	addr    string // the agent server's
 	stop    func() // stops the agent server and closes its store (idempotent)
 }
 
@@ -126,12 +132,16 @@ func newHarness(t *testing.T, opts ...func(*agent.Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	peerConn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// One service credential for both, as backlogd's siblings share one;
+	// the credential service dials its audit peer with it, as backlogd does.
+	svcToken := credfmt.New(credfmt.Service)
+	peerConn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(auth.ServiceCredentials{Token: svcToken}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { peerConn.Close() })
-	h.env = credentialtest.StartWith(t, credentialtest.Options{Logger: lg, Config: func(c *credential.Config) {
+	h.env = credentialtest.StartWith(t, credentialtest.Options{Logger: lg, ServiceToken: svcToken, Config: func(c *credential.Config) {
 		c.AuditPeers = map[string]auditv1.AuditServiceClient{"agent": auditv1.NewAuditServiceClient(peerConn)}
 	}})
 
@@ -174,8 +184,10 @@ func newHarness(t *testing.T, opts ...func(*agent.Config)) *harness {
 	ctx, cancel := context.WithCancel(context.Background())
 	remote := auth.NewRemote(internal, lg)
 	go remote.Watch(ctx)
-	srv := server.New(server.Config{Name: "agent", Logger: lg, Errors: h.svc.Errors(), Auth: remote, NoAuth: h.svc.NoAuth})
-	h.svc.Register(srv.GRPC)
+	// Mounted as backlogd mounts it; the listener is ours (the credential
+	// service needed its address first) and stop ends the server before
+	// the test does.
+	srv := mount.New(h.svc, mount.Options{Name: "agent", Logger: lg, Auth: remote, ServiceToken: svcToken})
 	go srv.Serve(lis)
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -194,12 +206,54 @@ func newHarness(t *testing.T, opts ...func(*agent.Config)) *harness {
 		})
 	}
 	t.Cleanup(h.stop)
+	h.addr = lis.Addr().String()
 	h.client = agentv1.NewAgentServiceClient(conn)
 	h.audit = auditv1.NewAuditServiceClient(conn)
 	return h
 }
 
 var as = credentialtest.As
+
+// dial connects to the agent server with opts (closed in t.Cleanup).
+func (h *harness) dial(t *testing.T, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(h.addr, append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// snapshot reads a whole AdminService.Snapshot: the store's name and bytes.
+func snapshot(ctx context.Context, cc grpc.ClientConnInterface) (string, []byte, error) {
+	stream, err := adminv1.NewAdminServiceClient(cc).Snapshot(ctx, &adminv1.SnapshotRequest{})
+	if err != nil {
+		return "", nil, err
+	}
+	var (
+		name string
+		size int64
+		b    []byte
+	)
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return "", nil, err
+		}
+		if m.GetStore() != "" {
+			name, size = m.GetStore(), m.GetSize()
+		}
+		b = append(b, m.GetChunk()...)
+	}
+	if int64(len(b)) != size {
+		return name, b, fmt.Errorf("snapshot sent %d bytes, announced %d", len(b), size)
+	}
+	return name, b, nil
+}
 
 func bg() context.Context { return context.Background() }
 

@@ -15,6 +15,7 @@ import (
 	agentv1 "github.com/backlog/controlplane/gen/go/backlog/agent/v1"
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	"github.com/backlog/controlplane/services/kit/auth"
+	"github.com/backlog/controlplane/services/kit/store"
 )
 
 func TestNoRotationSecretConfigured(t *testing.T) {
@@ -45,10 +46,10 @@ func TestFailedSelfRotationRecordFailsClosed(t *testing.T) {
 	ws, owner := h.env.NewWorkspace(t, "acme")
 	inst := h.installation(t, ws, owner, "app")
 	created := h.createAgent(t, ws, owner, inst, &agentv1.CreateAgentRequest{Name: "bot"})
-	h.svc.DB().SetFault(func() error { return errors.New("disk full") })
+	h.svc.DB().(store.Faults).SetFault(func() error { return errors.New("disk full") })
 	_, err := h.selfRotate(withIdem(fromIP(bg(), "198.51.100.91"), "k"), created.GetApiKey(), created.GetRotationSecret())
 	wantCode(t, err, codes.Unavailable, "STORE_UNAVAILABLE")
-	h.svc.DB().SetFault(nil)
+	h.svc.DB().(store.Faults).SetFault(nil)
 	if h.svc.Replays() != 0 {
 		t.Fatal("a result that was not returned is kept for a replay")
 	}
@@ -94,11 +95,11 @@ func TestNoSecretAtRestOrInLogs(t *testing.T) {
 		h.selfRotate(fromIP(bg(), "198.51.100.201"), pairs[0][0], "blg_rot_"+strings.Repeat("x", 40))
 	}
 	// Failure paths log too.
-	h.svc.DB().SetFault(func() error { return errors.New("disk full") })
+	h.svc.DB().(store.Faults).SetFault(func() error { return errors.New("disk full") })
 	h.client.CreateAgent(as(bg(), owner), &agentv1.CreateAgentRequest{WorkspaceId: ws, InstallationId: inst, Name: "doomed"})
 	h.client.RotateAgentKey(as(bg(), owner), &agentv1.RotateAgentKeyRequest{WorkspaceId: ws, AgentId: ids[0]})
 	h.selfRotate(fromIP(bg(), "198.51.100.202"), pairs[1][0], pairs[1][1])
-	h.svc.DB().SetFault(nil)
+	h.svc.DB().(store.Faults).SetFault(nil)
 	if _, err := h.client.UpdateAgent(as(bg(), owner), &agentv1.UpdateAgentRequest{WorkspaceId: ws, AgentId: ids[2],
 		Agent: &agentv1.Agent{Suspended: true}, UpdateMask: mask("suspended")}); err != nil {
 		t.Fatal(err)

@@ -1,13 +1,23 @@
 package agent
 
 import (
+	"bytes"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	agentv1 "github.com/backlog/controlplane/gen/go/backlog/agent/v1"
+	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	"github.com/backlog/controlplane/services/kit/audit"
 	"github.com/backlog/controlplane/services/kit/store"
 )
 
-// The agent service's buckets, declared once. Values are protobuf (or, for
-// the name and index buckets, an id as raw bytes). Ids sort by creation
-// time, so a prefix scan of one workspace reads oldest first.
+// The agent service's schema: its buckets, declared once, their keys, and
+// the typed accessors below, which are the only code that reads or writes
+// them. Handlers run the accessors inside s.db.View and s.db.Update. Values
+// are protobuf (or, for the name and index buckets, an id as raw bytes). Ids
+// sort by creation time, so a prefix scan of one workspace reads oldest
+// first.
 var (
 	// installationsBucket holds agentv1.Installation records keyed
 	// workspace/installation-id.
@@ -37,7 +47,7 @@ var (
 	// (API key) or "rot" (rotation secret).
 	agentCredentialsBucket = store.Bucket("agent_credentials")
 
-	// buckets is every bucket Open must create.
+	// buckets is every bucket the store is opened with.
 	buckets = []store.Bucket{installationsBucket, installationNamesBucket, agentsBucket, agentNamesBucket,
 		installationAgentsBucket, agentCredentialsBucket, audit.Bucket}
 )
@@ -59,3 +69,210 @@ const (
 )
 
 func agentCredentialKey(ws, id, kind string) []byte { return store.Key(ws, id, kind) }
+
+// listPrefix is the key prefix of a list: ws's installations or agents
+// (inst ""), or the agents of installation inst.
+func listPrefix(ws, inst string) []byte {
+	if inst != "" {
+		return store.Key(ws, inst, "")
+	}
+	return store.Key(ws, "")
+}
+
+// cursorInList reports whether a page cursor (a key) lies within the list
+// listPrefix(ws, inst) names. An empty cursor (the first page) does.
+func cursorInList(ws, inst string, after []byte) bool {
+	return len(after) == 0 || bytes.HasPrefix(after, listPrefix(ws, inst))
+}
+
+// Installations.
+
+// hasInstallation reports whether workspace ws has installation inst.
+func hasInstallation(tx store.ReadTx, ws, inst string) (bool, error) {
+	v, err := tx.Get(installationsBucket, installationKey(ws, inst))
+	return v != nil, err
+}
+
+// installationExists reports ErrInstallationNotFound unless ws has inst.
+func installationExists(tx store.ReadTx, ws, inst string) error {
+	ok, err := hasInstallation(tx, ws, inst)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrInstallationNotFound, inst)
+	}
+	return nil
+}
+
+// putInstallation writes in under its workspace and id.
+func putInstallation(tx store.WriteTx, in *agentv1.Installation) error {
+	return store.Put(tx, installationsBucket, installationKey(in.GetWorkspaceId(), in.GetId()), in)
+}
+
+// listInstallations passes up to limit installations of workspace ws to fn,
+// oldest first, starting after the cursor after (nil: from the first). It
+// returns the cursor of the next page, nil when there is none.
+func listInstallations(tx store.ReadTx, ws string, after []byte, limit int, fn func(*agentv1.Installation)) ([]byte, error) {
+	return store.Scan(tx, installationsBucket, listPrefix(ws, ""), after, limit, func(k, v []byte) (bool, error) {
+		in := &agentv1.Installation{}
+		if err := proto.Unmarshal(v, in); err != nil {
+			return false, fmt.Errorf("decode installation %q: %w", k, err)
+		}
+		fn(in)
+		return true, nil
+	})
+}
+
+// claimInstallationName records that installation id holds name in ws;
+// ErrInstallationNameTaken if any installation already does (installation
+// names are never released).
+func claimInstallationName(tx store.WriteTx, ws, name, id string) error {
+	nk := installationNameKey(ws, name)
+	owner, err := tx.Get(installationNamesBucket, nk)
+	if err != nil {
+		return err
+	}
+	if owner != nil {
+		return fmt.Errorf("%w: %q", ErrInstallationNameTaken, name)
+	}
+	return tx.Put(installationNamesBucket, nk, []byte(id))
+}
+
+// Agents.
+
+// getAgent reads agent id of workspace ws; ErrAgentNotFound when there is
+// none.
+func getAgent(tx store.ReadTx, ws, id string) (*agentv1.Agent, error) {
+	a := &agentv1.Agent{}
+	ok, err := store.Get(tx, agentsBucket, agentKey(ws, id), a)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, ErrAgentNotFound
+	}
+	return a, nil
+}
+
+// putAgent writes a under its workspace and id.
+func putAgent(tx store.WriteTx, a *agentv1.Agent) error {
+	return store.Put(tx, agentsBucket, agentKey(a.GetWorkspaceId(), a.GetId()), a)
+}
+
+// indexAgent records that agent id belongs to installation inst of ws.
+func indexAgent(tx store.WriteTx, ws, inst, id string) error {
+	return tx.Put(installationAgentsBucket, installationAgentKey(ws, inst, id), []byte{})
+}
+
+// listAgents passes up to limit agents of workspace ws to fn, oldest first
+// (with inst set, only that installation's), starting after the cursor
+// after (nil: from the first). It returns the cursor of the next page, nil
+// when there is none.
+func listAgents(tx store.ReadTx, ws, inst string, after []byte, limit int, fn func(*agentv1.Agent)) ([]byte, error) {
+	prefix := listPrefix(ws, inst)
+	if inst == "" {
+		return store.Scan(tx, agentsBucket, prefix, after, limit, func(k, v []byte) (bool, error) {
+			a := &agentv1.Agent{}
+			if err := proto.Unmarshal(v, a); err != nil {
+				return false, fmt.Errorf("decode agent %q: %w", k, err)
+			}
+			fn(a)
+			return true, nil
+		})
+	}
+	return store.Scan(tx, installationAgentsBucket, prefix, after, limit, func(k, _ []byte) (bool, error) {
+		a := &agentv1.Agent{}
+		ok, err := store.Get(tx, agentsBucket, agentKey(ws, string(k[len(prefix):])), a)
+		if err != nil || !ok {
+			return false, err
+		}
+		fn(a)
+		return true, nil
+	})
+}
+
+// nameOwner returns the id of the live agent that holds name in workspace
+// ws, "" when none does.
+func nameOwner(tx store.ReadTx, ws, name string) (string, error) {
+	v, err := tx.Get(agentNamesBucket, agentNameKey(ws, name))
+	if err != nil {
+		return "", err
+	}
+	return string(v), nil
+}
+
+// nameFree reports ErrNameTaken if a live agent other than self (which may
+// be "") holds name in ws.
+func nameFree(tx store.ReadTx, ws, name, self string) error {
+	owner, err := nameOwner(tx, ws, name)
+	if err != nil {
+		return err
+	}
+	if owner != "" && owner != self {
+		return fmt.Errorf("%w: %q", ErrNameTaken, name)
+	}
+	return nil
+}
+
+// claimName records that agent id holds name in ws; ErrNameTaken if another
+// live agent holds it.
+func claimName(tx store.WriteTx, ws, name, id string) error {
+	if err := nameFree(tx, ws, name, id); err != nil {
+		return err
+	}
+	return tx.Put(agentNamesBucket, agentNameKey(ws, name), []byte(id))
+}
+
+// releaseName frees name in ws if agent id still holds it.
+func releaseName(tx store.WriteTx, ws, name, id string) error {
+	owner, err := nameOwner(tx, ws, name)
+	if err != nil || owner != id {
+		return err
+	}
+	return tx.Delete(agentNamesBucket, agentNameKey(ws, name))
+}
+
+// Credential metadata.
+
+// credentialInfo reads the metadata of agent id's credential of kind
+// (credKeyAPIKey, credKeyRotationSecret); nil when none is recorded.
+func credentialInfo(tx store.ReadTx, ws, id, kind string) (*credentialv1.CredentialInfo, error) {
+	info := &credentialv1.CredentialInfo{}
+	ok, err := store.Get(tx, agentCredentialsBucket, agentCredentialKey(ws, id, kind), info)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return info, nil
+}
+
+// hasCredentialInfo reports whether agent id has a credential of kind on
+// record.
+func hasCredentialInfo(tx store.ReadTx, ws, id, kind string) (bool, error) {
+	v, err := tx.Get(agentCredentialsBucket, agentCredentialKey(ws, id, kind))
+	return v != nil, err
+}
+
+// putCredentialInfos stores the metadata (never the credentials) of an
+// agent's API key and rotation secret.
+func putCredentialInfos(tx store.WriteTx, ws, id string, pair []*credentialv1.IssuedCredential) error {
+	if err := store.Put(tx, agentCredentialsBucket, agentCredentialKey(ws, id, credKeyAPIKey), pair[0].GetInfo()); err != nil {
+		return err
+	}
+	return store.Put(tx, agentCredentialsBucket, agentCredentialKey(ws, id, credKeyRotationSecret), pair[1].GetInfo())
+}
+
+// deleteCredentialInfo drops the metadata of agent id's credential of kind.
+func deleteCredentialInfo(tx store.WriteTx, ws, id, kind string) error {
+	return tx.Delete(agentCredentialsBucket, agentCredentialKey(ws, id, kind))
+}
+
+// deleteCredentialInfos drops the metadata of both of agent id's credentials.
+func deleteCredentialInfos(tx store.WriteTx, ws, id string) error {
+	for _, k := range []string{credKeyAPIKey, credKeyRotationSecret} {
+		if err := deleteCredentialInfo(tx, ws, id, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}

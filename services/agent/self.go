@@ -37,7 +37,7 @@ func (s *Service) GetSelf(ctx context.Context, _ *agentv1.GetSelfRequest) (*agen
 	if p.GetSubjectKind() != credentialv1.SubjectKind_SUBJECT_KIND_AGENT {
 		return nil, ErrNotAgent
 	}
-	a, err := s.load(p.GetWorkspaceId(), p.GetSubjectId())
+	a, err := s.load(ctx, p.GetWorkspaceId(), p.GetSubjectId())
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +144,7 @@ func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyR
 		return fail(ratelimit.Exhausted(Domain, reasonLockedOut,
 			fmt.Sprintf("self-rotation of this agent is locked for %s after repeated wrong rotation secrets; an owner or admin can rotate its credentials", roundSeconds(wait)), wait))
 	}
-	a, err := s.load(ws, id)
+	a, err := s.load(ctx, ws, id)
 	if errors.Is(err, ErrAgentNotFound) {
 		// Live credentials of an agent we have no record of: only a
 		// failed create's compensation could leave that.
@@ -157,7 +157,7 @@ func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyR
 	if a.GetRevoked() {
 		return fail(ErrAgentRevoked)
 	}
-	configured, err := s.hasRotationSecret(ws, id)
+	configured, err := s.hasRotationSecret(ctx, ws, id)
 	if err != nil {
 		return nil, err
 	}
@@ -194,7 +194,7 @@ func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyR
 	if err := checkPair(pair); err != nil {
 		return nil, err
 	}
-	ev := audit.Event(ctx, serviceName, ws, actionRotateSelf, targetAgent, id, audit.Success, "credentials="+credIDs(pair))
+	ev := s.rec.Event(ctx, ws, actionRotateSelf, targetAgent, id, audit.Success, "credentials="+credIDs(pair))
 	if _, err := s.recordRotation(rctx, ws, id, pair, ev); err != nil {
 		// Fail-closed: the old pair is dead and the new one is not handed
 		// out unrecorded; an owner or admin rotates the agent.
@@ -232,7 +232,7 @@ func (s *Service) replay(ctx context.Context, hit *replayHit) (*agentv1.RotateSe
 		return nil, ErrInvalidAPIKey
 	}
 	ctx = auth.WithPrincipal(ctx, p)
-	ev := audit.Event(ctx, serviceName, hit.ws, actionRotateSelfReplay, targetAgent, hit.agentID, audit.Success,
+	ev := s.rec.Event(ctx, hit.ws, actionRotateSelfReplay, targetAgent, hit.agentID, audit.Success,
 		"the same pair returned again for a retry with the same Idempotency-Key; nothing rotated")
 	if err := audit.Record(ctx, s.db, ev); err != nil {
 		return nil, err
@@ -276,11 +276,12 @@ func (s *Service) selfCredErr(ctx context.Context, op string, err error, unauth 
 
 // hasRotationSecret reports whether the agent has a rotation secret on
 // record.
-func (s *Service) hasRotationSecret(ws, id string) (bool, error) {
+func (s *Service) hasRotationSecret(ctx context.Context, ws, id string) (bool, error) {
 	var ok bool
-	err := s.db.View(func(tx *store.Tx) error {
-		ok = tx.Bucket(agentCredentialsBucket).Get(agentCredentialKey(ws, id, credKeyRotationSecret)) != nil
-		return nil
+	err := s.db.View(ctx, func(tx store.ReadTx) error {
+		var err error
+		ok, err = hasCredentialInfo(tx, ws, id, credKeyRotationSecret)
+		return err
 	})
 	return ok, err
 }

@@ -1,5 +1,5 @@
 // Package agent is the agent service: it keeps a workspace's app
-// installations and the visible agents under them in its own bbolt store,
+// installations and the visible agents under them in its own store,
 // and asks the credential service over gRPC to issue, rotate and revoke each
 // agent's API key (blg_agk_…) and rotation secret (blg_rot_…). A raw
 // credential passes through this service only in the responses of
@@ -16,7 +16,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"go.uber.org/zap"
@@ -31,10 +30,18 @@ import (
 	"github.com/backlog/controlplane/services/kit/keylock"
 	"github.com/backlog/controlplane/services/kit/ratelimit"
 	"github.com/backlog/controlplane/services/kit/store"
+	"github.com/backlog/controlplane/services/kit/store/boltstore"
 )
 
 // serviceName names this service in logs and audit events.
 const serviceName = "agent"
+
+// subjectKind is the kind of credential subject an agent is.
+const subjectKind = credentialv1.SubjectKind_SUBJECT_KIND_AGENT
+
+// DefaultStartTimeout bounds how long New waits for the credential service
+// to judge a store it has just created.
+const DefaultStartTimeout = 30 * time.Second
 
 // compensateTimeout bounds a compensating call made after the caller's
 // request has already failed (or been cancelled).
@@ -51,9 +58,11 @@ const (
 
 // Config configures the agent service.
 type Config struct {
-	// DataDir holds the store file, DataDir/agent.db.
+	// DataDir holds the store file, DataDir/agent.db, unless Store is set.
 	DataDir string
-	Logger  *zap.Logger
+	// Store opens the service's store; default boltstore.Dir(DataDir, Logger).
+	Store  store.Opener
+	Logger *zap.Logger
 	// Credential is the credential service's internal API, over gRPC.
 	Credential credentialv1.CredentialInternalServiceClient
 	// Now is the clock; default time.Now. The rate limits, the lockout and
@@ -75,18 +84,24 @@ type Config struct {
 	IdempotencyTTL time.Duration
 	// SweepOrphans, when set, revokes at start the credentials of subjects
 	// this service has no record of (creates that died half-way; see
-	// credclient.Sweep). It runs in the background until done or Close.
+	// credclient.Sweeper). It runs in the background until done or Close.
+	// Before it starts, a store that this start created empty is checked
+	// against the credential service (credclient.CheckNewStore): if live
+	// agent credentials predate it, the store was lost and New fails.
 	SweepOrphans bool
+	// StartTimeout bounds that check; default DefaultStartTimeout.
+	StartTimeout time.Duration
 }
 
 // Service implements agentv1.AgentService.
 type Service struct {
 	agentv1.UnsafeAgentServiceServer
 
-	db    *store.DB
+	db    store.Backend
 	lg    *zap.Logger
 	cred  credentialv1.CredentialInternalServiceClient
 	now   func() time.Time
+	rec   audit.Recorder
 	errs  *errs.Table
 	audit *audit.Server
 	locks *keylock.Locks
@@ -101,7 +116,7 @@ type Service struct {
 
 // New opens the store and returns the service.
 func New(cfg Config) (*Service, error) {
-	if cfg.DataDir == "" {
+	if cfg.DataDir == "" && cfg.Store == nil {
 		return nil, errors.New("agent: DataDir is required")
 	}
 	if cfg.Credential == nil {
@@ -128,26 +143,41 @@ func New(cfg Config) (*Service, error) {
 	if cfg.IdempotencyTTL == 0 {
 		cfg.IdempotencyTTL = DefaultIdempotencyTTL
 	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = DefaultStartTimeout
+	}
 	if cfg.SelfRotationsPerIP < 0 || cfg.SelfRotationWindow < 0 || cfg.LockoutFailures < 0 || cfg.LockoutDuration < 0 || cfg.IdempotencyTTL < 0 {
 		return nil, errors.New("agent: rate limit settings must not be negative")
 	}
 	lg := cfg.Logger.With(zap.String("service", serviceName))
-	db, err := store.Open(filepath.Join(cfg.DataDir, "agent.db"), buckets, lg)
+	replays, err := newReplayCache(cfg.IdempotencyTTL, cfg.Now)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if cfg.Store == nil {
+		cfg.Store = boltstore.Dir(cfg.DataDir, lg)
+	}
+	db, err := cfg.Store(serviceName, buckets)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if cfg.SweepOrphans {
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.StartTimeout)
+		err := credclient.CheckNewStore(ctx, cfg.Credential, subjectKind, serviceName, db.Info())
+		cancel()
+		if err != nil {
+			refuse(lg, db)
+			return nil, fmt.Errorf("agent: %w", err)
+		}
 	}
 	perIP := ratelimit.AtMost(cfg.SelfRotationsPerIP, cfg.SelfRotationWindow)
 	perIP.Now = cfg.Now
-	replays, err := newReplayCache(cfg.IdempotencyTTL, cfg.Now)
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("agent: %w", err)
-	}
 	svc := &Service{
 		db:    db,
 		lg:    lg,
 		cred:  cfg.Credential,
 		now:   cfg.Now,
+		rec:   audit.Recorder{Service: serviceName, Now: cfg.Now},
 		errs:  newErrorTable(),
 		audit: &audit.Server{DB: db},
 		locks: keylock.New(),
@@ -159,18 +189,38 @@ func New(cfg Config) (*Service, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	svc.stopSweep, svc.sweepDone = cancel, make(chan struct{})
+	sweep := credclient.Sweeper{
+		Client: cfg.Credential, Logger: lg, Kind: subjectKind, KindName: serviceName,
+		Store: db.Info(), Before: svc.now(),
+		Recorded: func(sub *credentialv1.SubjectSummary) (bool, error) { return svc.recorded(ctx, sub) },
+	}
 	go func() {
 		defer close(svc.sweepDone)
 		if cfg.SweepOrphans {
-			credclient.Sweep(ctx, cfg.Credential, lg, credentialv1.SubjectKind_SUBJECT_KIND_AGENT, "agent", time.Now(), svc.recorded)
+			sweep.Run(ctx)
 		}
 	}()
 	return svc, nil
 }
 
+// refuse releases a store that start-up refused. One this start created is
+// removed, so that the next start finds it missing again rather than an
+// empty store that looks deliberate.
+func refuse(lg *zap.Logger, db store.Backend) {
+	var err error
+	if d, ok := db.(store.Discarder); ok {
+		err = d.Discard()
+	} else {
+		err = db.Close()
+	}
+	if err != nil {
+		lg.Warn("could not release the refused store", zap.String("store", db.Info().Name), zap.Error(err))
+	}
+}
+
 // recorded reports whether this service holds the record of a subject.
-func (s *Service) recorded(sub *credentialv1.SubjectSummary) (bool, error) {
-	_, err := s.load(sub.GetWorkspaceId(), sub.GetId())
+func (s *Service) recorded(ctx context.Context, sub *credentialv1.SubjectSummary) (bool, error) {
+	_, err := s.load(ctx, sub.GetWorkspaceId(), sub.GetId())
 	if errors.Is(err, ErrAgentNotFound) {
 		return false, nil
 	}
@@ -199,7 +249,7 @@ func (s *Service) NoAuth(fullMethod string) bool {
 }
 
 // DB is the service's store.
-func (s *Service) DB() *store.DB { return s.db }
+func (s *Service) DB() store.Backend { return s.db }
 
 // Close closes the store after pending writes.
 func (s *Service) Close() error {
@@ -226,7 +276,7 @@ func (s *Service) recordFailure(ctx context.Context, ws, action, targetKind, id 
 	if ws == "" {
 		return
 	}
-	ev := audit.Event(ctx, serviceName, ws, action, targetKind, id, audit.Failure, s.failureDetail(cause))
+	ev := s.rec.Event(ctx, ws, action, targetKind, id, audit.Failure, s.failureDetail(cause))
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), compensateTimeout)
 	defer cancel()
 	if err := audit.Record(ctx, s.db, ev); err != nil {

@@ -9,14 +9,19 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	agentv1 "github.com/backlog/controlplane/gen/go/backlog/agent/v1"
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	"github.com/backlog/controlplane/services/agent"
 	"github.com/backlog/controlplane/services/kit/auth"
+	"github.com/backlog/controlplane/services/kit/credfmt"
 	"github.com/backlog/controlplane/services/kit/ratelimit"
+	"github.com/backlog/controlplane/services/kit/store"
 )
 
 const rotationMessage = "API key and rotation secret rotated successfully. Save both — they will not be shown again."
@@ -1001,10 +1006,10 @@ func TestFailedCreateRevokesTheIssuedCredentials(t *testing.T) {
 	h := newHarness(t)
 	ws, owner := h.env.NewWorkspace(t, "acme")
 	inst := h.installation(t, ws, owner, "app")
-	h.svc.DB().SetFault(func() error { return errors.New("disk full") })
+	h.svc.DB().(store.Faults).SetFault(func() error { return errors.New("disk full") })
 	_, err := h.client.CreateAgent(as(bg(), owner), &agentv1.CreateAgentRequest{WorkspaceId: ws, InstallationId: inst, Name: "bot"})
 	wantCode(t, err, codes.Unavailable, "STORE_UNAVAILABLE")
-	h.svc.DB().SetFault(nil)
+	h.svc.DB().(store.Faults).SetFault(nil)
 
 	issued := h.seen.list()
 	if len(issued) != 2 {
@@ -1038,9 +1043,9 @@ func TestSuspendFailsClosed(t *testing.T) {
 	}
 	fault := func(on bool) {
 		if on {
-			h.svc.DB().SetFault(func() error { return errors.New("disk full") })
+			h.svc.DB().(store.Faults).SetFault(func() error { return errors.New("disk full") })
 		} else {
-			h.svc.DB().SetFault(nil)
+			h.svc.DB().(store.Faults).SetFault(nil)
 		}
 	}
 
@@ -1076,6 +1081,36 @@ func TestSuspendFailsClosed(t *testing.T) {
 	who, err := h.env.Public.WhoAmI(as(bg(), key), &credentialv1.WhoAmIRequest{})
 	if err != nil || who.GetRole() != auth.RoleMember {
 		t.Fatalf("the key was widened although the record was not: %v %v", who, err)
+	}
+}
+
+// TestInternalMethodsRequireServiceCredential: AdminService, mounted as
+// backlogd mounts it, answers only a caller presenting the service
+// credential (the agent service has no other internal method).
+func TestInternalMethodsRequireServiceCredential(t *testing.T) {
+	h := newHarness(t)
+	_, owner := h.env.NewWorkspace(t, "acme")
+	bare, sibling := h.dial(t), h.dial(t, grpc.WithPerRPCCredentials(auth.ServiceCredentials{Token: h.env.ServiceToken}))
+	for _, tc := range []struct {
+		name string
+		conn *grpc.ClientConn
+		ctx  context.Context
+		want codes.Code
+	}{
+		{"no service credential", bare, bg(), codes.Unauthenticated},
+		{"a member's token", bare, as(bg(), owner), codes.Unauthenticated},
+		{"wrong service credential", bare, metadata.AppendToOutgoingContext(bg(), auth.ServiceTokenKey, credfmt.New(credfmt.Service)), codes.Unauthenticated},
+		{"the service credential", sibling, bg(), codes.OK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name, b, err := snapshot(tc.ctx, tc.conn)
+			if status.Code(err) != tc.want {
+				t.Fatalf("AdminService.Snapshot = %v, want %v", err, tc.want)
+			}
+			if err == nil && (name != "agent.db" || len(b) == 0) {
+				t.Fatalf("snapshot of %q, %d bytes", name, len(b))
+			}
+		})
 	}
 }
 
