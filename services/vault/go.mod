@@ -12,7 +12,6 @@ require (
 	github.com/backlog/controlplane/gen v0.0.0-00010101000000-000000000000
 	github.com/backlog/controlplane/services/credential v0.0.0-00010101000000-000000000000
 	github.com/backlog/controlplane/services/kit v0.0.0-00010101000000-000000000000
-	go.etcd.io/bbolt v1.5.0
 	go.uber.org/zap v1.28.0
 	golang.org/x/net v0.61.0
 	google.golang.org/grpc v1.85.0
@@ -30,6 +29,7 @@ require (
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
+	go.etcd.io/bbolt v1.5.0 // indirect
 	go.uber.org/multierr v1.10.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.43.0 // indirect

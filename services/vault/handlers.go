@@ -1,7 +1,6 @@
 package vault
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -60,8 +59,7 @@ func (s *Service) ListSecrets(ctx context.Context, req *vaultv1.ListSecretsReque
 	if err != nil {
 		return nil, err
 	}
-	prefix := store.Key(ws, "")
-	if len(after) > 0 && !bytes.HasPrefix(after, prefix) {
+	if len(after) > 0 && !listStartIn(ws, after) {
 		return nil, errs.Invalid("pageToken", "does not belong to this workspace")
 	}
 	if _, err := auth.Require(ctx, ws, auth.SecretsRead); err != nil {
@@ -69,22 +67,19 @@ func (s *Service) ListSecrets(ctx context.Context, req *vaultv1.ListSecretsReque
 	}
 	now := s.now()
 	resp := &vaultv1.ListSecretsResponse{}
-	err = s.db.View(func(tx *store.Tx) error {
-		next, err := store.Scan(tx, secretsBucket, prefix, after, size, func(k, v []byte) (bool, error) {
-			rec := &vaultv1.Secret{}
-			if err := proto.Unmarshal(v, rec); err != nil {
-				return false, fmt.Errorf("decode secret %q: %w", k, err)
-			}
+	err = s.db.View(ctx, func(tx store.ReadTx) error {
+		resp.Secrets = nil
+		next, err := listSecrets(tx, ws, after, size, func(rec *secretRecord) bool {
 			if kind != "" && rec.GetKind() != kind {
-				return false, nil
+				return false
 			}
 			// Due within the window: expiring by now+within, including those
 			// already expired (they need attention most).
 			if within > 0 && (rec.GetExpiresAt() == nil || rec.GetExpiresAt().AsTime().After(now.Add(within))) {
-				return false, nil
+				return false
 			}
 			resp.Secrets = append(resp.Secrets, present(rec, now))
-			return true, nil
+			return true
 		})
 		resp.NextPageToken = page.Encode(scope, next)
 		return err
@@ -107,10 +102,10 @@ func (s *Service) GetSecret(ctx context.Context, req *vaultv1.GetSecretRequest) 
 	if err := existingName(name); err != nil {
 		return nil, err
 	}
-	var rec *vaultv1.Secret
-	err := s.db.View(func(tx *store.Tx) error {
+	var rec *secretRecord
+	err := s.db.View(ctx, func(tx store.ReadTx) error {
 		var err error
-		rec, err = load(tx, ws, name)
+		rec, err = getSecret(tx, ws, name)
 		return err
 	})
 	if err != nil {
@@ -155,17 +150,18 @@ func (s *Service) CreateSecret(ctx context.Context, req *vaultv1.CreateSecretReq
 	}
 
 	ts := timestamppb.New(now)
-	rec := &vaultv1.Secret{
+	rec := &secretRecord{
 		WorkspaceId: ws, Name: name, Kind: kind, Description: desc, ExpiresAt: expires,
 		State: StateActive, Version: 1, CreatedAt: ts, UpdatedAt: ts,
 	}
-	ev := audit.Event(ctx, serviceName, ws, actionCreate, "secret", name, audit.Success,
+	ev := s.rec.Event(ctx, ws, actionCreate, "secret", name, audit.Success,
 		fmt.Sprintf("kind=%s version=1%s", kind, expiryDetail(expires)))
 	value := []byte(req.GetValue())
 	defer clear(value)
-	err = s.db.Update(ctx, func(tx *store.Tx) error {
-		key := secretKey(ws, name)
-		if existing := tx.Bucket(secretsBucket).Get(key); existing != nil {
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
+		if taken, err := secretExists(tx, ws, name); err != nil {
+			return err
+		} else if taken {
 			return fail(ErrNameTaken, "a secret named %q already exists in this workspace (names are unique regardless of case); update it instead", name)
 		}
 		dk, err := s.dataKeyForWrite(tx, ws)
@@ -176,10 +172,10 @@ func (s *Service) CreateSecret(ctx context.Context, req *vaultv1.CreateSecretReq
 		if err != nil {
 			return err
 		}
-		if err := store.Put(tx, secretsBucket, key, rec); err != nil {
+		if err := putSecret(tx, rec); err != nil {
 			return err
 		}
-		if err := tx.Bucket(valuesBucket).Put(key, sealed); err != nil {
+		if err := putSealedValue(tx, ws, name, sealed); err != nil {
 			return err
 		}
 		return audit.Put(tx, ev)
@@ -223,9 +219,9 @@ func (s *Service) UpdateSecret(ctx context.Context, req *vaultv1.UpdateSecretReq
 	}
 	value := []byte(ch.value)
 	defer clear(value)
-	var out *vaultv1.Secret
-	err = s.db.Update(ctx, func(tx *store.Tx) error {
-		rec, err := load(tx, ws, name)
+	var out *secretRecord
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
+		rec, err := getSecret(tx, ws, name)
 		if err != nil {
 			return err
 		}
@@ -246,7 +242,7 @@ func (s *Service) UpdateSecret(ctx context.Context, req *vaultv1.UpdateSecretReq
 			if err != nil {
 				return err
 			}
-			if err := tx.Bucket(valuesBucket).Put(secretKey(ws, name), sealed); err != nil {
+			if err := putSealedValue(tx, ws, name, sealed); err != nil {
 				return err
 			}
 			if rec.State == StateRevoked {
@@ -261,7 +257,7 @@ func (s *Service) UpdateSecret(ctx context.Context, req *vaultv1.UpdateSecretReq
 			rec.ExpiresAt = ch.expiresAt
 		}
 		rec.UpdatedAt = timestamppb.New(now)
-		if err := store.Put(tx, secretsBucket, secretKey(ws, name), rec); err != nil {
+		if err := putSecret(tx, rec); err != nil {
 			return err
 		}
 		detail := fmt.Sprintf("fields=%s version=%d%s", strings.Join(ch.fields(), ","), rec.Version, expiryDetail(rec.ExpiresAt))
@@ -269,7 +265,7 @@ func (s *Service) UpdateSecret(ctx context.Context, req *vaultv1.UpdateSecretReq
 			detail += " " + strings.Join(notes, " ")
 		}
 		out = rec
-		return audit.Put(tx, audit.Event(ctx, serviceName, ws, actionUpdate, "secret", rec.Name, audit.Success, detail))
+		return audit.Put(tx, s.rec.Event(ctx, ws, actionUpdate, "secret", rec.Name, audit.Success, detail))
 	})
 	if err != nil {
 		if !errors.Is(err, ErrNotFound) {
@@ -295,9 +291,9 @@ func (s *Service) RevokeSecret(ctx context.Context, req *vaultv1.RevokeSecretReq
 		return nil, err
 	}
 	now := s.now()
-	var out *vaultv1.Secret
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
-		rec, err := load(tx, ws, name)
+	var out *secretRecord
+	err := s.db.Update(ctx, func(tx store.WriteTx) error {
+		rec, err := getSecret(tx, ws, name)
 		if err != nil {
 			return err
 		}
@@ -306,12 +302,12 @@ func (s *Service) RevokeSecret(ctx context.Context, req *vaultv1.RevokeSecretReq
 			detail = "already revoked"
 		} else {
 			rec.State, rec.RevokedAt, rec.UpdatedAt = StateRevoked, timestamppb.New(now), timestamppb.New(now)
-			if err := store.Put(tx, secretsBucket, secretKey(ws, name), rec); err != nil {
+			if err := putSecret(tx, rec); err != nil {
 				return err
 			}
 		}
 		out = rec
-		return audit.Put(tx, audit.Event(ctx, serviceName, ws, actionRevoke, "secret", rec.Name, audit.Success, detail))
+		return audit.Put(tx, s.rec.Event(ctx, ws, actionRevoke, "secret", rec.Name, audit.Success, detail))
 	})
 	if err != nil {
 		if !errors.Is(err, ErrNotFound) {
@@ -336,20 +332,16 @@ func (s *Service) DeleteSecret(ctx context.Context, req *vaultv1.DeleteSecretReq
 		return nil, err
 	}
 	var deleted string
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
-		rec, err := load(tx, ws, name)
+	err := s.db.Update(ctx, func(tx store.WriteTx) error {
+		rec, err := getSecret(tx, ws, name)
 		if err != nil {
 			return err
 		}
-		key := secretKey(ws, name)
-		if err := tx.Bucket(secretsBucket).Delete(key); err != nil {
-			return err
-		}
-		if err := tx.Bucket(valuesBucket).Delete(key); err != nil {
+		if err := deleteSecret(tx, ws, name); err != nil {
 			return err
 		}
 		deleted = rec.Name
-		return audit.Put(tx, audit.Event(ctx, serviceName, ws, actionDelete, "secret", rec.Name, audit.Success,
+		return audit.Put(tx, s.rec.Event(ctx, ws, actionDelete, "secret", rec.Name, audit.Success,
 			fmt.Sprintf("kind=%s version=%d", rec.Kind, rec.Version)))
 	})
 	if err != nil {
@@ -362,23 +354,9 @@ func (s *Service) DeleteSecret(ctx context.Context, req *vaultv1.DeleteSecretReq
 	return &vaultv1.DeleteSecretResponse{}, nil
 }
 
-// load reads one secret's record in tx.
-func load(tx *store.Tx, ws, name string) (*vaultv1.Secret, error) {
-	rec := &vaultv1.Secret{}
-	ok, err := store.Get(tx, secretsBucket, secretKey(ws, name), rec)
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		return nil, fail(ErrNotFound, "secret %q not found in this workspace", name)
-	}
-	rec.Value = "" // never stored; belt and braces
-	return rec, nil
-}
-
 // stateAt is a record's state at now: revoked, expired (expiry reached), or
 // active.
-func stateAt(rec *vaultv1.Secret, now time.Time) string {
+func stateAt(rec *secretRecord, now time.Time) string {
 	switch {
 	case rec.GetState() == StateRevoked:
 		return StateRevoked
@@ -388,16 +366,26 @@ func stateAt(rec *vaultv1.Secret, now time.Time) string {
 	return StateActive
 }
 
-// present is a record as callers see it: state computed, never a value.
-func present(rec *vaultv1.Secret, now time.Time) *vaultv1.Secret {
-	out := proto.CloneOf(rec)
-	out.Value = ""
-	out.State = stateAt(rec, now)
-	return out
+// present is a stored record as callers see it, the one conversion from
+// record to API message: state computed, never a value.
+func present(rec *secretRecord, now time.Time) *vaultv1.Secret {
+	return &vaultv1.Secret{
+		WorkspaceId: rec.GetWorkspaceId(),
+		Name:        rec.GetName(),
+		Kind:        rec.GetKind(),
+		Description: rec.GetDescription(),
+		ExpiresAt:   proto.CloneOf(rec.GetExpiresAt()),
+		State:       stateAt(rec, now),
+		Version:     rec.GetVersion(),
+		CreatedAt:   proto.CloneOf(rec.GetCreatedAt()),
+		UpdatedAt:   proto.CloneOf(rec.GetUpdatedAt()),
+		LastUsedAt:  proto.CloneOf(rec.GetLastUsedAt()),
+		RevokedAt:   proto.CloneOf(rec.GetRevokedAt()),
+	}
 }
 
 // usable checks that a secret may be used now, by kind.
-func usable(rec *vaultv1.Secret, now time.Time, kind, use string) error {
+func usable(rec *secretRecord, now time.Time, kind, use string) error {
 	switch stateAt(rec, now) {
 	case StateRevoked:
 		return fail(ErrRevoked, "secret %q is revoked: %s refused until an owner or admin updates its value", rec.GetName(), use)

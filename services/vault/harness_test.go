@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -32,6 +34,7 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	adminv1 "github.com/backlog/controlplane/gen/go/backlog/admin/v1"
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
@@ -39,7 +42,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/ids"
-	"github.com/backlog/controlplane/services/kit/server"
+	"github.com/backlog/controlplane/services/kit/mount"
 	"github.com/backlog/controlplane/services/vault"
 )
 
@@ -132,11 +135,16 @@ func (tg *target) requests() int64 { return tg.count.Load() }
 
 // proc is one running vault: service, gRPC server, clients.
 type proc struct {
-	svc      *vault.Service
-	client   vaultv1.VaultServiceClient
+	svc    *vault.Service
+	client vaultv1.VaultServiceClient
+	// internal presents the service credential, as a sibling service;
+	// stranger is the same API on the user's connection, without it.
 	internal vaultv1.VaultInternalServiceClient
+	stranger vaultv1.VaultInternalServiceClient
 	audit    auditv1.AuditServiceClient
-	stop     func()
+	// conn is the user's connection, sibling the service's.
+	conn, sibling *grpc.ClientConn
+	stop          func()
 }
 
 // harness is a real credential service and a real vault, each on its own
@@ -211,16 +219,23 @@ func (h *harness) start(cfg vault.Config) *proc {
 	ctx, cancel := context.WithCancel(context.Background())
 	remote := auth.NewRemote(credentialv1.NewCredentialInternalServiceClient(credConn), h.lg)
 	go remote.Watch(ctx)
-	srv := server.New(server.Config{Name: "vault", Logger: h.lg, Errors: svc.Errors(), Auth: remote, NoAuth: svc.NoAuth,
-		Internal: svc.Internal, ServiceToken: cfg.ServiceToken})
-	svc.Register(srv.GRPC)
+	// Mounted as backlogd mounts it, requiring the vault's own service
+	// credential; the listener is ours so that restart can end the server.
+	srv := mount.New(svc, mount.Options{Name: "vault", Logger: h.lg, Auth: remote, ServiceToken: cfg.ServiceToken})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go srv.Serve(lis)
+	// A user's connection (bearer tokens only) and a sibling service's
+	// (presenting the service credential, as backlogd's siblings do).
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithUnaryInterceptor(h.capture))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sibling, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithUnaryInterceptor(h.capture), grpc.WithPerRPCCredentials(auth.ServiceCredentials{Token: h.env.ServiceToken}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,6 +243,7 @@ func (h *harness) start(cfg vault.Config) *proc {
 	stop := func() {
 		once.Do(func() {
 			conn.Close()
+			sibling.Close()
 			srv.Stop(time.Second)
 			cancel()
 			if err := svc.Close(); err != nil {
@@ -238,9 +254,10 @@ func (h *harness) start(cfg vault.Config) *proc {
 	}
 	t.Cleanup(stop)
 	return &proc{
-		svc: svc, stop: stop,
+		svc: svc, stop: stop, conn: conn, sibling: sibling,
 		client:   vaultv1.NewVaultServiceClient(conn),
-		internal: vaultv1.NewVaultInternalServiceClient(conn),
+		internal: vaultv1.NewVaultInternalServiceClient(sibling),
+		stranger: vaultv1.NewVaultInternalServiceClient(conn),
 		audit:    auditv1.NewAuditServiceClient(conn),
 	}
 }
@@ -284,14 +301,41 @@ func (h *harness) responsesSeen() string {
 
 var as = credentialtest.As
 
+// snapshot reads a whole AdminService.Snapshot: the store's name and bytes.
+func snapshot(ctx context.Context, cc grpc.ClientConnInterface) (string, []byte, error) {
+	stream, err := adminv1.NewAdminServiceClient(cc).Snapshot(ctx, &adminv1.SnapshotRequest{})
+	if err != nil {
+		return "", nil, err
+	}
+	var (
+		name string
+		size int64
+		b    []byte
+	)
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return "", nil, err
+		}
+		if m.GetStore() != "" {
+			name, size = m.GetStore(), m.GetSize()
+		}
+		b = append(b, m.GetChunk()...)
+	}
+	if int64(len(b)) != size {
+		return name, b, fmt.Errorf("snapshot sent %d bytes, announced %d", len(b), size)
+	}
+	return name, b, nil
+}
+
 func bg() context.Context { return context.Background() }
 
 func withService(ctx context.Context, token string) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, vault.ServiceTokenMetadataKey, token)
 }
-
-// asService is a call from a sibling service holding the service credential.
-func (h *harness) asService() context.Context { return withService(bg(), h.env.ServiceToken) }
 
 // wantCode fails unless err has the code (and, when set, the reason).
 func wantCode(t *testing.T, err error, code codes.Code, reason string) {

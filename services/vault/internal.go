@@ -41,7 +41,7 @@ func (s *Service) Resolve(ctx context.Context, req *vaultv1.ResolveRequest) (*va
 		return nil, err
 	}
 	event := func(target, outcome, detail string) *auditEvent {
-		ev := audit.Event(ctx, serviceName, ws, actionUse, "secret", target, outcome, detail)
+		ev := s.rec.Event(ctx, ws, actionUse, "secret", target, outcome, detail)
 		ev.ActorKind, ev.ActorId = actorService, caller
 		return ev
 	}
@@ -54,10 +54,12 @@ func (s *Service) Resolve(ctx context.Context, req *vaultv1.ResolveRequest) (*va
 		return nil, ErrSealed
 	}
 	now := s.now()
-	var out *vaultv1.Secret
+	var out *secretRecord
 	var value []byte
-	err = s.db.Update(ctx, func(tx *store.Tx) error {
-		rec, err := load(tx, ws, name)
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
+		clear(value) // a value decrypted by an earlier run of fn
+		out, value = nil, nil
+		rec, err := getSecret(tx, ws, name)
 		if err != nil {
 			return err
 		}
@@ -69,7 +71,7 @@ func (s *Service) Resolve(ctx context.Context, req *vaultv1.ResolveRequest) (*va
 			return err
 		}
 		rec.LastUsedAt = timestamppb.New(now)
-		if err := store.Put(tx, secretsBucket, secretKey(ws, name), rec); err != nil {
+		if err := putSecret(tx, rec); err != nil {
 			clear(v)
 			return err
 		}

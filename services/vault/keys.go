@@ -1,7 +1,6 @@
 package vault
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -15,35 +14,10 @@ import (
 	"github.com/backlog/controlplane/services/kit/store"
 )
 
-// rewrapBatch bounds the data keys rewrapped per transaction, so that a
-// rotation never holds the writer for long.
-const rewrapBatch = 256
-
-// latestDataKey returns the newest data key version of ws and its wrapped
-// blob, or 0 when the workspace has none yet.
-func latestDataKey(tx *store.Tx, ws string) (uint32, []byte, error) {
-	prefix := store.Key(ws, "")
-	c := tx.Bucket(dataKeysBucket).Cursor()
-	k, v := c.Seek(store.Key(ws, "~")) // '~' sorts after every hex digit
-	if k == nil {
-		k, v = c.Last()
-	} else {
-		k, v = c.Prev()
-	}
-	if k == nil || !bytes.HasPrefix(k, prefix) {
-		return 0, nil, nil
-	}
-	ver, err := strconv.ParseUint(string(k[len(prefix):]), 16, 32)
-	if err != nil || ver == 0 {
-		return 0, nil, fmt.Errorf("malformed data key id %q", k)
-	}
-	return uint32(ver), v, nil
-}
-
 // dataKeyForWrite returns the data key new values of ws are sealed with,
 // creating (and wrapping with the active key-encryption key) the
 // workspace's first one if needed. It must run in a write transaction.
-func (s *Service) dataKeyForWrite(tx *store.Tx, ws string) (*dataKey, error) {
+func (s *Service) dataKeyForWrite(tx store.WriteTx, ws string) (*dataKey, error) {
 	k := s.keys.activeKEK()
 	if k == nil {
 		return nil, ErrSealed
@@ -63,7 +37,7 @@ func (s *Service) dataKeyForWrite(tx *store.Tx, ws string) (*dataKey, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := tx.Bucket(dataKeysBucket).Put(dataKeyKey(ws, ver), wrapped); err != nil {
+		if err := putDataKey(tx, ws, ver, wrapped); err != nil {
 			return nil, err
 		}
 	} else if key, err = s.keys.unwrapDataKey(ws, ver, blob); err != nil {
@@ -78,11 +52,14 @@ func (s *Service) dataKeyForWrite(tx *store.Tx, ws string) (*dataKey, error) {
 }
 
 // dataKeyFor returns version ver of ws's data key.
-func (s *Service) dataKeyFor(tx *store.Tx, ws string, ver uint32) (*dataKey, error) {
+func (s *Service) dataKeyFor(tx store.ReadTx, ws string, ver uint32) (*dataKey, error) {
 	if s.keys.sealed() {
 		return nil, ErrSealed
 	}
-	blob := tx.Bucket(dataKeysBucket).Get(dataKeyKey(ws, ver))
+	blob, err := wrappedDataKey(tx, ws, ver)
+	if err != nil {
+		return nil, err
+	}
 	if blob == nil {
 		return nil, fmt.Errorf("workspace %s has no data key version %d", ws, ver)
 	}
@@ -109,8 +86,11 @@ func (s *Service) dataKeyErr(ws string, err error) error {
 }
 
 // decrypt opens a secret's stored value in tx.
-func (s *Service) decrypt(tx *store.Tx, ws, key string, version int64, display string) ([]byte, error) {
-	blob := tx.Bucket(valuesBucket).Get(secretKey(ws, key))
+func (s *Service) decrypt(tx store.ReadTx, ws, key string, version int64, display string) ([]byte, error) {
+	blob, err := sealedValue(tx, ws, key)
+	if err != nil {
+		return nil, err
+	}
 	if blob == nil {
 		s.lg.Error("secret has no stored value", zap.String("workspace-id", ws), zap.String("secret", display))
 		return nil, fail(ErrUnreadable, "secret %q has no stored value; update its value", display)
@@ -138,11 +118,11 @@ func (s *Service) decrypt(tx *store.Tx, ws, key string, version int64, display s
 // retire a key-encryption key between this snapshot's read of a wrapped
 // data key and its unwrap; then the newer snapshot has the rewrapped key,
 // so the read is repeated once.
-func (s *Service) viewKeys(fn func(*store.Tx) error) error {
+func (s *Service) viewKeys(ctx context.Context, fn func(store.ReadTx) error) error {
 	gen := s.keys.generation()
-	err := s.db.View(fn)
+	err := s.db.View(ctx, fn)
 	if errors.Is(err, ErrKeyMissing) && s.keys.generation() != gen {
-		err = s.db.View(fn)
+		err = s.db.View(ctx, fn)
 	}
 	return err
 }
@@ -198,105 +178,107 @@ func (s *Service) RotateKEK(ctx context.Context, newKEKPath string) (*RotateKEKR
 }
 
 // rewrapAll rewraps every data key not wrapped by the active key, in
-// batches. It fails if some data key is wrapped by a key that is not loaded.
+// chunks that fit the store's update limits (see perUpdate), each its own
+// transaction, so that no rotation holds the writer for long. It walks the data
+// keys once, in key order: data keys created meanwhile are wrapped by the
+// active key already. Stopped part-way (an error, a crash), every data key
+// is wrapped by the old key or the new one, both of which stay loaded; a
+// later call (a retried rotation, or a start with the old key as a previous
+// key) finishes the rest. It fails if some data key is wrapped by a key that
+// is not loaded.
 func (s *Service) rewrapAll(ctx context.Context) (int, error) {
+	batch := s.perUpdate(1)
 	total := 0
+	unknown := map[kekID]int{}
+	var after []byte
 	for {
-		var n int
-		var more bool
-		var unknown map[kekID]int
-		err := s.db.Update(ctx, func(tx *store.Tx) error {
-			n, more, unknown = 0, false, map[kekID]int{}
+		type rewrapped struct {
+			ws      string
+			ver     uint32
+			wrapped []byte
+		}
+		var chunk []rewrapped
+		var chunkUnknown map[kekID]int
+		var next []byte
+		err := s.db.Update(ctx, func(tx store.WriteTx) error {
+			chunk, chunkUnknown = nil, map[kekID]int{}
 			active := s.keys.activeKEK()
 			if active == nil {
 				return ErrSealed
 			}
-			b := tx.Bucket(dataKeysBucket)
-			type put struct{ k, v []byte }
-			var puts []put
-			c := b.Cursor()
-			for k, v := c.First(); k != nil; k, v = c.Next() {
-				id, err := wrappedBy(v)
+			var err error
+			next, err = eachDataKey(tx, after, batch, func(ws string, ver uint32, blob []byte) (bool, error) {
+				id, err := wrappedBy(blob)
 				if err != nil {
-					return fmt.Errorf("data key %q: %w", k, err)
+					return false, fmt.Errorf("data key %d of workspace %s: %w", ver, ws, err)
 				}
 				if id == active.id {
-					continue
+					return false, nil
 				}
 				if s.keys.get(id) == nil {
-					unknown[id]++
-					continue
+					chunkUnknown[id]++
+					return false, nil
 				}
-				if len(puts) == rewrapBatch {
-					more = true
-					break
-				}
-				ws, ver, err := splitDataKeyKey(k)
+				key, err := s.keys.unwrapDataKey(ws, ver, blob)
 				if err != nil {
-					return err
-				}
-				key, err := s.keys.unwrapDataKey(ws, ver, v)
-				if err != nil {
-					return fmt.Errorf("data key of workspace %s: %w", ws, err)
+					return false, fmt.Errorf("data key of workspace %s: %w", ws, err)
 				}
 				wrapped, err := wrapDataKey(active, ws, ver, key)
 				clear(key)
 				if err != nil {
+					return false, err
+				}
+				chunk = append(chunk, rewrapped{ws, ver, wrapped})
+				return true, nil
+			})
+			if err != nil {
+				return err
+			}
+			// Written after the scan, which must not see its bucket change.
+			for _, r := range chunk {
+				if err := putDataKey(tx, r.ws, r.ver, r.wrapped); err != nil {
 					return err
 				}
-				puts = append(puts, put{bytes.Clone(k), wrapped})
 			}
-			// Written after the scan: a bbolt cursor must not see its bucket change.
-			for _, p := range puts {
-				if err := b.Put(p.k, p.v); err != nil {
-					return err
-				}
-			}
-			n = len(puts)
 			return nil
 		})
 		if err != nil {
 			return total, err
 		}
-		total += n
-		if !more {
-			if len(unknown) > 0 {
-				return total, fail(ErrRotation, "%s: %s wrapped by key-encryption keys that are not loaded (%s); load them as previous keys and retry",
-					ErrRotation.Error(), plural(sum(unknown), "data key is", "data keys are"), idList(unknown))
-			}
-			return total, nil
+		total += len(chunk)
+		for id, n := range chunkUnknown {
+			unknown[id] += n
 		}
+		if next == nil {
+			break
+		}
+		after = next
 	}
+	if len(unknown) > 0 {
+		return total, fail(ErrRotation, "%s: %s wrapped by key-encryption keys that are not loaded (%s); load them as previous keys and retry",
+			ErrRotation.Error(), plural(sum(unknown), "data key is", "data keys are"), idList(unknown))
+	}
+	return total, nil
 }
 
 // unknownWrappers counts the data keys wrapped by keys that are not loaded.
-func (s *Service) unknownWrappers() (map[kekID]int, error) {
+func (s *Service) unknownWrappers(ctx context.Context) (map[kekID]int, error) {
 	unknown := map[kekID]int{}
-	err := s.db.View(func(tx *store.Tx) error {
-		return tx.Bucket(dataKeysBucket).ForEach(func(k, v []byte) error {
-			id, err := wrappedBy(v)
+	err := s.db.View(ctx, func(tx store.ReadTx) error {
+		clear(unknown)
+		_, err := eachDataKey(tx, nil, 0, func(ws string, ver uint32, blob []byte) (bool, error) {
+			id, err := wrappedBy(blob)
 			if err != nil {
-				return fmt.Errorf("data key %q: %w", k, err)
+				return false, fmt.Errorf("data key %d of workspace %s: %w", ver, ws, err)
 			}
 			if s.keys.get(id) == nil {
 				unknown[id]++
 			}
-			return nil
+			return true, nil
 		})
+		return err
 	})
 	return unknown, err
-}
-
-func splitDataKeyKey(k []byte) (string, uint32, error) {
-	i := bytes.LastIndexByte(k, '/')
-	if i <= 0 {
-		return "", 0, fmt.Errorf("malformed data key id %q", k)
-	}
-	ver, err := strconv.ParseUint(string(k[i+1:]), 16, 32)
-	if err != nil || ver == 0 {
-		return "", 0, fmt.Errorf("malformed data key id %q", k)
-	}
-	return string(k[:i]), uint32(ver), nil
 }
 
 func sum(m map[kekID]int) int {

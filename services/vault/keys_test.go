@@ -2,6 +2,7 @@ package vault_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,14 +11,16 @@ import (
 	"strings"
 	"testing"
 
-	bolt "go.etcd.io/bbolt"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
+	"github.com/backlog/controlplane/services/kit/credfmt"
 	"github.com/backlog/controlplane/services/kit/store"
+	"github.com/backlog/controlplane/services/kit/store/boltstore"
 	"github.com/backlog/controlplane/services/vault"
 )
 
@@ -44,9 +47,9 @@ func TestSealedVaultRefusesValueOperations(t *testing.T) {
 	wantSealed(t, err)
 	_, err = h.run(ws, owner, "/", map[string]string{"X-Api-Key": "{secret:api}"})
 	wantSealed(t, err)
-	_, err = h.internal.Resolve(h.asService(), &vaultv1.ResolveRequest{WorkspaceId: ws, Name: "db"})
+	_, err = h.internal.Resolve(bg(), &vaultv1.ResolveRequest{WorkspaceId: ws, Name: "db"})
 	wantSealed(t, err)
-	_, err = h.internal.RotateKek(h.asService(), &vaultv1.RotateKekRequest{KekFile: h.kekFile})
+	_, err = h.internal.RotateKek(bg(), &vaultv1.RotateKekRequest{KekFile: h.kekFile})
 	wantSealed(t, err)
 	if h.tls.requests() != 0 {
 		t.Fatal("a sealed vault sent a request")
@@ -137,7 +140,7 @@ func TestKEKRotation(t *testing.T) {
 			if _, err := h.run(ws, owners[i], "/", map[string]string{"X-Api-Key": "{secret:api}"}); err != nil {
 				t.Fatalf("use in %s: %v", ws, err)
 			}
-			if _, err := h.internal.Resolve(h.asService(), &vaultv1.ResolveRequest{WorkspaceId: ws, Name: "db"}); err != nil {
+			if _, err := h.internal.Resolve(bg(), &vaultv1.ResolveRequest{WorkspaceId: ws, Name: "db"}); err != nil {
 				t.Fatalf("resolve in %s: %v", ws, err)
 			}
 		}
@@ -149,16 +152,16 @@ func TestKEKRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Only the service token may rotate, and only with an absolute path.
-	_, err := h.internal.RotateKek(bg(), &vaultv1.RotateKekRequest{KekFile: newKEK})
+	_, err := h.stranger.RotateKek(bg(), &vaultv1.RotateKekRequest{KekFile: newKEK})
 	wantCode(t, err, codes.Unauthenticated, "")
-	_, err = h.internal.RotateKek(as(bg(), owners[0]), &vaultv1.RotateKekRequest{KekFile: newKEK})
+	_, err = h.stranger.RotateKek(as(bg(), owners[0]), &vaultv1.RotateKekRequest{KekFile: newKEK})
 	wantCode(t, err, codes.Unauthenticated, "")
-	_, err = h.internal.RotateKek(h.asService(), &vaultv1.RotateKekRequest{KekFile: "new.kek"})
+	_, err = h.internal.RotateKek(bg(), &vaultv1.RotateKekRequest{KekFile: "new.kek"})
 	wantCode(t, err, codes.InvalidArgument, "")
-	_, err = h.internal.RotateKek(h.asService(), &vaultv1.RotateKekRequest{KekFile: "/nonexistent/kek"})
+	_, err = h.internal.RotateKek(bg(), &vaultv1.RotateKekRequest{KekFile: "/nonexistent/kek"})
 	wantCode(t, err, codes.FailedPrecondition, "KEK_ROTATION_FAILED")
 
-	resp, err := h.internal.RotateKek(h.asService(), &vaultv1.RotateKekRequest{KekFile: newKEK})
+	resp, err := h.internal.RotateKek(bg(), &vaultv1.RotateKekRequest{KekFile: newKEK})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +221,7 @@ func TestRotationIsOnline(t *testing.T) {
 				return
 			default:
 			}
-			if _, err := h.internal.Resolve(h.asService(), &vaultv1.ResolveRequest{WorkspaceId: ws, Name: "db"}); err != nil {
+			if _, err := h.internal.Resolve(bg(), &vaultv1.ResolveRequest{WorkspaceId: ws, Name: "db"}); err != nil {
 				errc <- err
 				return
 			}
@@ -237,20 +240,38 @@ func TestRotationIsOnline(t *testing.T) {
 	}
 }
 
-// tamper stops the vault, changes its store file with bbolt directly, and
-// restarts it.
-func (h *harness) tamper(t *testing.T, fn func(tx *bolt.Tx) error) {
+// The vault's buckets, by the names its store file has.
+var (
+	valuesBucket   = store.Bucket("secret_values")
+	dataKeysBucket = store.Bucket("data_keys")
+)
+
+// tamper stops the vault, changes its store file directly (through the
+// engine, behind the vault's back), and restarts it.
+func (h *harness) tamper(t *testing.T, fn func(tx store.WriteTx) error) {
 	t.Helper()
 	h.proc.stop()
-	db, err := bolt.Open(filepath.Join(h.cfg.DataDir, "vault.db"), 0o600, nil)
+	db, err := boltstore.Open(filepath.Join(h.cfg.DataDir, "vault.db"), []store.Bucket{valuesBucket, dataKeysBucket}, boltstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Update(fn); err != nil {
+	if err := db.Update(bg(), fn); err != nil {
 		t.Fatal(err)
 	}
-	db.Close()
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
 	h.proc = h.start(h.cfg)
+}
+
+// get copies the value at key in b out of tx; an absent key is an error
+// (tamper fails the test with it: fn runs on the store's own goroutine).
+func get(tx store.ReadTx, b store.Bucket, key []byte) ([]byte, error) {
+	v, err := tx.Get(b, key)
+	if err == nil && v == nil {
+		err = fmt.Errorf("%s/%s is absent", b, key)
+	}
+	return bytes.Clone(v), err
 }
 
 func TestTamperedCiphertextFailsCleanly(t *testing.T) {
@@ -268,13 +289,15 @@ func TestTamperedCiphertextFailsCleanly(t *testing.T) {
 		"body": func(int) int { return 20 }, "header": func(int) int { return 0 }, "nonce": func(int) int { return 7 },
 		"version": func(int) int { return 4 }, "last": func(n int) int { return n - 1 }, "db": func(int) int { return 25 },
 	}
-	h.tamper(t, func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte("secret_values"))
+	h.tamper(t, func(tx store.WriteTx) error {
 		for name, off := range offsets {
 			k := store.Key(ws, name)
-			v := bytes.Clone(b.Get(k))
+			v, err := get(tx, valuesBucket, k)
+			if err != nil {
+				return err
+			}
 			v[off(len(v))] ^= 0x01
-			if err := b.Put(k, v); err != nil {
+			if err := tx.Put(valuesBucket, k, v); err != nil {
 				return err
 			}
 		}
@@ -289,7 +312,7 @@ func TestTamperedCiphertextFailsCleanly(t *testing.T) {
 			}
 		})
 	}
-	_, err := h.internal.Resolve(h.asService(), &vaultv1.ResolveRequest{WorkspaceId: ws, Name: "db"})
+	_, err := h.internal.Resolve(bg(), &vaultv1.ResolveRequest{WorkspaceId: ws, Name: "db"})
 	wantCode(t, err, codes.DataLoss, "SECRET_UNREADABLE")
 	if h.tls.requests() != 0 {
 		t.Fatal("a tampered secret was sent")
@@ -302,12 +325,14 @@ func TestTamperedCiphertextFailsCleanly(t *testing.T) {
 		t.Fatalf("after repair: %v", err)
 	}
 	// A tampered wrapped data key fails the workspace's uses cleanly too.
-	h.tamper(t, func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte("data_keys"))
+	h.tamper(t, func(tx store.WriteTx) error {
 		k := store.Key(ws, "00000001")
-		v := bytes.Clone(b.Get(k))
+		v, err := get(tx, dataKeysBucket, k)
+		if err != nil {
+			return err
+		}
 		v[30] ^= 0x80
-		return b.Put(k, v)
+		return tx.Put(dataKeysBucket, k, v)
 	})
 	_, err = h.run(ws, owner, "/", map[string]string{"X-Api-Key": "{secret:body}"})
 	wantCode(t, err, codes.DataLoss, "SECRET_UNREADABLE")
@@ -326,26 +351,29 @@ func TestCiphertextBoundToItsRecord(t *testing.T) {
 	h.create(t, ws, owner, "rot", "webhook", newValue("rot1_"))
 	h.create(t, ws2, owner2, "b", "webhook", newValue("theirs_"))
 	var oldRot []byte
-	h.tamper(t, func(tx *bolt.Tx) error {
-		oldRot = bytes.Clone(tx.Bucket([]byte("secret_values")).Get(store.Key(ws, "rot")))
-		return nil
+	h.tamper(t, func(tx store.WriteTx) error {
+		var err error
+		oldRot, err = get(tx, valuesBucket, store.Key(ws, "rot"))
+		return err
 	})
 	if _, err := h.update(ws, owner, "rot", &vaultv1.Secret{Value: newValue("rot2_")}, "value"); err != nil {
 		t.Fatal(err)
 	}
-	h.tamper(t, func(tx *bolt.Tx) error {
-		vals := tx.Bucket([]byte("secret_values"))
-		ca := bytes.Clone(vals.Get(store.Key(ws, "a")))
+	h.tamper(t, func(tx store.WriteTx) error {
+		ca, err := get(tx, valuesBucket, store.Key(ws, "a"))
+		if err != nil {
+			return err
+		}
 		// a's ciphertext under b's name (same workspace, same data key) ...
-		if err := vals.Put(store.Key(ws, "b"), ca); err != nil {
+		if err := tx.Put(valuesBucket, store.Key(ws, "b"), ca); err != nil {
 			return err
 		}
 		// ... and under another workspace's b (whose data key differs) ...
-		if err := vals.Put(store.Key(ws2, "b"), ca); err != nil {
+		if err := tx.Put(valuesBucket, store.Key(ws2, "b"), ca); err != nil {
 			return err
 		}
 		// ... and an older version of rot put back (a rollback).
-		return vals.Put(store.Key(ws, "rot"), oldRot)
+		return tx.Put(valuesBucket, store.Key(ws, "rot"), oldRot)
 	})
 	_, err := h.run(ws, owner, "/", map[string]string{"X-Api-Key": "{secret:b}"})
 	wantCode(t, err, codes.DataLoss, "SECRET_UNREADABLE")
@@ -354,9 +382,12 @@ func TestCiphertextBoundToItsRecord(t *testing.T) {
 	_, err = h.run(ws, owner, "/", map[string]string{"X-Api-Key": "{secret:rot}"})
 	wantCode(t, err, codes.DataLoss, "SECRET_UNREADABLE")
 	// A wrapped data key moved to another workspace does not open either.
-	h.tamper(t, func(tx *bolt.Tx) error {
-		keys := tx.Bucket([]byte("data_keys"))
-		return keys.Put(store.Key(ws2, "00000001"), bytes.Clone(keys.Get(store.Key(ws, "00000001"))))
+	h.tamper(t, func(tx store.WriteTx) error {
+		wrapped, err := get(tx, dataKeysBucket, store.Key(ws, "00000001"))
+		if err != nil {
+			return err
+		}
+		return tx.Put(dataKeysBucket, store.Key(ws2, "00000001"), wrapped)
 	})
 	_, err = h.run(ws2, owner2, "/", map[string]string{"X-Api-Key": "{secret:b}"})
 	wantCode(t, err, codes.DataLoss, "SECRET_UNREADABLE")
@@ -378,14 +409,14 @@ func TestResolve(t *testing.T) {
 	h.create(t, ws, owner, "hook", "webhook", newValue("wh_"))
 	req := &vaultv1.ResolveRequest{WorkspaceId: ws, Name: "db", Caller: "integrations", Purpose: "connection conn_123"}
 
-	_, err := h.internal.Resolve(bg(), req)
+	_, err := h.stranger.Resolve(bg(), req)
 	wantCode(t, err, codes.Unauthenticated, "")
-	_, err = h.internal.Resolve(withService(bg(), "wrong-token"), req)
+	_, err = h.stranger.Resolve(withService(bg(), "wrong-token"), req)
 	wantCode(t, err, codes.Unauthenticated, "")
-	_, err = h.internal.Resolve(withService(bg(), h.env.ServiceToken+"x"), req)
+	_, err = h.stranger.Resolve(withService(bg(), h.env.ServiceToken+"x"), req)
 	wantCode(t, err, codes.Unauthenticated, "")
 	// A member's bearer token is not a service credential.
-	_, err = h.internal.Resolve(as(bg(), owner), req)
+	_, err = h.stranger.Resolve(as(bg(), owner), req)
 	wantCode(t, err, codes.Unauthenticated, "")
 	// The handler checks by itself too, not only the server's interceptor.
 	_, err = h.svc.Resolve(metadata.NewIncomingContext(bg(), metadata.Pairs("authorization", "Bearer "+owner)), req)
@@ -396,19 +427,19 @@ func TestResolve(t *testing.T) {
 		t.Fatalf("unauthenticated resolves were audited (or worse): %v", got)
 	}
 
-	resp, err := h.internal.Resolve(h.asService(), req)
+	resp, err := h.internal.Resolve(bg(), req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if resp.GetValue() != dbValue || resp.GetSecret().GetName() != "db" || resp.GetSecret().GetValue() != "" || resp.GetSecret().GetLastUsedAt() == nil {
 		t.Fatalf("resolve = %v", resp.GetSecret())
 	}
-	_, err = h.internal.Resolve(h.asService(), &vaultv1.ResolveRequest{WorkspaceId: ws, Name: "hook"})
+	_, err = h.internal.Resolve(bg(), &vaultv1.ResolveRequest{WorkspaceId: ws, Name: "hook"})
 	wantCode(t, err, codes.FailedPrecondition, "SECRET_WRONG_KIND")
-	_, err = h.internal.Resolve(h.asService(), &vaultv1.ResolveRequest{WorkspaceId: ws2, Name: "db"})
+	_, err = h.internal.Resolve(bg(), &vaultv1.ResolveRequest{WorkspaceId: ws2, Name: "db"})
 	wantCode(t, err, codes.NotFound, "SECRET_NOT_FOUND")
 	h.client.RevokeSecret(as(bg(), owner), &vaultv1.RevokeSecretRequest{WorkspaceId: ws, Name: "db"})
-	_, err = h.internal.Resolve(h.asService(), req)
+	_, err = h.internal.Resolve(bg(), req)
 	wantCode(t, err, codes.FailedPrecondition, "SECRET_REVOKED")
 
 	var uses []*auditv1.AuditEvent
@@ -425,11 +456,56 @@ func TestResolve(t *testing.T) {
 	// The gateway-facing service has no Resolve; without a configured token
 	// the internal API is off.
 	h.restart(func(c *vault.Config) { c.ServiceToken = "" })
-	_, err = h.internal.Resolve(h.asService(), req)
+	_, err = h.internal.Resolve(bg(), req)
 	wantCode(t, err, codes.PermissionDenied, "")
 	if msg := status.Convert(err).Message(); !strings.Contains(msg, "internal RPC disabled") {
 		t.Fatalf("message = %q", msg)
 	}
 	_, err = h.svc.Resolve(metadata.NewIncomingContext(bg(), metadata.Pairs(vault.ServiceTokenMetadataKey, h.env.ServiceToken)), req)
 	wantCode(t, err, codes.PermissionDenied, "")
+}
+
+// TestInternalMethodsRequireServiceCredential: the VaultInternalService and
+// AdminService, mounted as backlogd mounts them, answer only a caller
+// presenting the service credential.
+func TestInternalMethodsRequireServiceCredential(t *testing.T) {
+	h := newHarness(t)
+	ws, owner := h.env.NewWorkspace(t, "acme")
+	value := newValue("pg_")
+	h.create(t, ws, owner, "db", "integration", value)
+	calls := map[string]func(ctx context.Context, cc *grpc.ClientConn) error{
+		"Resolve": func(ctx context.Context, cc *grpc.ClientConn) error {
+			resp, err := vaultv1.NewVaultInternalServiceClient(cc).Resolve(ctx, &vaultv1.ResolveRequest{WorkspaceId: ws, Name: "db", Caller: "integrations"})
+			if err == nil && resp.GetValue() != value {
+				t.Errorf("Resolve returned another value")
+			}
+			return err
+		},
+		"AdminService.Snapshot": func(ctx context.Context, cc *grpc.ClientConn) error {
+			name, b, err := snapshot(ctx, cc)
+			if err == nil && (name != "vault.db" || len(b) == 0) {
+				t.Errorf("snapshot of %q, %d bytes", name, len(b))
+			}
+			return err
+		},
+	}
+	for _, tc := range []struct {
+		name string
+		conn *grpc.ClientConn
+		ctx  context.Context
+		want codes.Code
+	}{
+		{"no service credential", h.conn, bg(), codes.Unauthenticated},
+		{"a member's token", h.conn, as(bg(), owner), codes.Unauthenticated},
+		{"wrong service credential", h.conn, withService(bg(), credfmt.New(credfmt.Service)), codes.Unauthenticated},
+		{"the service credential", h.sibling, bg(), codes.OK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for method, call := range calls {
+				if err := call(tc.ctx, tc.conn); status.Code(err) != tc.want {
+					t.Errorf("%s = %v, want %v", method, err, tc.want)
+				}
+			}
+		})
+	}
 }

@@ -48,7 +48,7 @@ func TestNoValueAtRestOrInLogs(t *testing.T) {
 	h.run(ws, owner, "/", map[string]string{"X-Key": "{secret:hook0"})       // malformed
 	h.client.RunHttpRequest(as(bg(), owner), &vaultv1.RunHttpRequestRequest{ // refused: plain http
 		WorkspaceId: ws, Method: "GET", Url: h.plain.srv.URL, Headers: hdr})
-	if _, err := h.internal.Resolve(h.asService(), &vaultv1.ResolveRequest{WorkspaceId: ws, Name: "db", Caller: "integrations"}); err != nil {
+	if _, err := h.internal.Resolve(bg(), &vaultv1.ResolveRequest{WorkspaceId: ws, Name: "db", Caller: "integrations"}); err != nil {
 		t.Fatal(err)
 	}
 	// Bad input that carries a value: its errors must not quote it.
@@ -60,7 +60,7 @@ func TestNoValueAtRestOrInLogs(t *testing.T) {
 	h.client.DeleteSecret(as(bg(), owner), &vaultv1.DeleteSecretRequest{WorkspaceId: ws, Name: "hook2"})
 	newKEK := filepath.Join(t.TempDir(), "kek2")
 	vault.GenerateKEKFile(newKEK)
-	if _, err := h.internal.RotateKek(h.asService(), &vaultv1.RotateKekRequest{KekFile: newKEK}); err != nil {
+	if _, err := h.internal.RotateKek(bg(), &vaultv1.RotateKekRequest{KekFile: newKEK}); err != nil {
 		t.Fatal(err)
 	}
 	h.run(ws, owner, "/echo", map[string]string{"X-Api-Key": "{secret:hook0}"})

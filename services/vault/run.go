@@ -113,11 +113,14 @@ func (s *Service) resolveForStep(ctx context.Context, ws string, refs []string) 
 	now := s.now()
 	var out []resolved
 	var failed string
-	err := s.viewKeys(func(tx *store.Tx) error {
+	err := s.viewKeys(ctx, func(tx store.ReadTx) error {
 		out, failed = out[:0], ""
 		for _, name := range refs {
 			failed = name
-			rec, err := load(tx, ws, name)
+			rec, err := getSecret(tx, ws, name)
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				return err
+			}
 			if err != nil {
 				return fail(ErrNotFound, "secret %q not found in this workspace: the step references it but it does not exist (or was deleted); nothing was sent", name)
 			}
@@ -259,14 +262,14 @@ func (s *Service) recordUses(ctx context.Context, ws string, refs, used []string
 	var evs []*auditEvent
 	for _, name := range names {
 		if cause == nil {
-			evs = append(evs, audit.Event(ctx, serviceName, ws, actionUse, "secret", name, audit.Success,
+			evs = append(evs, s.rec.Event(ctx, ws, actionUse, "secret", name, audit.Success,
 				fmt.Sprintf("http-request method=%s host=%s status=%d", method, host, status)))
 		} else {
 			prefix := "http-request"
 			if method != "" {
 				prefix = fmt.Sprintf("http-request method=%s host=%s", method, host)
 			}
-			evs = append(evs, audit.Event(ctx, serviceName, ws, actionUse, "secret", name, audit.Failure, failureDetail(cause, prefix)))
+			evs = append(evs, s.rec.Event(ctx, ws, actionUse, "secret", name, audit.Failure, failureDetail(cause, prefix)))
 		}
 	}
 	if cause != nil {
@@ -276,23 +279,30 @@ func (s *Service) recordUses(ctx context.Context, ws string, refs, used []string
 	now := timestamppb.New(s.now())
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
 	defer cancel()
-	err := s.db.Update(actx, func(tx *store.Tx) error {
-		for _, ev := range evs {
-			if err := audit.Put(tx, ev); err != nil {
-				return err
+	// A step may reference more secrets than one update may write (an
+	// event and a record each): each chunk records its secrets' events
+	// with their last-used times.
+	per := s.perUpdate(2)
+	for i := 0; i < len(names); i += per {
+		j := min(i+per, len(names))
+		err := s.db.Update(actx, func(tx store.WriteTx) error {
+			for _, ev := range evs[i:j] {
+				if err := audit.Put(tx, ev); err != nil {
+					return err
+				}
 			}
+			return touch(tx, ws, names[i:j], now)
+		})
+		if err != nil {
+			s.lg.Warn("could not record secret use", zap.String("workspace-id", ws), zap.Error(err))
 		}
-		return touch(tx, ws, names, now)
-	})
-	if err != nil {
-		s.lg.Warn("could not record secret use", zap.String("workspace-id", ws), zap.Error(err))
 	}
 }
 
 // touch sets the last-used time of names that still exist.
-func touch(tx *store.Tx, ws string, names []string, now *timestamppb.Timestamp) error {
+func touch(tx store.WriteTx, ws string, names []string, now *timestamppb.Timestamp) error {
 	for _, name := range names {
-		rec, err := load(tx, ws, name)
+		rec, err := getSecret(tx, ws, name)
 		if errors.Is(err, ErrNotFound) {
 			continue
 		}
@@ -300,7 +310,7 @@ func touch(tx *store.Tx, ws string, names []string, now *timestamppb.Timestamp) 
 			return err
 		}
 		rec.LastUsedAt = now
-		if err := store.Put(tx, secretsBucket, secretKey(ws, name), rec); err != nil {
+		if err := putSecret(tx, rec); err != nil {
 			return err
 		}
 	}

@@ -2,6 +2,7 @@ package vault_test
 
 import (
 	"encoding/base64"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -318,5 +319,57 @@ func TestSecretValueThatCannotBeAHeader(t *testing.T) {
 	wantCode(t, err, codes.FailedPrecondition, "SECRET_VALUE_UNUSABLE")
 	if h.tls.requests() != 0 {
 		t.Fatal("sent")
+	}
+}
+
+// TestStepWithManySecrets runs a step that references more secrets than one
+// store update may record: every use is still audited and stamps last-used,
+// and so is every refusal.
+func TestStepWithManySecrets(t *testing.T) {
+	h := newHarness(t)
+	ws, owner := h.env.NewWorkspace(t, "acme")
+	const n = 130 // an event and a record each: more than 2x the 120 writes of one update
+	var tmpl, want strings.Builder
+	for i := range n {
+		name := fmt.Sprintf("s%03d", i)
+		v := newValue("v_")
+		h.create(t, ws, owner, name, "webhook", v)
+		tmpl.WriteString("{secret:" + name + "}")
+		want.WriteString(v)
+	}
+	resp, err := h.run(ws, owner, "/", map[string]string{"X-Keys": tmpl.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetSecretsUsed()) != n || h.tls.lastHeader("X-Keys") != want.String() {
+		t.Fatalf("used %d secrets", len(resp.GetSecretsUsed()))
+	}
+	count := func(outcome string) int {
+		c := 0
+		for _, ev := range h.auditEvents(t, ws, owner) {
+			if ev.GetAction() == "secret.use" && ev.GetOutcome() == outcome {
+				c++
+			}
+		}
+		return c
+	}
+	if got := count("success"); got != n {
+		t.Fatalf("%d use events, want %d", got, n)
+	}
+	list, err := h.client.ListSecrets(as(bg(), owner), &vaultv1.ListSecretsRequest{WorkspaceId: ws, PageSize: 1000})
+	if err != nil || len(list.GetSecrets()) != n {
+		t.Fatalf("list: %d %v", len(list.GetSecrets()), err)
+	}
+	for _, s := range list.GetSecrets() {
+		if s.GetLastUsedAt() == nil {
+			t.Fatalf("%s: last used not set", s.GetName())
+		}
+	}
+	// Refused before anything is decrypted (sealed): one failure each.
+	h.restart(func(c *vault.Config) { c.KEKFile = "" })
+	_, err = h.run(ws, owner, "/", map[string]string{"X-Keys": tmpl.String()})
+	wantCode(t, err, codes.FailedPrecondition, "VAULT_SEALED")
+	if got := count("failure"); got != n {
+		t.Fatalf("%d failure events, want %d", got, n)
 	}
 }

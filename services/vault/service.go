@@ -1,5 +1,5 @@
 // Package vault is the secret vault service: it keeps a workspace's secrets
-// (API keys, tokens, passwords) encrypted in its own bbolt store, shows their
+// (API keys, tokens, passwords) encrypted in its own store, shows their
 // metadata to members, and uses their values on the workspace's behalf — by
 // substituting them into the headers of HTTP Request steps it sends itself,
 // and by handing integration secrets to trusted internal services through the
@@ -18,7 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -33,6 +33,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/server"
 	"github.com/backlog/controlplane/services/kit/store"
+	"github.com/backlog/controlplane/services/kit/store/boltstore"
 )
 
 // serviceName names this service in logs and audit events.
@@ -48,15 +49,23 @@ const (
 	DefaultEgressMaxResponseBytes = 1 << 20
 )
 
+// maxOpsPerUpdate bounds the writes of one update that writes an unbounded
+// number of items (audit events for many secrets, a rewrap), below
+// store.DefaultLimits.
+const maxOpsPerUpdate = 100
+
 // auditTimeout bounds an audit write made after the caller's request has
 // already been decided (or cancelled).
 const auditTimeout = 10 * time.Second
 
 // Config configures the vault.
 type Config struct {
-	// DataDir holds the store file, DataDir/vault.db.
+	// DataDir holds the store file, DataDir/vault.db, when Store is not set.
 	DataDir string
-	Logger  *zap.Logger
+	// Store opens the vault's store (named "vault"); default
+	// boltstore.Dir(DataDir, Logger).
+	Store  store.Opener
+	Logger *zap.Logger
 	// KEKFile is the key-encryption key file (see LoadKEKFile and
 	// GenerateKEKFile). Empty: the vault starts sealed.
 	KEKFile string
@@ -93,9 +102,10 @@ type Service struct {
 	vaultv1.UnsafeVaultServiceServer
 	vaultv1.UnsafeVaultInternalServiceServer
 
-	db           *store.DB
+	db           store.Backend
 	lg           *zap.Logger
 	now          func() time.Time
+	rec          audit.Recorder
 	errs         *errs.Table
 	audit        *audit.Server
 	keys         *keyring
@@ -113,7 +123,7 @@ type Service struct {
 // New loads the key-encryption key(s), opens the store and returns the
 // service.
 func New(cfg Config) (*Service, error) {
-	if cfg.DataDir == "" {
+	if cfg.DataDir == "" && cfg.Store == nil {
 		return nil, errors.New("vault: DataDir is required")
 	}
 	if cfg.Logger == nil {
@@ -152,17 +162,27 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vault: %w", err)
 	}
-	db, err := store.Open(filepath.Join(cfg.DataDir, "vault.db"), buckets, lg)
+	if cfg.Store == nil {
+		cfg.Store = boltstore.Dir(cfg.DataDir, lg)
+	}
+	db, err := cfg.Store(storeName, buckets)
 	if err != nil {
-		return nil, fmt.Errorf("vault: %w", err)
+		return nil, err // names the store already
 	}
 	s := &Service{
-		db: db, lg: lg, now: cfg.Now, errs: newErrorTable(), audit: &audit.Server{DB: db},
+		db: db, lg: lg, now: cfg.Now, rec: audit.Recorder{Service: serviceName, Now: cfg.Now},
+		errs: newErrorTable(), audit: &audit.Server{DB: db},
 		keys: keys, egress: client, allowPrivate: cfg.EgressAllowPrivate, timeout: cfg.EgressTimeout, maxResponse: cfg.EgressMaxResponseBytes,
 		serviceToken: cfg.ServiceToken,
 	}
 	if err := s.checkKeys(len(cfg.PreviousKEKFiles) > 0); err != nil {
-		db.Close()
+		// A store this start created goes again, so that the next start
+		// does not take an empty store for a deliberate one.
+		if d, ok := db.(store.Discarder); ok {
+			d.Discard()
+		} else {
+			db.Close()
+		}
 		return nil, err
 	}
 	return s, nil
@@ -186,7 +206,7 @@ func (s *Service) checkKeys(previous bool) error {
 				zap.Int("data-keys-rewrapped", n), zap.Int("previous-keys-dropped", len(retired)))
 		}
 	}
-	unknown, err := s.unknownWrappers()
+	unknown, err := s.unknownWrappers(context.Background())
 	if err != nil {
 		return fmt.Errorf("vault: %w", err)
 	}
@@ -220,7 +240,7 @@ func (s *Service) Internal(fullMethod string) bool {
 }
 
 // DB is the service's store.
-func (s *Service) DB() *store.DB { return s.db }
+func (s *Service) DB() store.Backend { return s.db }
 
 // Sealed reports whether no key-encryption key is loaded.
 func (s *Service) Sealed() bool { return s.keys.sealed() }
@@ -259,28 +279,37 @@ func (s *Service) checkServiceToken(ctx context.Context) error {
 // recordFailure writes a failure audit event in a transaction of its own.
 // Best effort: the request has already failed and the caller learns that.
 func (s *Service) recordFailure(ctx context.Context, ws, action, name string, cause error, detail string) {
-	ev := audit.Event(ctx, serviceName, ws, action, "secret", name, audit.Failure, failureDetail(cause, detail))
+	ev := s.rec.Event(ctx, ws, action, "secret", name, audit.Failure, failureDetail(cause, detail))
 	s.recordEvents(ctx, ev)
 }
 
-// recordEvents writes events in one transaction of its own, best effort.
+// recordEvents writes events in transactions of their own, as many events
+// to one as the store's limits allow, best effort.
 func (s *Service) recordEvents(ctx context.Context, evs ...*auditEvent) {
 	if len(evs) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
 	defer cancel()
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
-		for _, ev := range evs {
-			if err := audit.Put(tx, ev); err != nil {
-				return err
+	for chunk := range slices.Chunk(evs, s.perUpdate(1)) {
+		err := s.db.Update(ctx, func(tx store.WriteTx) error {
+			for _, ev := range chunk {
+				if err := audit.Put(tx, ev); err != nil {
+					return err
+				}
 			}
+			return nil
+		})
+		if err != nil {
+			s.lg.Warn("could not record audit events", zap.String("action", chunk[0].GetAction()), zap.Error(err))
 		}
-		return nil
-	})
-	if err != nil {
-		s.lg.Warn("could not record audit events", zap.String("action", evs[0].GetAction()), zap.Error(err))
 	}
+}
+
+// perUpdate is how many items of ops writes each one update may carry:
+// the store's operation limit, less headroom, divided by ops.
+func (s *Service) perUpdate(ops int) int {
+	return max(1, min(maxOpsPerUpdate, s.db.Limits().MaxOpsPerUpdate)/ops)
 }
 
 // failureDetail describes why a call failed, for the audit trail: the
