@@ -48,12 +48,6 @@ func (r Recorder) Event(ctx context.Context, ws, action, targetKind, targetID, o
 	return newEvent(ctx, now(), r.Service, ws, action, targetKind, targetID, outcome, detail)
 }
 
-// Event builds an event for the call in ctx at the wall clock's time; see
-// Recorder.Event for services with an injected clock.
-func Event(ctx context.Context, service, ws, action, targetKind, targetID, outcome, detail string) *auditv1.AuditEvent {
-	return newEvent(ctx, time.Now(), service, ws, action, targetKind, targetID, outcome, detail)
-}
-
 func newEvent(ctx context.Context, at time.Time, service, ws, action, targetKind, targetID, outcome, detail string) *auditv1.AuditEvent {
 	ev := &auditv1.AuditEvent{
 		Id:          ids.New("evt"),

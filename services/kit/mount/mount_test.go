@@ -26,9 +26,9 @@ import (
 type storeOnly struct{ db store.Backend }
 
 func (s storeOnly) Register(grpc.ServiceRegistrar) {}
-func (s storeOnly) Errors() *errs.Table             { return errs.NewTable("test.backlog") }
-func (s storeOnly) NoAuth(string) bool              { return false }
-func (s storeOnly) DB() store.Backend               { return s.db }
+func (s storeOnly) Errors() *errs.Table            { return errs.NewTable("test.backlog") }
+func (s storeOnly) NoAuth(string) bool             { return false }
+func (s storeOnly) DB() store.Backend              { return s.db }
 
 func dial(t *testing.T, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
 	conn, err := grpc.NewClient(addr, append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
