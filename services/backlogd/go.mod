@@ -21,7 +21,6 @@ require (
 	github.com/backlog/controlplane/services/kit v0.0.0-00010101000000-000000000000
 	github.com/backlog/controlplane/services/vault v0.0.0-00010101000000-000000000000
 	github.com/prometheus/client_golang v1.25.0
-	go.etcd.io/bbolt v1.5.0
 	go.uber.org/zap v1.28.0
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20261005182115-fad411399dd8
 	google.golang.org/grpc v1.85.0
@@ -38,6 +37,7 @@ require (
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
+	go.etcd.io/bbolt v1.5.0 // indirect
 	go.uber.org/multierr v1.10.0 // indirect
 	golang.org/x/net v0.61.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect

@@ -23,10 +23,11 @@ import (
 	"github.com/backlog/controlplane/services/automation"
 	"github.com/backlog/controlplane/services/credential"
 	"github.com/backlog/controlplane/services/gateway"
-	"github.com/backlog/controlplane/services/kit/admin"
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/metrics"
-	"github.com/backlog/controlplane/services/kit/server"
+	"github.com/backlog/controlplane/services/kit/mount"
+	"github.com/backlog/controlplane/services/kit/store"
+	"github.com/backlog/controlplane/services/kit/store/boltstore"
 	"github.com/backlog/controlplane/services/vault"
 )
 
@@ -125,6 +126,11 @@ func (a *App) dial(addr string) (*grpc.ClientConn, error) {
 		}, MinConnectTimeout: 5 * time.Second}))
 }
 
+// stores opens each service's store: a bbolt file in the data dir.
+func (a *App) stores() store.Opener {
+	return boltstore.Dir(a.cfg.DataDir, a.lg, a.cfg.InitStores...)
+}
+
 // serverOptions are the gRPC options every service's server shares.
 func (a *App) serverOptions() []grpc.ServerOption {
 	if a.serverTLS == nil {
@@ -133,8 +139,11 @@ func (a *App) serverOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{a.serverTLS}
 }
 
-// serve starts a kit server on addr.
-func (a *App) serve(name, addr string, srv *server.Server) error {
+// serve mounts svc (mount.New: the one wiring tests use too) and serves it
+// on addr.
+func (a *App) serve(name, addr string, svc mount.Service, authn auth.Authenticator) error {
+	srv := mount.New(svc, mount.Options{Name: name, Logger: a.lg, Auth: authn, TrustedProxies: a.cfg.TrustedProxies,
+		ServiceToken: a.svcToken, ServerOptions: a.serverOptions()})
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", addr, err)
@@ -159,19 +168,14 @@ func (a *App) startCredential() error {
 		peers[name] = auditv1.NewAuditServiceClient(conn)
 	}
 	svc, err := credential.New(credential.Config{
-		DataDir: a.cfg.DataDir, Logger: a.lg, DefaultTokenTTL: a.cfg.DefaultTokenTTL,
+		DataDir: a.cfg.DataDir, Store: a.stores(), Logger: a.lg, DefaultTokenTTL: a.cfg.DefaultTokenTTL,
 		MaxTokenTTL: a.cfg.MaxTokenTTL, AuditPeers: peers,
 	})
 	if err != nil {
 		return err
 	}
 	a.onClose(func() { svc.Close() })
-	srv := server.New(server.Config{Name: TargetCredential, Logger: a.lg, Errors: svc.Errors(),
-		Auth: svc.Authenticator(), NoAuth: either(svc.NoAuth, admin.IsAdminMethod), TrustedProxies: a.cfg.TrustedProxies,
-		Internal: either(svc.Internal, admin.IsAdminMethod), ServiceToken: a.svcToken, Options: a.serverOptions()})
-	svc.Register(srv.GRPC)
-	(&admin.Server{DB: svc.DB()}).Register(srv.GRPC)
-	if err := a.serve(TargetCredential, a.cfg.CredentialListenAddr, srv); err != nil {
+	if err := a.serve(TargetCredential, a.cfg.CredentialListenAddr, svc, svc.Authenticator()); err != nil {
 		return err
 	}
 	a.onClose(svc.EndWatches) // runs before the graceful stop, which would wait for them
@@ -199,17 +203,12 @@ func (a *App) startAutomation(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	svc, err := automation.New(automation.Config{DataDir: a.cfg.DataDir, Logger: a.lg, Credential: client, SweepOrphans: true})
+	svc, err := automation.New(automation.Config{DataDir: a.cfg.DataDir, Store: a.stores(), Logger: a.lg, Credential: client, SweepOrphans: true})
 	if err != nil {
 		return err
 	}
 	a.onClose(func() { svc.Close() })
-	srv := server.New(server.Config{Name: TargetAutomation, Logger: a.lg, Errors: svc.Errors(),
-		Auth: authn, NoAuth: either(svc.NoAuth, admin.IsAdminMethod), TrustedProxies: a.cfg.TrustedProxies,
-		Internal: admin.IsAdminMethod, ServiceToken: a.svcToken, Options: a.serverOptions()})
-	svc.Register(srv.GRPC)
-	(&admin.Server{DB: svc.DB()}).Register(srv.GRPC)
-	return a.serve(TargetAutomation, a.cfg.AutomationListenAddr, srv)
+	return a.serve(TargetAutomation, a.cfg.AutomationListenAddr, svc, authn)
 }
 
 func (a *App) startAgent(ctx context.Context) error {
@@ -217,17 +216,12 @@ func (a *App) startAgent(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	svc, err := agent.New(agent.Config{DataDir: a.cfg.DataDir, Logger: a.lg, Credential: client, SweepOrphans: true})
+	svc, err := agent.New(agent.Config{DataDir: a.cfg.DataDir, Store: a.stores(), Logger: a.lg, Credential: client, SweepOrphans: true})
 	if err != nil {
 		return err
 	}
 	a.onClose(func() { svc.Close() })
-	srv := server.New(server.Config{Name: TargetAgent, Logger: a.lg, Errors: svc.Errors(),
-		Auth: authn, NoAuth: either(svc.NoAuth, admin.IsAdminMethod), TrustedProxies: a.cfg.TrustedProxies,
-		Internal: admin.IsAdminMethod, ServiceToken: a.svcToken, Options: a.serverOptions()})
-	svc.Register(srv.GRPC)
-	(&admin.Server{DB: svc.DB()}).Register(srv.GRPC)
-	return a.serve(TargetAgent, a.cfg.AgentListenAddr, srv)
+	return a.serve(TargetAgent, a.cfg.AgentListenAddr, svc, authn)
 }
 
 func (a *App) startVault(ctx context.Context) error {
@@ -236,7 +230,7 @@ func (a *App) startVault(ctx context.Context) error {
 		return err
 	}
 	svc, err := vault.New(vault.Config{
-		DataDir: a.cfg.DataDir, Logger: a.lg,
+		DataDir: a.cfg.DataDir, Store: a.stores(), Logger: a.lg,
 		KEKFile: a.cfg.VaultKEKFile, PreviousKEKFiles: a.cfg.VaultKEKPreviousFiles,
 		EgressCAFile: a.cfg.VaultEgressCAFile, EgressAllowPrivate: a.cfg.VaultEgressAllowPrivate,
 		ServiceToken: a.svcToken,
@@ -245,12 +239,7 @@ func (a *App) startVault(ctx context.Context) error {
 		return err
 	}
 	a.onClose(func() { svc.Close() })
-	srv := server.New(server.Config{Name: TargetVault, Logger: a.lg, Errors: svc.Errors(),
-		Auth: authn, NoAuth: either(svc.NoAuth, admin.IsAdminMethod), TrustedProxies: a.cfg.TrustedProxies,
-		Internal: either(svc.Internal, admin.IsAdminMethod), ServiceToken: a.svcToken, Options: a.serverOptions()})
-	svc.Register(srv.GRPC)
-	(&admin.Server{DB: svc.DB()}).Register(srv.GRPC)
-	return a.serve(TargetVault, a.cfg.VaultListenAddr, srv)
+	return a.serve(TargetVault, a.cfg.VaultListenAddr, svc, authn)
 }
 
 func (a *App) startGateway() error {
@@ -295,18 +284,6 @@ func (a *App) startMetrics() error {
 	go hs.Serve(lis)
 	a.onClose(func() { hs.Close() })
 	return nil
-}
-
-// either combines method predicates.
-func either(fs ...func(string) bool) func(string) bool {
-	return func(m string) bool {
-		for _, f := range fs {
-			if f(m) {
-				return true
-			}
-		}
-		return false
-	}
 }
 
 // Has reports whether target is selected.

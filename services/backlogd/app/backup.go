@@ -11,10 +11,9 @@ import (
 	"path/filepath"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	adminv1 "github.com/backlog/controlplane/gen/go/backlog/admin/v1"
 	"github.com/backlog/controlplane/services/kit/auth"
+	"github.com/backlog/controlplane/services/kit/store/boltstore"
 )
 
 // StoreTargets are the services that own a store, with their address flag.
@@ -130,17 +129,10 @@ func writeAtomic(path string, write func(io.Writer) error, checks ...func(string
 
 // checkBolt runs bbolt's consistency check on a file no one else has open.
 func checkBolt(path string) error {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
-	if err != nil {
-		return fmt.Errorf("%s: %w", filepath.Base(path), err)
+	if err := boltstore.Check(path); err != nil {
+		return fmt.Errorf("%s fails the consistency check: %w", filepath.Base(path), err)
 	}
-	defer db.Close()
-	return db.View(func(tx *bolt.Tx) error {
-		for err := range tx.Check() {
-			return fmt.Errorf("%s fails the consistency check: %w", filepath.Base(path), err)
-		}
-		return nil
-	})
+	return nil
 }
 
 // Restore puts a backup back into dataDir. backlogd must be stopped: a store
@@ -158,7 +150,7 @@ func Restore(from, dataDir string) ([]string, error) {
 		if err := checkBolt(filepath.Join(from, filepath.Base(name))); err != nil {
 			return nil, err
 		}
-		if err := ensureClosed(filepath.Join(dataDir, filepath.Base(name))); err != nil {
+		if err := boltstore.EnsureClosed(filepath.Join(dataDir, filepath.Base(name))); err != nil {
 			return nil, err
 		}
 	}
@@ -172,26 +164,33 @@ func Restore(from, dataDir string) ([]string, error) {
 		if err != nil {
 			return restored, err
 		}
-		err = writeAtomic(filepath.Join(dataDir, name), func(w io.Writer) error { _, err := io.Copy(w, src); return err })
+		dst := filepath.Join(dataDir, name)
+		err = writeAtomic(dst, func(w io.Writer) error { _, err := io.Copy(w, src); return err })
 		src.Close()
+		if err != nil {
+			return restored, err
+		}
+		// The store's marker names the restored file's id, so that start-up
+		// takes it as this store's own.
+		id, err := boltstore.ReadID(dst)
+		if err != nil {
+			return restored, err
+		}
+		marker := boltstore.MarkerPath(dst)
+		if id == "" {
+			err = os.Remove(marker) // a store from before ids: start-up gives it one
+			if errors.Is(err, os.ErrNotExist) {
+				err = nil
+			}
+		} else {
+			err = writeAtomic(marker, func(w io.Writer) error { _, err := io.WriteString(w, id+"\n"); return err })
+		}
 		if err != nil {
 			return restored, err
 		}
 		restored = append(restored, name)
 	}
 	return restored, nil
-}
-
-// ensureClosed fails if a running process holds the store at path.
-func ensureClosed(path string) error {
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 500 * time.Millisecond})
-	if err != nil {
-		return fmt.Errorf("%s is in use: stop backlogd before restoring (%v)", path, err)
-	}
-	return db.Close()
 }
 
 // ParseBackupFlags parses `backlogd backup` / `backlogd restore` arguments:

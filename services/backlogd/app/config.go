@@ -61,7 +61,14 @@ type Config struct {
 	VaultKEKFile string
 	// VaultKEKPreviousFiles finish an interrupted key rotation at start.
 	VaultKEKPreviousFiles []string
+	// InitStores names stores to create empty on purpose although their
+	// marker (or their siblings) show that they existed: the deliberate fresh
+	// start after a store was lost with no backup.
+	InitStores []string
 }
+
+// StoreNames are the stores -init-store accepts.
+var StoreNames = []string{TargetCredential, TargetAutomation, TargetAgent, TargetVault}
 
 // ParseFlags reads args and the environment into a Config.
 func ParseFlags(name string, args []string, getenv func(string) string) (Config, error) {
@@ -90,6 +97,7 @@ func ParseFlags(name string, args []string, getenv func(string) string) (Config,
 	fs.StringVar(&c.VaultEgressCAFile, "vault-egress-ca-file", "", "extra CA certificates trusted for HTTP Request steps")
 	fs.StringVar(&c.VaultKEKFile, "vault-kek-file", "", "the vault's key-encryption key file (32 bytes raw or 64 hex, mode 0600); none: the vault is sealed")
 	prevKEKs := fs.String("vault-kek-previous-files", "", "comma list of earlier key-encryption key files, to finish an interrupted rotation")
+	initStores := fs.String("init-store", "", "comma list of stores (credential, automation, agent, vault) to start empty on purpose after losing them with no backup; their credentials held elsewhere are revoked")
 	fs.BoolVar(&c.VaultEgressAllowPrivate, "vault-egress-allow-private", false, "allow HTTP Request steps to loopback/private addresses")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -130,6 +138,15 @@ func ParseFlags(name string, args []string, getenv func(string) string) (Config,
 		if f = strings.TrimSpace(f); f != "" {
 			c.VaultKEKPreviousFiles = append(c.VaultKEKPreviousFiles, f)
 		}
+	}
+	for _, n := range strings.Split(*initStores, ",") {
+		if n = strings.TrimSpace(n); n == "" {
+			continue
+		}
+		if !slices.Contains(StoreNames, n) {
+			return c, fmt.Errorf("-init-store: unknown store %q (want a comma list of %s)", n, strings.Join(StoreNames, ", "))
+		}
+		c.InitStores = append(c.InitStores, n)
 	}
 	if c.ServiceTokenFile == "" {
 		c.ServiceTokenFile = filepath.Join(c.DataDir, "service-token")
