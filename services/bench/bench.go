@@ -68,7 +68,7 @@ func RunAll(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	rep.mergeRounds()
 	rep.Machine.LoadAfter = loadAvg()
-	rep.ServerLogLines, rep.ServerErrorLines = e.Server.LogLines()
+	rep.ServerLogLines, rep.ServerErrorLines = logLines(e.Server.LogPath)
 	rep.Evaluate(cfg)
 	return rep, nil
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/backlog/controlplane/services/kit/store"
+	"github.com/backlog/controlplane/services/kit/store/boltstore"
 )
 
 // runDisk measures the durable-write floor in the same run, on the same file
@@ -23,7 +24,7 @@ func runDisk(ctx context.Context, e *Env) error {
 	}
 	defer os.RemoveAll(dir)
 	bucket := store.Bucket("bench")
-	db, err := store.Open(filepath.Join(dir, "floor.db"), []store.Bucket{bucket}, nil)
+	db, err := boltstore.Open(filepath.Join(dir, "floor.db"), []store.Bucket{bucket}, boltstore.Options{})
 	if err != nil {
 		return err
 	}
@@ -32,7 +33,7 @@ func runDisk(ctx context.Context, e *Env) error {
 	for _, c := range []int{1, 64} {
 		st := Run(ctx, Load{Concurrency: c, Duration: e.Cfg.Duration, Warmup: e.Cfg.Warmup, Op: func(ctx context.Context, w, seq int) error {
 			k := fmt.Appendf(nil, "c%02d/w%03d/%010d", c, w, seq)
-			return db.Update(ctx, func(tx *store.Tx) error { return tx.Bucket(bucket).Put(k, val) })
+			return db.Update(ctx, func(tx store.WriteTx) error { return tx.Put(bucket, k, val) })
 		}})
 		e.Report.add(Result{Key: fmt.Sprintf("disk.commit.c%d", c), Scenario: "disk", Name: fmt.Sprintf("store commit c=%d (no server)", c), Transport: "bbolt", Stats: &st})
 		e.Cfg.logf("  %-28s %s", fmt.Sprintf("store commit c=%d", c), st)

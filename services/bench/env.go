@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -18,15 +18,18 @@ import (
 
 	automationv1 "github.com/backlog/controlplane/gen/go/backlog/automation/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
+	"github.com/backlog/controlplane/services/kit/proctest"
 )
 
 // Env is a running backlogd with its clients and the data seeded for the
 // scenarios: a workspace, its owner's token, an automation with its secret
 // and an access token exchanged from it.
 type Env struct {
-	Cfg    Config
-	Server *Server
-	Dir    string // temp dir: binary, data dir, log
+	Cfg Config
+	// Cluster is backlogd in the all layout; Server is its one process.
+	Cluster *proctest.Cluster
+	Server  *proctest.Proc
+	Dir     string // temp dir: binary, data dir, log
 
 	CredConn, AutoConn, AgentConn, VaultConn *grpc.ClientConn
 	Cred                                     credentialv1.CredentialServiceClient
@@ -76,12 +79,19 @@ func Setup(ctx context.Context, cfg Config) (*Env, error) {
 	bin := cfg.Backlogd
 	if bin == "" {
 		cfg.logf("building backlogd …")
-		if bin, err = BuildBacklogd(ctx, dir); err != nil {
+		root, err := proctest.RepoRoot()
+		if err != nil {
+			return e, fmt.Errorf("%v; pass -backlogd", err)
+		}
+		// Exactly what `make build` builds, without -race.
+		if bin, err = proctest.Build(ctx, root, dir); err != nil {
 			return e, err
 		}
 	}
-	e.Server = &Server{Binary: bin, DataDir: filepath.Join(dir, "data"), LogPath: filepath.Join(dir, "backlogd.log"), VaultKEK: filepath.Join(dir, "vault.kek")}
-	if err := writeKEK(e.Server.VaultKEK); err != nil {
+	// The vault's key-encryption key (as `make run` makes one), so that the
+	// vault is unsealed; kept outside the data dir.
+	kek := filepath.Join(dir, "vault.kek")
+	if err := writeKEK(kek); err != nil {
 		return e, err
 	}
 	// The http-request scenario's target: started before backlogd, which
@@ -89,37 +99,57 @@ func Setup(ctx context.Context, cfg Config) (*Env, error) {
 	if e.Target, err = startEgressTarget(filepath.Join(dir, "egress-ca.pem")); err != nil {
 		return e, err
 	}
-	e.Server.ExtraArgs = []string{"-vault-egress-allow-private", "-vault-egress-ca-file=" + e.Target.CAFile}
-	d, err := e.Server.Start(ctx)
+	e.Cluster, err = proctest.NewCluster(proctest.Config{
+		Binary: bin, Dir: dir, Layout: proctest.All(), LogLevel: "warn",
+		Flags:        []string{"-vault-kek-file=" + kek, "-vault-egress-allow-private", "-vault-egress-ca-file=" + e.Target.CAFile},
+		ReadyTimeout: 30 * time.Second, StopTimeout: 15 * time.Second,
+		// Polled often: the start-up figure is the first poll that finds
+		// the process ready.
+		PollInterval: 2 * time.Millisecond,
+	})
+	if err != nil {
+		return e, err
+	}
+	e.Server = e.Cluster.Procs()[0]
+	d, err := e.start(ctx)
 	if err != nil {
 		return e, err
 	}
 	cfg.logf("backlogd ready in %s (pid %d, data %s)", d.Round(time.Millisecond), e.Server.Pid(), e.Server.DataDir)
-	if err := e.connect(); err != nil {
-		return e, err
-	}
 	if err := e.seed(ctx); err != nil {
 		return e, fmt.Errorf("seeding: %w", err)
 	}
 	return e, nil
 }
 
+// start starts backlogd (on fresh ports if one was taken meanwhile) and
+// connects the clients. It returns the time from process start to ready.
+func (e *Env) start(ctx context.Context) (time.Duration, error) {
+	if err := e.Cluster.Start(ctx); err != nil {
+		var se *proctest.StartError
+		if errors.As(err, &se) {
+			return 0, fmt.Errorf("backlogd: %w\n%s", err, se.Tail(20))
+		}
+		return 0, err
+	}
+	return e.Server.ReadyIn(), e.connect()
+}
+
 // connect (re)creates the clients for the server's current addresses.
 func (e *Env) connect() error {
 	e.closeConns()
-	a := e.Server.Addrs
 	var err error
 	for _, c := range []struct {
-		conn **grpc.ClientConn
-		addr string
-	}{{&e.CredConn, a.Credential}, {&e.AutoConn, a.Automation}, {&e.AgentConn, a.Agent}, {&e.VaultConn, a.Vault}} {
-		if *c.conn, err = dialGRPC(c.addr); err != nil {
+		conn   **grpc.ClientConn
+		target string
+	}{{&e.CredConn, proctest.TargetCredential}, {&e.AutoConn, proctest.TargetAutomation}, {&e.AgentConn, proctest.TargetAgent}, {&e.VaultConn, proctest.TargetVault}} {
+		if *c.conn, err = dialGRPC(e.Cluster.Addr(c.target)); err != nil {
 			return err
 		}
 	}
 	e.Cred = credentialv1.NewCredentialServiceClient(e.CredConn)
 	e.Auto = automationv1.NewAutomationServiceClient(e.AutoConn)
-	e.BaseURL = "http://" + a.HTTP
+	e.BaseURL = e.Cluster.URL("")
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConns = 1024
 	tr.MaxIdleConnsPerHost = 1024
@@ -142,8 +172,10 @@ func (e *Env) closeConns() {
 // Close stops backlogd and removes the temp dir (unless -keep).
 func (e *Env) Close() {
 	e.closeConns()
-	if e.Server != nil {
-		e.Server.Stop()
+	if e.Cluster != nil {
+		if err := e.Cluster.Stop(); err != nil {
+			e.Cfg.logf("stopping backlogd: %v", err)
+		}
 	}
 	if e.Target != nil {
 		e.Target.Close()
@@ -156,27 +188,23 @@ func (e *Env) Close() {
 }
 
 // Restart stops backlogd and starts it again on the same data dir and
-// addresses, returning the time from process start to /readyz 200.
+// addresses, returning the time from process start to ready (GET /readyz
+// 200 and every service's gRPC health SERVING).
 func (e *Env) Restart(ctx context.Context) (time.Duration, error) {
 	e.closeConns()
-	if err := e.Server.Stop(); err != nil {
+	if err := e.Cluster.Stop(); err != nil {
 		return 0, err
 	}
-	d, err := e.Server.Start(ctx)
-	if err != nil {
-		return 0, err
-	}
-	return d, e.connect()
+	return e.start(ctx)
 }
 
 // seed: operator token → workspace (+ owner token) → an automation → an
 // access token exchanged from its secret.
 func (e *Env) seed(ctx context.Context) error {
-	b, err := os.ReadFile(filepath.Join(e.Server.DataDir, "operator-token"))
-	if err != nil {
+	var err error
+	if e.OperatorToken, err = e.Cluster.ReadOperatorToken(); err != nil {
 		return err
 	}
-	e.OperatorToken = strings.TrimSpace(string(b))
 	e.Workspace, e.OwnerToken, err = e.createWorkspace(ctx, "bench")
 	if err != nil {
 		return err

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/backlog/controlplane/services/kit/store"
+	"github.com/backlog/controlplane/services/kit/store/boltstore"
 )
 
 // The durable-write floor, measured apart from backlogd, to tell what the
@@ -48,7 +49,7 @@ func BenchmarkStoreUpdate(b *testing.B) {
 	for _, writers := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
 			bucket := store.Bucket("b")
-			db, err := store.Open(filepath.Join(b.TempDir(), "s.db"), []store.Bucket{bucket}, nil)
+			db, err := boltstore.Open(filepath.Join(b.TempDir(), "s.db"), []store.Bucket{bucket}, boltstore.Options{})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -67,8 +68,8 @@ func BenchmarkStoreUpdate(b *testing.B) {
 				wg.Go(func() {
 					for range cnt {
 						k := []byte(fmt.Sprintf("w%03d/%012d", w, n.Add(1)))
-						if err := db.Update(context.Background(), func(tx *store.Tx) error {
-							return tx.Bucket(bucket).Put(k, val)
+						if err := db.Update(context.Background(), func(tx store.WriteTx) error {
+							return tx.Put(bucket, k, val)
 						}); err != nil {
 							b.Error(err)
 							return

@@ -9,6 +9,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/backlog/controlplane/services/kit/proctest"
 )
 
 // cliRun is one ./backlog.sh invocation.
@@ -26,7 +28,7 @@ func backlogSh(t *testing.T, c *cluster, configDir string, args ...string) cliRu
 	cmd := exec.Command("bash", "./backlog.sh")
 	cmd.Args = append(cmd.Args, args...)
 	cmd.Dir = root
-	cmd.Env = append(cleanEnv(), "BACKLOG_URL="+c.url(""), "BACKLOG_CONFIG_DIR="+configDir)
+	cmd.Env = append(proctest.CleanEnv(), "BACKLOG_URL="+c.URL(""), "BACKLOG_CONFIG_DIR="+configDir)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -56,7 +58,7 @@ func TestCLISeedWorkflows(t *testing.T) {
 	}
 	c := startCluster(t, layoutAll)
 	cfg := t.TempDir()
-	opFile := filepath.Join(c.credentialProc().dataDir, "operator-token")
+	opFile := filepath.Join(c.ProcFor(proctest.TargetCredential).DataDir, "operator-token")
 
 	mustCLI(t, backlogSh(t, c, cfg, "workspaces", "create", "Acme", "--operator-token-file", opFile, "--save"), "workspaces create")
 	r := backlogSh(t, c, cfg, "automations", "create", "--name", "ci", "--scope", "automations:read", "--label", "first", "-o", "json")

@@ -22,6 +22,7 @@ import (
 	automationv1 "github.com/backlog/controlplane/gen/go/backlog/automation/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	"github.com/backlog/controlplane/services/kit/credfmt"
+	"github.com/backlog/controlplane/services/kit/proctest"
 )
 
 // ---- credentials seen -------------------------------------------------------
@@ -158,7 +159,7 @@ func (c *cluster) call(t testing.TB, method, path, token string, body any) *repl
 		}
 		rd = bytes.NewReader(buf)
 	}
-	req, err := http.NewRequest(method, c.url(path), rd)
+	req, err := http.NewRequest(method, c.URL(path), rd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,11 +360,11 @@ func as(ctx context.Context, token string) context.Context {
 }
 
 func (c *cluster) automationClient() automationv1.AutomationServiceClient {
-	return automationv1.NewAutomationServiceClient(c.conn(c.addrs.Automation))
+	return automationv1.NewAutomationServiceClient(c.Conn(c.Addr(proctest.TargetAutomation)))
 }
 
 func (c *cluster) credentialClient() credentialv1.CredentialServiceClient {
-	return credentialv1.NewCredentialServiceClient(c.conn(c.addrs.Credential))
+	return credentialv1.NewCredentialServiceClient(c.Conn(c.Addr(proctest.TargetCredential)))
 }
 
 // track records the credentials a gRPC response carries.

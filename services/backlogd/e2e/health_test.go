@@ -39,8 +39,8 @@ func TestHealthAndReflection(t *testing.T) {
 		defer cancel()
 		for _, tc := range tests {
 			t.Run(tc.service, func(t *testing.T) {
-				addr := c.addrs.service(tc.service)
-				resp, err := healthpb.NewHealthClient(c.conn(addr)).Check(ctx, &healthpb.HealthCheckRequest{})
+				addr := c.Addr(tc.service)
+				resp, err := healthpb.NewHealthClient(c.Conn(addr)).Check(ctx, &healthpb.HealthCheckRequest{})
 				if err != nil {
 					t.Fatalf("Health/Check at %s: %v", addr, err)
 				}
@@ -64,7 +64,7 @@ func TestHealthAndReflection(t *testing.T) {
 					if s == healthSvc || s == reflectionSvc {
 						continue
 					}
-					if err := c.healthCheck(ctx, addr, s); err != nil {
+					if err := c.Health(ctx, addr, s); err != nil {
 						t.Errorf("Health/Check(%q): %v", s, err)
 					}
 				}
@@ -98,7 +98,7 @@ func TestHealthAndReflection(t *testing.T) {
 // listServices asks server reflection at addr for its service names.
 func listServices(ctx context.Context, t *testing.T, c *cluster, addr string) []string {
 	t.Helper()
-	stream, err := reflectionpb.NewServerReflectionClient(c.conn(addr)).ServerReflectionInfo(ctx)
+	stream, err := reflectionpb.NewServerReflectionClient(c.Conn(addr)).ServerReflectionInfo(ctx)
 	if err != nil {
 		t.Fatalf("reflection at %s: %v", addr, err)
 	}

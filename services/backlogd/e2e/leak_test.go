@@ -86,18 +86,18 @@ func TestNoCredentialLeaks(t *testing.T) {
 			}
 		}
 
-		c.closeConns()
+		c.CloseConns()
 		c.stop(t)
 		c.checkLeaks(t)
 
 		// The check saw real content: debug logs from every process, and
 		// stores that hold what was created.
-		for name, b := range c.logs() {
+		for name, b := range c.Logs() {
 			if !bytes.Contains(b, []byte(`"level":"debug"`)) {
 				t.Errorf("the %s process logged nothing at debug level", name)
 			}
 		}
-		if !c.logsContain(id) {
+		if !c.LogsContain(id) {
 			t.Error("no log line names the automation: is the log capture working?")
 		}
 		dbs := c.dbFiles(t)

@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"context"
 	"net/http"
 	"slices"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
+
+	"github.com/backlog/controlplane/services/kit/proctest"
 )
 
 // TestCredentialRestartSplit restarts the credential process alone, as a
@@ -23,9 +26,9 @@ func TestCredentialRestartSplit(t *testing.T) {
 	at := c.exchange(t, secret, nil).str("accessToken")
 	c.expect(t, http.StatusOK, "GET", path, at, nil) // now in the automation process's cache
 
-	cred := c.credentialProc()
+	cred := c.ProcFor(proctest.TargetCredential)
 	start := time.Now()
-	if err := cred.stop(); err != nil {
+	if err := cred.Stop(); err != nil {
 		// The credential server's graceful stop waits for the sibling's
 		// WatchRevocations stream, which only its own Close would end.
 		t.Errorf("SIGTERM to a credential process with a connected automation process: %v (after %v)", err, time.Since(start).Round(time.Millisecond))
@@ -51,7 +54,7 @@ func TestCredentialRestartSplit(t *testing.T) {
 		t.Errorf("%s: want 503 naming only credential", r)
 	}
 
-	if err := c.startProc(cred); err != nil {
+	if err := cred.Start(context.Background()); err != nil {
 		c.dumpLogs(t)
 		t.Fatalf("restarting the credential process: %v", err)
 	}

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/backlog/controlplane/services/kit/proctest"
 )
 
 // TestRestartDurability stops the all-in-one process with SIGTERM (it must
@@ -15,7 +17,7 @@ import (
 func TestRestartDurability(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, layoutAll)
-	opPath := filepath.Join(c.credentialProc().dataDir, "operator-token")
+	opPath := filepath.Join(c.ProcFor(proctest.TargetCredential).DataDir, "operator-token")
 	opBefore, err := os.ReadFile(opPath)
 	if err != nil {
 		t.Fatal(err)
