@@ -50,9 +50,9 @@ func RepoRoot() (string, error) {
 func isFile(p string) bool { fi, err := os.Stat(p); return err == nil && !fi.IsDir() }
 func isDir(p string) bool  { fi, err := os.Stat(p); return err == nil && fi.IsDir() }
 
-// Build compiles services/backlogd/cmd/backlogd from repoRoot (so that
-// go.work resolves the workspace modules) into outDir and returns the
-// binary's path. buildFlags go to `go build` (e.g. "-race"). A test binary
+// Build compiles services/backlogd/cmd/backlogd into outDir, from inside
+// its module (so it builds with go.work and with GOWORK=off alike), and
+// returns the binary's path. buildFlags go to `go build` (e.g. "-race"). A test binary
 // calls it once, from TestMain.
 func Build(ctx context.Context, repoRoot, outDir string, buildFlags ...string) (string, error) {
 	goTool, err := exec.LookPath("go")
@@ -61,9 +61,9 @@ func Build(ctx context.Context, repoRoot, outDir string, buildFlags ...string) (
 	}
 	out := filepath.Join(outDir, "backlogd")
 	args := append([]string{"build", "-o", out}, buildFlags...)
-	args = append(args, "./services/backlogd/cmd/backlogd")
+	args = append(args, "./cmd/backlogd")
 	cmd := exec.CommandContext(ctx, goTool, args...)
-	cmd.Dir = repoRoot
+	cmd.Dir = filepath.Join(repoRoot, "services", "backlogd")
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	if err := cmd.Run(); err != nil {
