@@ -61,7 +61,7 @@ type restClient struct {
 }
 
 func (c *cluster) rest() *restClient {
-	return &restClient{base: "http://" + c.addrs.HTTP, http: c.http, onResponse: c.onResponse}
+	return &restClient{base: c.URL(""), http: c.http, onResponse: c.onResponse}
 }
 
 // encodeBody turns nil, a string, []byte or any JSON-marshalable value into

@@ -191,7 +191,7 @@ func runCrash(t *testing.T, cfg crashConfig) {
 	// killed half-way left behind: wait for it, then stop gracefully.
 	deadline := time.Now().Add(20 * time.Second)
 	sweepDone := regexp.MustCompile(`"msg":"orphan sweep finished"[^\n]*"subject-kind":"automation"`)
-	for !c.logsMatch(sweepDone) {
+	for !c.LogsMatch(sweepDone) {
 		if time.Now().After(deadline) {
 			t.Fatal("the automation service's orphan sweep did not finish after the last restart")
 		}

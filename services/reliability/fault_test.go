@@ -51,16 +51,19 @@ func newFaultEnv(t *testing.T) *faultEnv {
 
 // inject makes every write transaction of db fail until the test's cleanup
 // (or clear) removes the fault.
-func (e *faultEnv) inject(t *testing.T, db *store.DB) {
+func (e *faultEnv) inject(t *testing.T, db store.Backend) {
 	t.Helper()
-	db.SetFault(func() error { return e.fault })
-	t.Cleanup(func() { db.SetFault(nil) })
+	faults(db).SetFault(func() error { return e.fault })
+	t.Cleanup(func() { faults(db).SetFault(nil) })
 }
 
 func (e *faultEnv) clear() {
-	e.s.Cred.DB().SetFault(nil)
-	e.s.Auto.DB().SetFault(nil)
+	faults(e.s.Cred.DB()).SetFault(nil)
+	faults(e.s.Auto.DB()).SetFault(nil)
 }
+
+// faults is the engine's fault-injection side (every engine has one).
+func faults(db store.Backend) store.Faults { return db.(store.Faults) }
 
 // generic fails the test if msg tells more than that the store failed.
 func (e *faultEnv) generic(t *testing.T, what, msg string) {
@@ -133,8 +136,8 @@ func (e *faultEnv) liveSecrets(t *testing.T) (live map[string]int, revoked map[s
 func (e *faultEnv) liveCredentials(t *testing.T, kind credentialv1.SubjectKind) (live map[string]int, revoked map[string]bool) {
 	t.Helper()
 	live, revoked = map[string]int{}, map[string]bool{}
-	err := e.s.Cred.DB().View(func(tx *store.Tx) error {
-		err := tx.Bucket(bucketSubjects).ForEach(func(k, v []byte) error {
+	err := e.s.Cred.DB().View(context.Background(), func(tx store.ReadTx) error {
+		err := each(tx, bucketSubjects, func(k, v []byte) error {
 			rec := &credentialstorev1.SubjectRecord{}
 			if err := proto.Unmarshal(v, rec); err != nil {
 				return err
@@ -148,7 +151,7 @@ func (e *faultEnv) liveCredentials(t *testing.T, kind credentialv1.SubjectKind) 
 		if err != nil {
 			return err
 		}
-		return tx.Bucket(bucketCredentials).ForEach(func(_, v []byte) error {
+		return each(tx, bucketCredentials, func(_, v []byte) error {
 			rec := &credentialstorev1.CredentialRecord{}
 			if err := proto.Unmarshal(v, rec); err != nil {
 				return err
@@ -365,7 +368,9 @@ func TestFaultInjection(t *testing.T) {
 		e := newFaultEnv(t)
 		countWorkspaces := func() int {
 			n := 0
-			e.s.Cred.DB().View(func(tx *store.Tx) error { n = tx.Bucket([]byte("workspaces")).Stats().KeyN; return nil })
+			e.s.Cred.DB().View(context.Background(), func(tx store.ReadTx) error {
+				return each(tx, store.Bucket("workspaces"), func(_, _ []byte) error { n++; return nil })
+			})
 			return n
 		}
 		before := countWorkspaces()
@@ -473,7 +478,7 @@ func intermittentFaults(t *testing.T, which string) {
 	}
 	var mu sync.Mutex
 	n := 0
-	db.SetFault(func() error {
+	faults(db).SetFault(func() error {
 		mu.Lock()
 		defer mu.Unlock()
 		n++

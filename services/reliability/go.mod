@@ -20,7 +20,6 @@ require (
 	github.com/backlog/controlplane/services/gateway v0.0.0-00010101000000-000000000000
 	github.com/backlog/controlplane/services/kit v0.0.0-00010101000000-000000000000
 	github.com/backlog/controlplane/services/vault v0.0.0-00010101000000-000000000000
-	go.etcd.io/bbolt v1.5.0
 	go.uber.org/zap v1.28.0
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
@@ -37,6 +36,7 @@ require (
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
+	go.etcd.io/bbolt v1.5.0 // indirect
 	go.uber.org/multierr v1.10.0 // indirect
 	golang.org/x/net v0.61.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect

@@ -2,8 +2,9 @@ package reliability
 
 // An in-process control plane for the fuzz targets and the fault-injection
 // suite: the real credential, automation, agent and vault services, each on
-// its own kit gRPC server on a loopback listener, talking to each other over
-// gRPC as in backlogd, and the real REST gateway in an httptest server.
+// its own loopback listener, mounted as backlogd mounts it (mount.New),
+// talking to each other over gRPC with the service credential as in
+// backlogd, and the real REST gateway in an httptest server.
 
 import (
 	"context"
@@ -29,7 +30,7 @@ import (
 	"github.com/backlog/controlplane/services/gateway"
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/credfmt"
-	"github.com/backlog/controlplane/services/kit/server"
+	"github.com/backlog/controlplane/services/kit/mount"
 	"github.com/backlog/controlplane/services/vault"
 )
 
@@ -86,7 +87,11 @@ func newStack(tb testing.TB, lg *zap.Logger) *stack {
 	svcToken := credfmt.New(credfmt.Service)
 	credLis, autoLis, agentLis, vaultLis := listenLoopback(tb), listenLoopback(tb), listenLoopback(tb), listenLoopback(tb)
 	credAddr, autoAddr := credLis.Addr().String(), autoLis.Addr().String()
-	serve := func(srv *server.Server, lis net.Listener) {
+	// Each service is mounted as backlogd mounts it (mount.New), with the
+	// one service credential; the listeners come first because the
+	// credential service and its siblings need each other's addresses.
+	serve := func(name string, svc mount.Service, authn auth.Authenticator, lis net.Listener) {
+		srv := mount.New(svc, mount.Options{Name: name, Logger: lg, Auth: authn, ServiceToken: svcToken})
 		go srv.Serve(lis)
 		tb.Cleanup(func() { srv.Stop(2 * time.Second) })
 	}
@@ -98,10 +103,7 @@ func newStack(tb testing.TB, lg *zap.Logger) *stack {
 	if err != nil {
 		tb.Fatalf("credential.New: %v", err)
 	}
-	credSrv := server.New(server.Config{Name: "credential", Logger: lg, Errors: credSvc.Errors(), Auth: credSvc.Authenticator(),
-		NoAuth: credSvc.NoAuth, Internal: credSvc.Internal, ServiceToken: svcToken})
-	credSvc.Register(credSrv.GRPC)
-	serve(credSrv, credLis)
+	serve("credential", credSvc, credSvc.Authenticator(), credLis)
 	tb.Cleanup(func() { credSvc.Close() })
 
 	internal := credentialv1.NewCredentialInternalServiceClient(dialLoopback(tb, credAddr, svcToken))
@@ -114,9 +116,7 @@ func newStack(tb testing.TB, lg *zap.Logger) *stack {
 	if err != nil {
 		tb.Fatalf("automation.New: %v", err)
 	}
-	autoSrv := server.New(server.Config{Name: "automation", Logger: lg, Errors: autoSvc.Errors(), Auth: remote, NoAuth: autoSvc.NoAuth})
-	autoSvc.Register(autoSrv.GRPC)
-	serve(autoSrv, autoLis)
+	serve("automation", autoSvc, remote, autoLis)
 	tb.Cleanup(func() { autoSvc.Close() })
 
 	// The agent service; self-rotation's per-IP limit is lifted (every
@@ -125,9 +125,7 @@ func newStack(tb testing.TB, lg *zap.Logger) *stack {
 	if err != nil {
 		tb.Fatalf("agent.New: %v", err)
 	}
-	agentSrv := server.New(server.Config{Name: "agent", Logger: lg, Errors: agentSvc.Errors(), Auth: remote, NoAuth: agentSvc.NoAuth})
-	agentSvc.Register(agentSrv.GRPC)
-	serve(agentSrv, agentLis)
+	serve("agent", agentSvc, remote, agentLis)
 	tb.Cleanup(func() { agentSvc.Close() })
 
 	// The vault, unsealed with a fresh key-encryption key; HTTP Request
@@ -140,10 +138,7 @@ func newStack(tb testing.TB, lg *zap.Logger) *stack {
 	if err != nil {
 		tb.Fatalf("vault.New: %v", err)
 	}
-	vaultSrv := server.New(server.Config{Name: "vault", Logger: lg, Errors: vaultSvc.Errors(), Auth: remote, NoAuth: vaultSvc.NoAuth,
-		Internal: vaultSvc.Internal, ServiceToken: svcToken})
-	vaultSvc.Register(vaultSrv.GRPC)
-	serve(vaultSrv, vaultLis)
+	serve("vault", vaultSvc, remote, vaultLis)
 	tb.Cleanup(func() { vaultSvc.Close() })
 
 	gw, err := gateway.New(gateway.Config{CredentialAddr: credAddr, AutomationAddr: autoAddr,

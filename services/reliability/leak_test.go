@@ -7,7 +7,6 @@ package reliability
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
@@ -199,19 +198,14 @@ func runLeakScan(t *testing.T, layout string) {
 	c.onResponse = scan.onResponse
 	c.start(t)
 	scan.addFileCredential(c.OperatorToken)
-	svcTok, err := os.ReadFile(filepath.Join(c.baseDir, "service-token"))
+	svcTok, err := os.ReadFile(c.ServiceTokenPath())
 	if err != nil {
 		t.Fatal(err)
 	}
 	scan.addFileCredential(strings.TrimSpace(string(svcTok)))
 	scan.addKey(c.kek)
 	rc := c.rest()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	agentLanded := c.serving(ctx, "agent", "backlog.agent.v1.AgentService")
-	vaultLanded := c.serving(ctx, "vault", "backlog.vault.v1.VaultService")
-	cancel()
-
-	flows := runLeakFlows(t, c, rc, scan, agentLanded, vaultLanded, target.URL, func() []string {
+	flows := runLeakFlows(t, c, rc, scan, target.URL, func() []string {
 		gotMu.Lock()
 		defer gotMu.Unlock()
 		return append([]string(nil), received...)
@@ -247,7 +241,7 @@ func runLeakScan(t *testing.T, layout string) {
 	}
 	// 1. Process logs: none of them, nor any well-formed credential at all.
 	logBytes := 0
-	for name, b := range c.logs() {
+	for name, b := range c.Logs() {
 		logBytes += len(b)
 		for _, ns := range creds {
 			report("the log of the "+name+" process", find(b, ns))
@@ -293,7 +287,7 @@ func runLeakScan(t *testing.T, layout string) {
 			t.Fatal(err)
 		}
 		dbBytes += len(b)
-		rel, _ := filepath.Rel(c.baseDir, p)
+		rel, _ := filepath.Rel(c.Dir(), p)
 		for _, ns := range creds {
 			report(rel, find(b, ns))
 		}
@@ -324,7 +318,7 @@ type leakFlows struct {
 }
 
 // runLeakFlows runs every flow that exists, through REST, as a user would.
-func runLeakFlows(t *testing.T, c *cluster, rc *restClient, scan *leakScan, agentLanded, vaultLanded bool, targetURL string, received func() []string) *leakFlows {
+func runLeakFlows(t *testing.T, c *cluster, rc *restClient, scan *leakScan, targetURL string, received func() []string) *leakFlows {
 	t.Helper()
 	out := &leakFlows{}
 	ok := func(method, path, token string, body any) obj {
@@ -397,7 +391,7 @@ func runLeakFlows(t *testing.T, c *cluster, rc *restClient, scan *leakScan, agen
 	status(http.StatusUnauthorized, http.MethodPost, "/v1/auth/exchange", secret2, map[string]any{})
 	out.ran = append(out.ran, "automations create/read/update/exchange/rotate/suspend/resume/delete")
 
-	if agentLanded {
+	{
 		inst := ok(http.MethodPost, p+"/installations", ws.OwnerToken, map[string]any{"name": "Helper App", "appId": "app-123"}).str("installation.id")
 		ok(http.MethodGet, p+"/installations", memberTok, nil)
 		ag := ok(http.MethodPost, p+"/installations/"+inst+"/agents", adminTok, map[string]any{"name": "Triage Agent", "role": "member", "teamIds": []string{"core"}})
@@ -425,7 +419,7 @@ func runLeakFlows(t *testing.T, c *cluster, rc *restClient, scan *leakScan, agen
 		out.ran = append(out.ran, "agents register/self/self-rotate/admin-rotate/update/suspend/revoke")
 	}
 
-	if vaultLanded {
+	{
 		v1, v2 := randomValue("sv1-"), randomValue("sv2-")
 		scan.addValue(v1)
 		scan.addValue(v2)

@@ -4,49 +4,67 @@ package reliability
 // check, and the facts the suites assert about what is stored.
 
 import (
+	"strings"
 	"testing"
-	"time"
 
-	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 
 	automationv1 "github.com/backlog/controlplane/gen/go/backlog/automation/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	credentialstorev1 "github.com/backlog/controlplane/gen/go/backlog/credentialstore/v1"
+	"github.com/backlog/controlplane/services/kit/store"
+	"github.com/backlog/controlplane/services/kit/store/boltstore"
 )
 
 // Bucket names of the stores, as the services declare them in their schema
 // files (read here, never written).
 var (
-	bucketCredentials = []byte("credentials")
-	bucketSubjects    = []byte("subjects")
-	bucketAutomations = []byte("automations")
+	bucketCredentials = store.Bucket("credentials")
+	bucketSubjects    = store.Bucket("subjects")
+	bucketAutomations = store.Bucket("automations")
 )
 
-// boltCheck opens path read-only (its process must be stopped or killed),
-// runs bbolt's consistency check (tx.Check: page accounting, freelist,
-// B+tree ordering) and returns the errors it reported and the number of
-// keys in the file's top-level buckets.
+// boltCheck runs bbolt's consistency check on the file at path (its process
+// must be stopped or killed: page accounting, freelist, B+tree ordering) and
+// returns what it reported and the number of keys in the services' buckets.
 func boltCheck(t testing.TB, path string) (problems []error, keys int) {
 	t.Helper()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+	if err := boltstore.Check(path); err != nil {
+		problems = append(problems, err)
+	}
+	counts := readKeys(t, path)
+	for b, n := range counts {
+		if !strings.HasPrefix(b, "_") {
+			keys += n
+		}
+	}
+	return problems, keys
+}
+
+func readKeys(t testing.TB, path string) map[string]int {
+	t.Helper()
+	r := openReader(t, path)
+	defer r.Close()
+	counts, err := r.Keys()
+	if err != nil {
+		t.Fatalf("read %s: %v", path, err)
+	}
+	return counts
+}
+
+func openReader(t testing.TB, path string) *boltstore.Reader {
+	t.Helper()
+	r, err := boltstore.OpenReader(path)
 	if err != nil {
 		t.Fatalf("open %s read-only: %v", path, err)
 	}
-	defer db.Close()
-	err = db.View(func(tx *bolt.Tx) error {
-		for e := range tx.Check() {
-			problems = append(problems, e)
-		}
-		return tx.ForEach(func(_ []byte, b *bolt.Bucket) error {
-			keys += b.Stats().KeyN
-			return nil
-		})
-	})
-	if err != nil {
-		t.Fatalf("check %s: %v", path, err)
-	}
-	return problems, keys
+	return r
+}
+
+// each visits every key of bucket b in tx.
+func each(tx store.ReadTx, b store.Bucket, fn func(k, v []byte) error) error {
+	_, err := tx.Scan(b, store.ScanOptions{}, func(k, v []byte) (bool, error) { return true, fn(k, v) })
+	return err
 }
 
 // subjectState is what credential.db holds about one subject.
@@ -61,10 +79,7 @@ type subjectState struct {
 // readCredentialStore reads every subject and credential of credential.db.
 func readCredentialStore(t testing.TB, path string) map[string]*subjectState {
 	t.Helper()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatalf("open %s read-only: %v", path, err)
-	}
+	db := openReader(t, path)
 	defer db.Close()
 	out := map[string]*subjectState{}
 	get := func(id string) *subjectState {
@@ -75,8 +90,8 @@ func readCredentialStore(t testing.TB, path string) map[string]*subjectState {
 		}
 		return s
 	}
-	err = db.View(func(tx *bolt.Tx) error {
-		err := tx.Bucket(bucketSubjects).ForEach(func(k, v []byte) error {
+	err := db.View(func(tx store.ReadTx) error {
+		err := each(tx, bucketSubjects, func(k, v []byte) error {
 			rec := &credentialstorev1.SubjectRecord{}
 			if err := proto.Unmarshal(v, rec); err != nil {
 				return err
@@ -88,7 +103,7 @@ func readCredentialStore(t testing.TB, path string) map[string]*subjectState {
 		if err != nil {
 			return err
 		}
-		return tx.Bucket(bucketCredentials).ForEach(func(_, v []byte) error {
+		return each(tx, bucketCredentials, func(_, v []byte) error {
 			rec := &credentialstorev1.CredentialRecord{}
 			if err := proto.Unmarshal(v, rec); err != nil {
 				return err
@@ -109,14 +124,11 @@ func readCredentialStore(t testing.TB, path string) map[string]*subjectState {
 // readAutomations reads every automation record of automation.db by id.
 func readAutomations(t testing.TB, path string) map[string]*automationv1.Automation {
 	t.Helper()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatalf("open %s read-only: %v", path, err)
-	}
+	db := openReader(t, path)
 	defer db.Close()
 	out := map[string]*automationv1.Automation{}
-	err = db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketAutomations).ForEach(func(_, v []byte) error {
+	err := db.View(func(tx store.ReadTx) error {
+		return each(tx, bucketAutomations, func(_, v []byte) error {
 			a := &automationv1.Automation{}
 			if err := proto.Unmarshal(v, a); err != nil {
 				return err
