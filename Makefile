@@ -9,7 +9,7 @@ BUF     := tools/bin/buf
 DATA_DIR ?= ./data
 GO_TEST_FLAGS ?= -race -count=1 -timeout 10m
 
-.PHONY: all build run test test-go verify verify-gen verify-work lint generate tools clean bench soak
+.PHONY: all build run test test-go verify verify-gen verify-work verify-modules verify-imports verify-breaking lint generate tools clean bench soak
 
 all: build
 
@@ -26,11 +26,12 @@ run: build
 	@bin/backlogd vault gen-kek -out $(DATA_DIR)/vault.kek
 	bin/backlogd -target=all -data-dir $(DATA_DIR) -vault-kek-file $(DATA_DIR)/vault.kek
 
-## test: every module's tests with -race (end-to-end included), then verify
+## test: every module's tests with -race (end-to-end included), then verify.
+## Each module is tested on its own (GOWORK=off): its go.mod must stand alone.
 test: test-go verify
 
 test-go:
-	@for m in $(MODULES); do echo "== go test $$m"; (cd $$m && go test $(GO_TEST_FLAGS) ./...); done
+	@for m in $(MODULES); do echo "== go test $$m"; (cd $$m && GOWORK=off go test $(GO_TEST_FLAGS) ./...); done
 
 ## bench: build backlogd, start it on loopback with a temp data dir, seed, measure every
 ## scenario (full scale: 10 s per load, 100k automations); table on stdout, figures in
@@ -52,8 +53,28 @@ soak:
 	@for t in $(FUZZ_TARGETS); do d=$${t%%:*}; f=$${t##*:}; echo "== fuzz $$f in $$d for $(FUZZTIME)"; \
 	  go test -C $$d -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) . || exit 1; done
 
-## verify: generated code matches the protos; go.work lists every module; lint
-verify: verify-work verify-gen lint
+## verify: generated code matches the protos and breaks nothing; go.work lists every
+## module; each go.mod is tidy; only the bbolt engine imports bbolt; lint
+verify: verify-work verify-modules verify-imports verify-gen verify-breaking lint
+
+verify-modules:
+	@for m in $(MODULES); do \
+	  (cd $$m && GOWORK=off go mod tidy -diff >/dev/null) || { echo "$$m: go.mod/go.sum are not tidy on their own: run (cd $$m && GOWORK=off go mod tidy)"; exit 1; }; \
+	done; echo "every module's go.mod is tidy on its own"
+
+# Handlers see the storage seam (kit/store), never an engine: only the bbolt
+# engine's package may import bbolt.
+verify-imports:
+	@bad=$$(git grep -l '"go.etcd.io/bbolt"' -- '*.go' ':!gen/' ':!services/kit/store/boltstore/' || true); \
+	if [ -n "$$bad" ]; then echo "bbolt imported outside services/kit/store/boltstore:"; echo "$$bad"; exit 1; fi; \
+	echo "bbolt is imported only by the bbolt store engine"
+
+# buf breaking (FILE rules) against main, or, on main itself, against the
+# protos before their last change.
+verify-breaking: $(TOOLS)
+	@against=$$(tools/breaking-base.sh); \
+	if [ -z "$$against" ]; then echo "buf breaking: no earlier protos to compare with"; exit 0; fi; \
+	$(BUF) breaking --against ".git#ref=$$against" && echo "buf breaking: no breaking change against $$against"
 
 verify-work:
 	@mods=$$(find . -name go.mod -not -path './tools/*' -not -path './.tmp/*' | sed 's|^\./||; s|/go.mod$$||' | sort); \
