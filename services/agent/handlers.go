@@ -241,7 +241,7 @@ func (s *Service) CreateAgent(ctx context.Context, req *agentv1.CreateAgentReque
 		if err := installationExists(tx, ws, inst); err != nil {
 			return err
 		}
-		return nameFree(tx, ws, name, "")
+		return names.Free(tx, ws, name, "")
 	}); err != nil {
 		return nil, err
 	}
@@ -275,7 +275,7 @@ func (s *Service) CreateAgent(ctx context.Context, req *agentv1.CreateAgentReque
 		if err := installationExists(tx, ws, inst); err != nil {
 			return err
 		}
-		if err := claimName(tx, ws, a.Name, a.Id); err != nil {
+		if err := names.Claim(tx, ws, a.Name, a.Id); err != nil {
 			return err
 		}
 		if err := putAgent(tx, a); err != nil {
@@ -380,7 +380,7 @@ func (s *Service) UpdateAgent(ctx context.Context, req *agentv1.UpdateAgentReque
 	}
 	renamed := foldName(next.Name) != foldName(old.Name)
 	if renamed {
-		if err := s.db.View(ctx, func(tx store.ReadTx) error { return nameFree(tx, ws, next.Name, id) }); err != nil {
+		if err := s.db.View(ctx, func(tx store.ReadTx) error { return names.Free(tx, ws, next.Name, id) }); err != nil {
 			return nil, err
 		}
 	}
@@ -392,11 +392,11 @@ func (s *Service) UpdateAgent(ctx context.Context, req *agentv1.UpdateAgentReque
 				return err
 			}
 			if renamed {
-				if err := releaseName(tx, ws, old.Name, id); err != nil {
+				if err := names.Release(tx, ws, old.Name, id); err != nil {
 					return err
 				}
 			}
-			if err := claimName(tx, ws, next.Name, id); err != nil {
+			if err := names.Claim(tx, ws, next.Name, id); err != nil {
 				return err
 			}
 			if err := putAgent(tx, next); err != nil {
@@ -556,7 +556,7 @@ func (s *Service) RevokeAgent(ctx context.Context, req *agentv1.RevokeAgentReque
 		if err := putAgent(tx, next); err != nil {
 			return err
 		}
-		if err := releaseName(tx, ws, a.GetName(), id); err != nil {
+		if err := names.Release(tx, ws, a.GetName(), id); err != nil {
 			return err
 		}
 		if err := deleteCredentialInfos(tx, ws, id); err != nil {

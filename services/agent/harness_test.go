@@ -3,9 +3,6 @@ package agent_test
 import (
 	"bytes"
 	"context"
-	"errors"
-	"fmt"
-	"io"
 	"net"
 	"slices"
 	"strings"
@@ -24,7 +21,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
-	adminv1 "github.com/backlog/controlplane/gen/go/backlog/admin/v1"
 	agentv1 "github.com/backlog/controlplane/gen/go/backlog/agent/v1"
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
@@ -223,36 +219,6 @@ func (h *harness) dial(t *testing.T, opts ...grpc.DialOption) *grpc.ClientConn {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
-}
-
-// snapshot reads a whole AdminService.Snapshot: the store's name and bytes.
-func snapshot(ctx context.Context, cc grpc.ClientConnInterface) (string, []byte, error) {
-	stream, err := adminv1.NewAdminServiceClient(cc).Snapshot(ctx, &adminv1.SnapshotRequest{})
-	if err != nil {
-		return "", nil, err
-	}
-	var (
-		name string
-		size int64
-		b    []byte
-	)
-	for {
-		m, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return "", nil, err
-		}
-		if m.GetStore() != "" {
-			name, size = m.GetStore(), m.GetSize()
-		}
-		b = append(b, m.GetChunk()...)
-	}
-	if int64(len(b)) != size {
-		return name, b, fmt.Errorf("snapshot sent %d bytes, announced %d", len(b), size)
-	}
-	return name, b, nil
 }
 
 func bg() context.Context { return context.Background() }

@@ -192,46 +192,9 @@ func listAgents(tx store.ReadTx, ws, inst string, after []byte, limit int, fn fu
 	})
 }
 
-// nameOwner returns the id of the live agent that holds name in workspace
-// ws, "" when none does.
-func nameOwner(tx store.ReadTx, ws, name string) (string, error) {
-	v, err := tx.Get(agentNamesBucket, agentNameKey(ws, name))
-	if err != nil {
-		return "", err
-	}
-	return string(v), nil
-}
-
-// nameFree reports ErrNameTaken if a live agent other than self (which may
-// be "") holds name in ws.
-func nameFree(tx store.ReadTx, ws, name, self string) error {
-	owner, err := nameOwner(tx, ws, name)
-	if err != nil {
-		return err
-	}
-	if owner != "" && owner != self {
-		return fmt.Errorf("%w: %q", ErrNameTaken, name)
-	}
-	return nil
-}
-
-// claimName records that agent id holds name in ws; ErrNameTaken if another
-// live agent holds it.
-func claimName(tx store.WriteTx, ws, name, id string) error {
-	if err := nameFree(tx, ws, name, id); err != nil {
-		return err
-	}
-	return tx.Put(agentNamesBucket, agentNameKey(ws, name), []byte(id))
-}
-
-// releaseName frees name in ws if agent id still holds it.
-func releaseName(tx store.WriteTx, ws, name, id string) error {
-	owner, err := nameOwner(tx, ws, name)
-	if err != nil || owner != id {
-		return err
-	}
-	return tx.Delete(agentNamesBucket, agentNameKey(ws, name))
-}
+// names makes names unique per workspace (case folded); a name is held
+// by one live agent at a time.
+var names = store.Names{Bucket: agentNamesBucket, Key: agentNameKey, Taken: ErrNameTaken}
 
 // Credential metadata.
 

@@ -159,15 +159,11 @@ func New(cfg Config) (*Service, error) {
 	}
 	db, err := cfg.Store(serviceName, buckets)
 	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
+		return nil, err // names the store and what to do
 	}
 	if cfg.SweepOrphans {
-		ctx, cancel := context.WithTimeout(context.Background(), cfg.StartTimeout)
-		err := credclient.CheckNewStore(ctx, cfg.Credential, subjectKind, serviceName, db.Info())
-		cancel()
-		if err != nil {
-			refuse(lg, db)
-			return nil, fmt.Errorf("agent: %w", err)
+		if err := credclient.CheckNewStore(cfg.Credential, subjectKind, serviceName, db, cfg.StartTimeout); err != nil {
+			return nil, err // names the store and what to do
 		}
 	}
 	perIP := ratelimit.AtMost(cfg.SelfRotationsPerIP, cfg.SelfRotationWindow)
@@ -201,21 +197,6 @@ func New(cfg Config) (*Service, error) {
 		}
 	}()
 	return svc, nil
-}
-
-// refuse releases a store that start-up refused. One this start created is
-// removed, so that the next start finds it missing again rather than an
-// empty store that looks deliberate.
-func refuse(lg *zap.Logger, db store.Backend) {
-	var err error
-	if d, ok := db.(store.Discarder); ok {
-		err = d.Discard()
-	} else {
-		err = db.Close()
-	}
-	if err != nil {
-		lg.Warn("could not release the refused store", zap.String("store", db.Info().Name), zap.Error(err))
-	}
 }
 
 // recorded reports whether this service holds the record of a subject.

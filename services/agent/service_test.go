@@ -20,6 +20,7 @@ import (
 	"github.com/backlog/controlplane/services/agent"
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/credfmt"
+	"github.com/backlog/controlplane/services/kit/mount/mounttest"
 	"github.com/backlog/controlplane/services/kit/ratelimit"
 	"github.com/backlog/controlplane/services/kit/store"
 )
@@ -1103,7 +1104,7 @@ func TestInternalMethodsRequireServiceCredential(t *testing.T) {
 		{"the service credential", sibling, bg(), codes.OK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			name, b, err := snapshot(tc.ctx, tc.conn)
+			name, b, err := mounttest.Snapshot(tc.ctx, tc.conn)
 			if status.Code(err) != tc.want {
 				t.Fatalf("AdminService.Snapshot = %v, want %v", err, tc.want)
 			}

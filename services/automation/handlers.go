@@ -131,7 +131,7 @@ func (s *Service) CreateAutomation(ctx context.Context, req *automationv1.Create
 
 	// A duplicate name is refused before a credential is issued; the check
 	// is repeated inside the write for a concurrent create.
-	if err := s.db.View(ctx, func(tx store.ReadTx) error { return nameFree(tx, ws, name, "") }); err != nil {
+	if err := s.db.View(ctx, func(tx store.ReadTx) error { return names.Free(tx, ws, name, "") }); err != nil {
 		return nil, err
 	}
 	now := timestamppb.New(s.now())
@@ -161,7 +161,7 @@ func (s *Service) CreateAutomation(ctx context.Context, req *automationv1.Create
 	ev := s.rec.Event(ctx, ws, actionCreate, "automation", a.Id, audit.Success,
 		fmt.Sprintf("name=%q scopes=[%s] teams=[%s] credential=%s", a.Name, strings.Join(a.Scopes, ","), strings.Join(a.TeamIds, ","), info.GetId()))
 	err = s.db.Update(ctx, func(tx store.WriteTx) error {
-		if err := claimName(tx, ws, a.Name, a.Id); err != nil {
+		if err := names.Claim(tx, ws, a.Name, a.Id); err != nil {
 			return err
 		}
 		if err := putAutomation(tx, a); err != nil {
@@ -261,7 +261,7 @@ func (s *Service) UpdateAutomation(ctx context.Context, req *automationv1.Update
 	}
 	renamed := foldName(next.Name) != foldName(old.Name)
 	if renamed {
-		if err := s.db.View(ctx, func(tx store.ReadTx) error { return nameFree(tx, ws, next.Name, id) }); err != nil {
+		if err := s.db.View(ctx, func(tx store.ReadTx) error { return names.Free(tx, ws, next.Name, id) }); err != nil {
 			return nil, err
 		}
 	}
@@ -273,11 +273,11 @@ func (s *Service) UpdateAutomation(ctx context.Context, req *automationv1.Update
 				return err
 			}
 			if renamed {
-				if err := releaseName(tx, ws, old.Name, id); err != nil {
+				if err := names.Release(tx, ws, old.Name, id); err != nil {
 					return err
 				}
 			}
-			if err := claimName(tx, ws, next.Name, id); err != nil {
+			if err := names.Claim(tx, ws, next.Name, id); err != nil {
 				return err
 			}
 			if err := putAutomation(tx, next); err != nil {
@@ -392,7 +392,7 @@ func (s *Service) DeleteAutomation(ctx context.Context, req *automationv1.Delete
 			return err
 		}
 		// Remove the name only if it is still ours.
-		if err := releaseName(tx, ws, a.GetName(), id); err != nil {
+		if err := names.Release(tx, ws, a.GetName(), id); err != nil {
 			return err
 		}
 		return audit.Put(tx, ev)

@@ -63,7 +63,7 @@ func putAutomation(tx store.WriteTx, a *automationv1.Automation) error {
 }
 
 // deleteAutomation removes the record of automation id of workspace ws (its
-// name is released separately, see releaseName).
+// name is released separately, see names.Release).
 func deleteAutomation(tx store.WriteTx, ws, id string) error {
 	return tx.Delete(automationsBucket, automationKey(ws, id))
 }
@@ -82,43 +82,6 @@ func listAutomations(tx store.ReadTx, ws string, after []byte, limit int, fn fun
 	})
 }
 
-// nameOwner returns the id of the automation that holds name in workspace
-// ws, "" when none does.
-func nameOwner(tx store.ReadTx, ws, name string) (string, error) {
-	v, err := tx.Get(namesBucket, nameKey(ws, name))
-	if err != nil {
-		return "", err
-	}
-	return string(v), nil
-}
-
-// nameFree reports ErrNameTaken if another automation than self (which may
-// be "") holds name in ws.
-func nameFree(tx store.ReadTx, ws, name, self string) error {
-	owner, err := nameOwner(tx, ws, name)
-	if err != nil {
-		return err
-	}
-	if owner != "" && owner != self {
-		return fmt.Errorf("%w: %q", ErrNameTaken, name)
-	}
-	return nil
-}
-
-// claimName records that automation id holds name in ws; ErrNameTaken if
-// another automation holds it.
-func claimName(tx store.WriteTx, ws, name, id string) error {
-	if err := nameFree(tx, ws, name, id); err != nil {
-		return err
-	}
-	return tx.Put(namesBucket, nameKey(ws, name), []byte(id))
-}
-
-// releaseName frees name in ws if automation id still holds it.
-func releaseName(tx store.WriteTx, ws, name, id string) error {
-	owner, err := nameOwner(tx, ws, name)
-	if err != nil || owner != id {
-		return err
-	}
-	return tx.Delete(namesBucket, nameKey(ws, name))
-}
+// names makes names unique per workspace (case folded); a name is held
+// by one automation at a time.
+var names = store.Names{Bucket: namesBucket, Key: nameKey, Taken: ErrNameTaken}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -25,7 +24,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
-	adminv1 "github.com/backlog/controlplane/gen/go/backlog/admin/v1"
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	automationv1 "github.com/backlog/controlplane/gen/go/backlog/automation/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
@@ -35,6 +33,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/credfmt"
 	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/mount"
+	"github.com/backlog/controlplane/services/kit/mount/mounttest"
 	"github.com/backlog/controlplane/services/kit/store"
 )
 
@@ -854,7 +853,7 @@ func TestInternalMethodsRequireServiceCredential(t *testing.T) {
 		{"the service credential", sibling, bg(), codes.OK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			name, b, err := snapshot(tc.ctx, tc.conn)
+			name, b, err := mounttest.Snapshot(tc.ctx, tc.conn)
 			if status.Code(err) != tc.want {
 				t.Fatalf("AdminService.Snapshot = %v, want %v", err, tc.want)
 			}
@@ -863,36 +862,6 @@ func TestInternalMethodsRequireServiceCredential(t *testing.T) {
 			}
 		})
 	}
-}
-
-// snapshot reads a whole AdminService.Snapshot: the store's name and bytes.
-func snapshot(ctx context.Context, cc grpc.ClientConnInterface) (string, []byte, error) {
-	stream, err := adminv1.NewAdminServiceClient(cc).Snapshot(ctx, &adminv1.SnapshotRequest{})
-	if err != nil {
-		return "", nil, err
-	}
-	var (
-		name string
-		size int64
-		b    []byte
-	)
-	for {
-		m, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return "", nil, err
-		}
-		if m.GetStore() != "" {
-			name, size = m.GetStore(), m.GetSize()
-		}
-		b = append(b, m.GetChunk()...)
-	}
-	if int64(len(b)) != size {
-		return name, b, fmt.Errorf("snapshot sent %d bytes, announced %d", len(b), size)
-	}
-	return name, b, nil
 }
 
 func TestNewNeedsItsParts(t *testing.T) {

@@ -3,9 +3,6 @@ package credential_test
 import (
 	"bytes"
 	"context"
-	"errors"
-	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,12 +20,12 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
-	adminv1 "github.com/backlog/controlplane/gen/go/backlog/admin/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	"github.com/backlog/controlplane/services/credential"
 	"github.com/backlog/controlplane/services/credential/credentialtest"
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/credfmt"
+	"github.com/backlog/controlplane/services/kit/mount/mounttest"
 )
 
 var as = credentialtest.As
@@ -383,7 +380,7 @@ func TestInternalAPIRequiresServiceCredential(t *testing.T) {
 			return err
 		},
 		"AdminService.Snapshot": func(ctx context.Context, cc *grpc.ClientConn) error {
-			name, b, err := snapshot(ctx, cc)
+			name, b, err := mounttest.Snapshot(ctx, cc)
 			if err == nil && (name != "credential.db" || len(b) == 0) {
 				t.Errorf("snapshot of %q, %d bytes", name, len(b))
 			}
@@ -411,36 +408,6 @@ func TestInternalAPIRequiresServiceCredential(t *testing.T) {
 	if _, err := credentialv1.NewCredentialServiceClient(conn).WhoAmI(as(bg, owner), &credentialv1.WhoAmIRequest{}); err != nil {
 		t.Fatalf("public API: %v", err)
 	}
-}
-
-// snapshot reads a whole AdminService.Snapshot: the store's name and bytes.
-func snapshot(ctx context.Context, cc grpc.ClientConnInterface) (string, []byte, error) {
-	stream, err := adminv1.NewAdminServiceClient(cc).Snapshot(ctx, &adminv1.SnapshotRequest{})
-	if err != nil {
-		return "", nil, err
-	}
-	var (
-		name string
-		size int64
-		b    []byte
-	)
-	for {
-		m, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return "", nil, err
-		}
-		if m.GetStore() != "" {
-			name, size = m.GetStore(), m.GetSize()
-		}
-		b = append(b, m.GetChunk()...)
-	}
-	if int64(len(b)) != size {
-		return name, b, fmt.Errorf("snapshot sent %d bytes, announced %d", len(b), size)
-	}
-	return name, b, nil
 }
 
 // mistype changes the last character of a credential (always to a different one).

@@ -118,7 +118,7 @@ func New(cfg Config) (*Service, error) {
 	}
 	ctx := context.Background()
 	if err := checkStart(ctx, db, cfg.DataDir); err != nil {
-		discardIfCreated(db)
+		store.Release(db)
 		return nil, err
 	}
 	key, err := loadOrCreateKey(KeyPath(cfg.DataDir))
@@ -198,17 +198,6 @@ func checkStart(ctx context.Context, db store.Backend, dataDir string) error {
 			ErrDataLost, keyPath, info.Name, info.Name, storeName)
 	}
 	return nil
-}
-
-// discardIfCreated closes db and, if this start created it, removes it: the
-// next start must find the store missing again, not an empty one that looks
-// deliberate.
-func discardIfCreated(db store.Backend) {
-	if d, ok := db.(store.Discarder); ok && db.Info().Created {
-		d.Discard()
-		return
-	}
-	db.Close()
 }
 
 func fileExists(path string) (bool, error) {

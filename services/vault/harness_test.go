@@ -6,8 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/pem"
-	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -34,7 +32,6 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	adminv1 "github.com/backlog/controlplane/gen/go/backlog/admin/v1"
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
@@ -300,36 +297,6 @@ func (h *harness) responsesSeen() string {
 }
 
 var as = credentialtest.As
-
-// snapshot reads a whole AdminService.Snapshot: the store's name and bytes.
-func snapshot(ctx context.Context, cc grpc.ClientConnInterface) (string, []byte, error) {
-	stream, err := adminv1.NewAdminServiceClient(cc).Snapshot(ctx, &adminv1.SnapshotRequest{})
-	if err != nil {
-		return "", nil, err
-	}
-	var (
-		name string
-		size int64
-		b    []byte
-	)
-	for {
-		m, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return "", nil, err
-		}
-		if m.GetStore() != "" {
-			name, size = m.GetStore(), m.GetSize()
-		}
-		b = append(b, m.GetChunk()...)
-	}
-	if int64(len(b)) != size {
-		return name, b, fmt.Errorf("snapshot sent %d bytes, announced %d", len(b), size)
-	}
-	return name, b, nil
-}
 
 func bg() context.Context { return context.Background() }
 

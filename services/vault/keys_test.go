@@ -19,6 +19,7 @@ import (
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
 	"github.com/backlog/controlplane/services/kit/credfmt"
+	"github.com/backlog/controlplane/services/kit/mount/mounttest"
 	"github.com/backlog/controlplane/services/kit/store"
 	"github.com/backlog/controlplane/services/kit/store/boltstore"
 	"github.com/backlog/controlplane/services/vault"
@@ -482,7 +483,7 @@ func TestInternalMethodsRequireServiceCredential(t *testing.T) {
 			return err
 		},
 		"AdminService.Snapshot": func(ctx context.Context, cc *grpc.ClientConn) error {
-			name, b, err := snapshot(ctx, cc)
+			name, b, err := mounttest.Snapshot(ctx, cc)
 			if err == nil && (name != "vault.db" || len(b) == 0) {
 				t.Errorf("snapshot of %q, %d bytes", name, len(b))
 			}

@@ -178,11 +178,7 @@ func New(cfg Config) (*Service, error) {
 	if err := s.checkKeys(len(cfg.PreviousKEKFiles) > 0); err != nil {
 		// A store this start created goes again, so that the next start
 		// does not take an empty store for a deliberate one.
-		if d, ok := db.(store.Discarder); ok {
-			d.Discard()
-		} else {
-			db.Close()
-		}
+		store.Release(db)
 		return nil, err
 	}
 	return s, nil

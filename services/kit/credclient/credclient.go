@@ -166,13 +166,24 @@ func (s Sweeper) once(ctx context.Context) (int, error) {
 // ErrStoreLost is returned by CheckNewStore.
 var ErrStoreLost = errors.New("store lost")
 
-// CheckNewStore is called when start-up has just created the service's
-// store empty (and not on purpose, see store.Info.Reinit). If the credential
-// service holds live subjects of the kind created before the store, that
-// store existed and is gone: it fails with a message naming the store and
-// what to do, and the caller must not start. It waits for the credential
-// service (within ctx): the first start of a store cannot be judged without it.
-func CheckNewStore(ctx context.Context, c credentialv1.CredentialInternalServiceClient, kind credentialv1.SubjectKind, kindName string, info store.Info) error {
+// CheckNewStore is called at start-up with the service's store. When this
+// start has just created it empty (and not on purpose, see
+// store.Info.Reinit) while the credential service holds live subjects of the
+// kind, that store existed and is gone: it releases the store (store.Release)
+// and fails with a message naming the store and what to do; the caller must
+// not start. It waits up to timeout for the credential service: the first
+// start of a store cannot be judged without it.
+func CheckNewStore(c credentialv1.CredentialInternalServiceClient, kind credentialv1.SubjectKind, kindName string, db store.Backend, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	err := checkNewStore(ctx, c, kind, kindName, db.Info())
+	if err != nil {
+		store.Release(db)
+	}
+	return err
+}
+
+func checkNewStore(ctx context.Context, c credentialv1.CredentialInternalServiceClient, kind credentialv1.SubjectKind, kindName string, info store.Info) error {
 	if !info.Created || info.Reinit {
 		return nil
 	}

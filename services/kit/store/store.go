@@ -184,6 +184,15 @@ type Discarder interface {
 	Discard() error
 }
 
+// Release lets go of a store that start-up then refused: one this start
+// created is discarded (see Discarder), any other is closed.
+func Release(db Backend) error {
+	if d, ok := db.(Discarder); ok {
+		return d.Discard()
+	}
+	return db.Close()
+}
+
 // Faults is implemented by engines that can simulate failures, for tests.
 type Faults interface {
 	// SetFault installs f, run inside every write transaction before it

@@ -3,10 +3,17 @@
 package mounttest
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
 	"net"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
+	adminv1 "github.com/backlog/controlplane/gen/go/backlog/admin/v1"
 	"github.com/backlog/controlplane/services/kit/mount"
 )
 
@@ -22,4 +29,35 @@ func Start(tb testing.TB, svc mount.Service, o mount.Options) string {
 	go srv.Serve(lis)
 	tb.Cleanup(func() { srv.Stop(time.Second) })
 	return lis.Addr().String()
+}
+
+// Snapshot reads a whole AdminService.Snapshot: the store's name and bytes.
+// It fails if the bytes received differ from the size announced.
+func Snapshot(ctx context.Context, cc grpc.ClientConnInterface) (string, []byte, error) {
+	stream, err := adminv1.NewAdminServiceClient(cc).Snapshot(ctx, &adminv1.SnapshotRequest{})
+	if err != nil {
+		return "", nil, err
+	}
+	var (
+		name string
+		size int64
+		b    []byte
+	)
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return "", nil, err
+		}
+		if m.GetStore() != "" {
+			name, size = m.GetStore(), m.GetSize()
+		}
+		b = append(b, m.GetChunk()...)
+	}
+	if int64(len(b)) != size {
+		return name, b, fmt.Errorf("snapshot sent %d bytes, announced %d", len(b), size)
+	}
+	return name, b, nil
 }
