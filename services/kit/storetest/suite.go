@@ -191,7 +191,7 @@ func testScan(t *testing.T, db store.Backend) {
 	}
 	// Uncounted keys (fn returns false) do not use up the limit.
 	var counted int
-	db.View(ctx, func(tx store.ReadTx) error {
+	must(t, db.View(ctx, func(tx store.ReadTx) error {
 		_, err := tx.Scan(bucketA, store.ScanOptions{Prefix: prefix, Limit: 5}, func(k, v []byte) (bool, error) {
 			odd := v[0]%2 == 1
 			if odd {
@@ -200,7 +200,7 @@ func testScan(t *testing.T, db store.Backend) {
 			return odd, nil
 		})
 		return err
-	})
+	}))
 	if counted != 5 {
 		t.Fatalf("counted %d odd keys, want 5", counted)
 	}
@@ -406,7 +406,7 @@ func testCounter(t *testing.T, db store.Backend) {
 	}
 	wg.Wait()
 	var n uint64
-	db.View(ctx, func(tx store.ReadTx) (err error) { n, err = readCounter(tx, key); return err })
+	must(t, db.View(ctx, func(tx store.ReadTx) (err error) { n, err = readCounter(tx, key); return err }))
 	if failed.Load() != 0 || n != workers*each {
 		t.Fatalf("counter = %d after %d increments (%d failed): an update was lost", n, workers*each, failed.Load())
 	}
@@ -438,7 +438,7 @@ func testIfAbsent(t *testing.T, db store.Backend) {
 		t.Fatalf("%d winners and %d ErrExists, want 1 and %d", wins.Load(), exists.Load(), n-1)
 	}
 	// After a delete the name is free again.
-	db.Update(ctx, func(tx store.WriteTx) error { return tx.Delete(bucketA, []byte("names/deploy-bot")) })
+	must(t, db.Update(ctx, func(tx store.WriteTx) error { return tx.Delete(bucketA, []byte("names/deploy-bot")) }))
 	put(t, db, bucketA, "names/deploy-bot", "again", store.IfAbsent())
 }
 
@@ -472,13 +472,13 @@ func testPhantomInsert(t *testing.T, db store.Backend) {
 		}(i)
 	}
 	wg.Wait()
-	db.View(ctx, func(tx store.ReadTx) error {
+	must(t, db.View(ctx, func(tx store.ReadTx) error {
 		keys, err := countPrefix(tx, "slot/")
 		if err != nil || len(keys) != 1 {
 			t.Fatalf("prefix holds %v (%v), want exactly one key: a scan missed a concurrent insert", keys, err)
 		}
 		return nil
-	})
+	}))
 }
 
 // A scan-then-write must see a concurrent delete under its prefix: "delete
@@ -512,13 +512,13 @@ func testPhantomDelete(t *testing.T, db store.Backend) {
 		}(i)
 	}
 	wg.Wait()
-	db.View(ctx, func(tx store.ReadTx) error {
+	must(t, db.View(ctx, func(tx store.ReadTx) error {
 		keys, err := countPrefix(tx, "owner/")
 		if err != nil || len(keys) != 1 {
 			t.Fatalf("prefix holds %v (%v), want exactly one: a scan missed a concurrent delete", keys, err)
 		}
 		return nil
-	})
+	}))
 }
 
 func testTooLarge(t *testing.T, db store.Backend) {
@@ -608,6 +608,14 @@ func testExpiry(t *testing.T, db store.Backend) {
 	}
 }
 
+// must fails the test on a setup or read error.
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func ctxT(t *testing.T) context.Context {
 	c, cancel := context.WithCancel(ctx)
 	t.Cleanup(cancel)
@@ -616,7 +624,7 @@ func ctxT(t *testing.T) context.Context {
 
 func revision(t *testing.T, db store.Backend) int64 {
 	var rev int64
-	db.View(ctx, func(tx store.ReadTx) error { rev = tx.Revision(); return nil })
+	must(t, db.View(ctx, func(tx store.ReadTx) error { rev = tx.Revision(); return nil }))
 	return rev
 }
 
@@ -629,7 +637,9 @@ func testRevisions(t *testing.T, db store.Backend) {
 	if !(r0 < r1 && r1 < r2) {
 		t.Fatalf("revisions %d, %d, %d do not increase with commits", r0, r1, r2)
 	}
-	db.Update(ctx, func(tx store.WriteTx) error { return errors.New("no") })
+	if err := db.Update(ctx, func(tx store.WriteTx) error { return errors.New("no") }); err == nil {
+		t.Fatal("a failing update reported success")
+	}
 	if r := revision(t, db); r != r2 {
 		t.Fatalf("a failed update moved the revision from %d to %d", r2, r)
 	}
@@ -695,10 +705,14 @@ func testWatch(t *testing.T, db store.Backend) {
 		}
 	}
 	// A failed update is never delivered.
-	db.Update(ctx, func(tx store.WriteTx) error {
-		tx.Put(bucketA, []byte("w/failed"), []byte{1})
+	if err := db.Update(ctx, func(tx store.WriteTx) error {
+		if err := tx.Put(bucketA, []byte("w/failed"), []byte{1}); err != nil {
+			return err
+		}
 		return errors.New("no")
-	})
+	}); err == nil {
+		t.Fatal("a failing update reported success")
+	}
 	put(t, db, bucketA, "w/after", "1")
 	if r := collect(t, w, 1)[0]; string(r.Changes[0].Key) != "w/after" {
 		t.Fatalf("after a failed update the watch saw %q", r.Changes[0].Key)
@@ -725,11 +739,11 @@ func testWatchCompacted(t *testing.T, db store.Backend) {
 	// Resync: read the state, then watch from the revision of that read.
 	var rev int64
 	var keys []string
-	db.View(ctx, func(tx store.ReadTx) (err error) {
+	must(t, db.View(ctx, func(tx store.ReadTx) (err error) {
 		rev = tx.Revision()
 		keys, err = countPrefix(tx, "c/")
 		return err
-	})
+	}))
 	if len(keys) != 5 {
 		t.Fatalf("resync read %d keys", len(keys))
 	}
@@ -764,7 +778,7 @@ func testUpdateOnce(t *testing.T, db store.Backend) {
 		t.Fatalf("retry = %q, %v; want the first result", res, err)
 	}
 	var n uint64
-	db.View(ctx, func(tx store.ReadTx) (err error) { n, err = readCounter(tx, []byte("once")); return err })
+	must(t, db.View(ctx, func(tx store.ReadTx) (err error) { n, err = readCounter(tx, []byte("once")); return err }))
 	if n != 1 || runs.Load() != 1 {
 		t.Fatalf("the retried update applied %d times (fn ran %d times), want once", n, runs.Load())
 	}
