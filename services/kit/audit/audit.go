@@ -119,7 +119,7 @@ func List(ctx context.Context, db store.Backend, req *auditv1.ListAuditEventsReq
 		return nil, err
 	}
 	scope := Scope(req)
-	after, err := page.Decode(scope, req.GetPageToken())
+	after, err := page.Decode(ctx, scope, req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -147,7 +147,7 @@ func List(ctx context.Context, db store.Backend, req *auditv1.ListAuditEventsReq
 			resp.AuditEvents = append(resp.AuditEvents, ev)
 			return true, nil
 		})
-		resp.NextPageToken = page.Encode(scope, next)
+		resp.NextPageToken = page.Encode(ctx, scope, next)
 		return err
 	})
 	return resp, err

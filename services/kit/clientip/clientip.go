@@ -1,5 +1,9 @@
 // Package clientip carries the end client's address from the gateway to the
-// services, and decides whom to believe about it.
+// services, and decides whom to believe about it: the gateway believes
+// X-Forwarded-For from its trusted proxies (Resolver.FromHTTP); a service
+// believes the address the gateway forwards only from a caller that
+// presented the service credential (FromGRPC), never because of where the
+// call comes from — any local process can connect from loopback.
 package clientip
 
 import (
@@ -15,14 +19,15 @@ import (
 // MetadataKey is the gRPC metadata key the gateway forwards the client IP in.
 const MetadataKey = "x-backlog-client-ip"
 
-// Resolver decides the client IP from a peer address and what it claims.
+// Resolver decides the client IP of an HTTP request from its peer address
+// and what the peer claims.
 type Resolver struct {
-	// Trusted are the peers whose claims about the client IP are believed
-	// (X-Forwarded-For at the gateway, MetadataKey at a service).
+	// Trusted are the peers whose X-Forwarded-For is believed.
 	Trusted []netip.Prefix
 }
 
-// Loopback trusts only peers on this machine.
+// Loopback is this machine's addresses: trust them (Resolver.Trusted) only
+// for a proxy in front of the gateway on the same machine.
 var Loopback = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 
 // ParsePrefixes parses a comma-separated CIDR list.
@@ -74,24 +79,23 @@ func (r Resolver) FromHTTP(remoteAddr, xff string) string {
 	return peerAddr.Unmap().String()
 }
 
-// FromGRPC returns the client IP for a gRPC call: the metadata the gateway set
-// when the peer is trusted, otherwise the peer address itself.
-func (r Resolver) FromGRPC(ctx context.Context) string {
-	var peerAddr netip.Addr
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		peerAddr = addrOf(p.Addr.String())
-	}
-	if peerAddr.IsValid() && r.trusted(peerAddr) {
-		if v := metadata.ValueFromIncomingContext(ctx, MetadataKey); len(v) > 0 {
+// FromGRPC returns the client IP for a gRPC call: the address in MetadataKey
+// when vouched (the caller presented the service credential, as the gateway
+// does), otherwise the peer address itself, whatever the caller claims.
+func FromGRPC(ctx context.Context, vouched bool) string {
+	if vouched {
+		if v := metadata.ValueFromIncomingContext(ctx, MetadataKey); len(v) == 1 {
 			if a, err := netip.ParseAddr(v[0]); err == nil {
 				return a.Unmap().String()
 			}
 		}
 	}
-	if !peerAddr.IsValid() {
-		return ""
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		if a := addrOf(p.Addr.String()); a.IsValid() {
+			return a.Unmap().String()
+		}
 	}
-	return peerAddr.Unmap().String()
+	return ""
 }
 
 func addrOf(hostport string) netip.Addr {

@@ -7,8 +7,6 @@
 package mount
 
 import (
-	"net/netip"
-
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
@@ -40,12 +38,14 @@ type Internal interface {
 
 // Options are the process's side of the wiring.
 type Options struct {
-	Name           string // "credential", "automation", …
-	Logger         *zap.Logger
-	Auth           auth.Authenticator // how bearer credentials are checked
-	TrustedProxies []netip.Prefix
-	ServiceToken   string // the service credential internal methods require
-	ServerOptions  []grpc.ServerOption
+	Name   string // "credential", "automation", …
+	Logger *zap.Logger
+	Auth   auth.Authenticator // how bearer credentials are checked
+	// ServiceToken is the service credential: internal methods require it,
+	// only a caller presenting it may name the client IP, and page tokens
+	// are signed with a key derived from it (see server.Config).
+	ServiceToken  string
+	ServerOptions []grpc.ServerOption
 }
 
 // New builds the server for svc.
@@ -56,7 +56,7 @@ func New(svc Service, o Options) *server.Server {
 	}
 	srv := server.New(server.Config{
 		Name: o.Name, Logger: o.Logger, Errors: svc.Errors(), Auth: o.Auth,
-		NoAuth: Either(svc.NoAuth, admin.IsAdminMethod), TrustedProxies: o.TrustedProxies,
+		NoAuth:   Either(svc.NoAuth, admin.IsAdminMethod),
 		Internal: internal, ServiceToken: o.ServiceToken, Options: o.ServerOptions,
 	})
 	svc.Register(srv.GRPC)

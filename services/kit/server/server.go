@@ -1,6 +1,8 @@
 // Package server builds the gRPC server every service runs: request ids,
 // client IPs, zap logging (never credentials), panic recovery, authentication,
-// one error-mapping table, server reflection and grpc.health.v1.
+// one error-mapping table, server reflection and grpc.health.v1; requests
+// that do not decode (a string that is not UTF-8) are InvalidArgument, and
+// page tokens are signed with a key derived from the service credential.
 package server
 
 import (
@@ -8,7 +10,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net"
-	"net/netip"
 	"runtime"
 	"strings"
 	"time"
@@ -28,6 +29,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/clientip"
 	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/metrics"
+	"github.com/backlog/controlplane/services/kit/page"
 )
 
 // RequestIDKey is the metadata key carrying the request id.
@@ -44,11 +46,16 @@ type Config struct {
 	Auth auth.Authenticator
 	// NoAuth reports methods that do their own authentication (or none).
 	NoAuth func(fullMethod string) bool
-	// TrustedProxies may claim the client IP in metadata; default loopback.
-	TrustedProxies []netip.Prefix
 	// Internal reports methods only sibling services may call: they must
 	// present ServiceToken (see auth.CheckService).
-	Internal     func(fullMethod string) bool
+	Internal func(fullMethod string) bool
+	// ServiceToken is the deployment's service credential. Besides guarding
+	// Internal methods, it decides whom the server believes about the client
+	// IP: only a caller presenting it (the gateway) may name one in
+	// clientip.MetadataKey; for anyone else the peer address counts. Page
+	// tokens are signed with a key derived from it (page.NewKey), so every
+	// replica accepts the others'. Empty: no caller is believed, and page
+	// tokens work only on this process.
 	ServiceToken string
 	// Options are extra gRPC server options (e.g. TLS credentials).
 	Options []grpc.ServerOption
@@ -60,6 +67,7 @@ type Server struct {
 	Health *health.Server
 	name   string
 	lg     *zap.Logger
+	cdc    *requestCodec
 }
 
 // New builds the server. Register services on s.GRPC, then Serve.
@@ -70,11 +78,15 @@ func New(cfg Config) *Server {
 	if cfg.Errors == nil {
 		cfg.Errors = errs.NewTable(cfg.Name + ".backlog")
 	}
-	if cfg.TrustedProxies == nil {
-		cfg.TrustedProxies = clientip.Loopback
-	}
 	lg := cfg.Logger.With(zap.String("service", cfg.Name))
-	ips := clientip.Resolver{Trusted: cfg.TrustedProxies}
+	pageKey := page.NewKey(cfg.ServiceToken)
+	vouched := func(ctx context.Context) bool {
+		return cfg.ServiceToken != "" && auth.CheckService(ctx, cfg.ServiceToken) == nil
+	}
+	withCall := func(ctx context.Context) context.Context {
+		return page.WithKey(withCallInfo(ctx, vouched(ctx)), pageKey)
+	}
+	cdc := newRequestCodec()
 	skip := func(m string) bool {
 		if strings.HasPrefix(m, "/grpc.health.v1.") || strings.HasPrefix(m, "/grpc.reflection.") {
 			return true
@@ -105,14 +117,21 @@ func New(cfg Config) *Server {
 		// A fixed pool of stream workers instead of a goroutine per call:
 		// fewer stack growths on the hot path.
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
+		cdc.serverOption(),
 		grpc.ChainUnaryInterceptor(
 			metrics.RPC.UnaryServerInterceptor(),
 			func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-				ctx = withCallInfo(ctx, ips)
+				ctx = withCall(ctx)
 				start := time.Now()
 				resp, err := h(ctx, req)
 				logCall(lg, ctx, info.FullMethod, start, err)
 				return resp, err
+			},
+			func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+				if err := cdc.take(req); err != nil {
+					return nil, err // did not decode: see requestCodec
+				}
+				return h(ctx, req)
 			},
 			recovery.UnaryServerInterceptor(recov),
 			func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
@@ -135,9 +154,9 @@ func New(cfg Config) *Server {
 		grpc.ChainStreamInterceptor(
 			metrics.RPC.StreamServerInterceptor(),
 			func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-				ctx := withCallInfo(ss.Context(), ips)
+				ctx := withCall(ss.Context())
 				start := time.Now()
-				err := h(srv, &ctxStream{ss, ctx})
+				err := h(srv, &ctxStream{ss, ctx, cdc})
 				logCall(lg, ctx, info.FullMethod, start, err)
 				return err
 			},
@@ -163,7 +182,7 @@ func New(cfg Config) *Server {
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
 	metrics.RPC.InitializeMetrics(g)
-	return &Server{GRPC: g, Health: hs, name: cfg.Name, lg: lg}
+	return &Server{GRPC: g, Health: hs, name: cfg.Name, lg: lg, cdc: cdc}
 }
 
 // Serve marks the server SERVING and serves lis until Stop.
@@ -195,8 +214,11 @@ type callInfo struct {
 	clientIP  string
 }
 
-func withCallInfo(ctx context.Context, ips clientip.Resolver) context.Context {
-	ci := callInfo{clientIP: ips.FromGRPC(ctx)}
+// withCallInfo records the call's request id and client IP; vouched is
+// whether the caller presented the service credential (see
+// Config.ServiceToken).
+func withCallInfo(ctx context.Context, vouched bool) context.Context {
+	ci := callInfo{clientIP: clientip.FromGRPC(ctx, vouched)}
 	if v := metadata.ValueFromIncomingContext(ctx, RequestIDKey); len(v) > 0 && validRequestID(v[0]) {
 		ci.requestID = v[0]
 	}
@@ -278,6 +300,16 @@ func sanitizePanic(p any) any {
 type ctxStream struct {
 	grpc.ServerStream
 	ctx context.Context
+	cdc *requestCodec
 }
 
 func (c *ctxStream) Context() context.Context { return c.ctx }
+
+// RecvMsg answers InvalidArgument for a message that did not decode (see
+// requestCodec).
+func (c *ctxStream) RecvMsg(m any) error {
+	if err := c.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return c.cdc.take(m)
+}

@@ -14,7 +14,7 @@ import (
 )
 
 // Name trims and checks a display name: 1 to max characters of valid UTF-8
-// without control characters.
+// with nothing that can disguise it (see Disguising).
 func Name(field, s string, max int) (string, error) {
 	s = strings.TrimSpace(s)
 	switch {
@@ -24,14 +24,17 @@ func Name(field, s string, max int) (string, error) {
 		return "", errs.Invalid(field, "is not valid UTF-8")
 	case utf8.RuneCountInString(s) > max:
 		return "", errs.Invalid(field, "must be at most %d characters", max)
-	case strings.ContainsFunc(s, unicode.IsControl):
-		return "", errs.Invalid(field, "must not contain control characters")
+	}
+	if i := strings.IndexFunc(s, Disguising); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(s[i:])
+		return "", errs.Invalid(field, "must not contain control, bidirectional-formatting, line-separator or invisible characters (found U+%04X)", r)
 	}
 	return s, nil
 }
 
 // Text trims and checks optional free text (a description): up to max
-// characters; line breaks and tabs are allowed, other control characters not.
+// characters; line breaks (\n, \r) and tabs are allowed, anything else
+// Disguising is not — U+2028 and U+2029 included: write \n instead.
 func Text(field, s string, max int) (string, error) {
 	s = strings.TrimSpace(s)
 	switch {
@@ -39,10 +42,34 @@ func Text(field, s string, max int) (string, error) {
 		return "", errs.Invalid(field, "is not valid UTF-8")
 	case utf8.RuneCountInString(s) > max:
 		return "", errs.Invalid(field, "must be at most %d characters", max)
-	case strings.ContainsFunc(s, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\r' && r != '\t' }):
-		return "", errs.Invalid(field, "must not contain control characters other than line breaks and tabs")
+	}
+	if i := strings.IndexFunc(s, func(r rune) bool { return r != '\n' && r != '\r' && r != '\t' && Disguising(r) }); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(s[i:])
+		return "", errs.Invalid(field, "must not contain control, bidirectional-formatting, line-separator or invisible characters other than line breaks and tabs (found U+%04X)", r)
 	}
 	return s, nil
+}
+
+// Disguising reports characters that can make text read other than it is,
+// in a console, a terminal, a log line or an audit trail:
+//   - control characters (C0, DEL, C1), which include line breaks;
+//   - the line and paragraph separators U+2028 and U+2029;
+//   - format characters (Unicode category Cf): the bidirectional marks,
+//     embeddings, overrides and isolates (U+061C, U+200E–U+200F,
+//     U+202A–U+202E, U+2066–U+2069) that reorder what is shown, and the
+//     invisible ones (zero-width space, word joiner, soft hyphen, byte-order
+//     mark, tag characters, …) that hide what is there;
+//
+// except the zero-width joiner and non-joiner (U+200D, U+200C), which
+// emoji sequences and Persian and Indic scripts need.
+func Disguising(r rune) bool {
+	switch {
+	case r == '\u200c' || r == '\u200d':
+		return false
+	case unicode.IsControl(r), r == '\u2028', r == '\u2029':
+		return true
+	}
+	return unicode.Is(unicode.Cf, r)
 }
 
 // Required checks that a path parameter such as the workspace id is present.

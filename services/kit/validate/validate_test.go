@@ -48,3 +48,52 @@ func TestMask(t *testing.T) {
 		t.Fatal("Clip")
 	}
 }
+
+func TestDisguisingCharacters(t *testing.T) {
+	disguising := map[string]rune{
+		"LRE": 0x202A, "RLE": 0x202B, "PDF": 0x202C, "LRO": 0x202D, "RLO": 0x202E,
+		"LRI": 0x2066, "RLI": 0x2067, "FSI": 0x2068, "PDI": 0x2069,
+		"LRM": 0x200E, "RLM": 0x200F, "ALM": 0x061C,
+		"line separator": 0x2028, "paragraph separator": 0x2029,
+		"zero width space": 0x200B, "word joiner": 0x2060, "soft hyphen": 0x00AD, "BOM": 0xFEFF,
+		"tag A": 0xE0041, "cancel tag": 0xE007F, "interlinear annotation": 0xFFF9,
+		"NUL": 0, "ESC": 0x1B, "DEL": 0x7F, "NEL": 0x85, "CSI": 0x9B,
+	}
+	for name, r := range disguising {
+		s := "ad" + string(r) + "min"
+		_, err := Name("name", s, 100)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "name: must not contain") {
+			t.Errorf("Name with %s (%U) = %v", name, r, err)
+		}
+		if _, err := Text("description", s, 100); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("Text with %s (%U) = %v", name, r, err)
+		}
+	}
+	// What stays allowed: joiners, other scripts, emoji, punctuation.
+	for _, s := range []string{
+		"👩\u200D💻 deploy bot", "می\u200Cخواهم", "HubSpot API key – production", "Zürich 東京 Ελλάδα",
+		"שלום world", "🏳️\u200D🌈", "a\u00A0b",
+	} {
+		if got, err := Name("name", s, 100); err != nil || got != s {
+			t.Errorf("Name(%q) = %q, %v", s, got, err)
+		}
+	}
+	_, err := Name("name", "x\u202Ey", 100)
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "U+202E") {
+		t.Errorf("the message does not name the character: %q", msg)
+	}
+	if _, err := Text("description", "one\r\ntwo\tthree\u2028four", 100); !strings.Contains(status.Convert(err).Message(), "U+2028") {
+		t.Errorf("Text with U+2028 = %v", err)
+	}
+}
+
+func FuzzName(f *testing.F) {
+	f.Add("Deploy bot")
+	f.Add("a\u202Eb")
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := Name("name", s, 100)
+		if err == nil && strings.ContainsFunc(got, Disguising) {
+			t.Fatalf("Name accepted %q", got)
+		}
+	})
+}
