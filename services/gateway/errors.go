@@ -66,10 +66,24 @@ func (g *Gateway) errorHandler(ctx context.Context, _ *runtime.ServeMux, _ runti
 	msg, details := st.Message(), st.Proto().GetDetails()
 	ri := infoFrom(r.Context())
 
+	if isClientEncodingError(st) {
+		// gRPC could not encode the request: text in it was not UTF-8.
+		// checkRequest refuses that in the path, query and headers, and
+		// protojson in the body; this is the backstop.
+		code, st = http.StatusBadRequest, status.New(codes.InvalidArgument, "the request holds text that is not valid UTF-8")
+		msg, details = st.Message(), nil
+	}
+
 	switch st.Code() {
 	case codes.InvalidArgument:
-		if ri != nil && ri.bodyTooLarge.Load() {
-			code, msg = http.StatusRequestEntityTooLarge, tooLargeMessage
+		switch {
+		case ri != nil && ri.bodyTooLarge.Load():
+			code, msg, details = http.StatusRequestEntityTooLarge, g.tooLargeMessage(), nil
+		case ri != nil && ri.bodyTimedOut.Load():
+			// The rest of the body is not coming in time: do not wait
+			// for it on this connection.
+			w.Header().Set("Connection", "close")
+			code, msg, details = http.StatusRequestTimeout, g.timeoutMessage(), nil
 		}
 	case codes.Unauthenticated:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="backlog"`)
@@ -90,6 +104,13 @@ func (g *Gateway) errorHandler(ctx context.Context, _ *runtime.ServeMux, _ runti
 		msg, details = "internal error", nil
 	}
 	writeErrorDetails(w, code, st.Code(), msg, details)
+}
+
+// isClientEncodingError reports whether st is grpc-go's own refusal to
+// marshal a request (it would otherwise surface as 500).
+func isClientEncodingError(st *status.Status) bool {
+	return st.Code() == codes.Internal && strings.HasPrefix(st.Message(), "grpc: error while marshaling") &&
+		strings.Contains(st.Message(), "invalid UTF-8")
 }
 
 // routingErrorHandler answers unknown paths (404), wrong methods (405) and

@@ -5,39 +5,53 @@
 //
 // The gateway forwards only what the services need: the Authorization header,
 // a request id, the end client's IP (X-Forwarded-For is believed only from
-// trusted proxies) and the Idempotency-Key header. It never logs credentials
-// or bodies.
+// trusted proxies, none by default) and the Idempotency-Key header. It never
+// logs credentials or bodies. Server builds the HTTP server with the
+// timeouts and size caps that keep slow or greedy clients from holding it.
 package gateway
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/netip"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	agentv1 "github.com/backlog/controlplane/gen/go/backlog/agent/v1"
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	automationv1 "github.com/backlog/controlplane/gen/go/backlog/automation/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
+	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/clientip"
 	"github.com/backlog/controlplane/services/kit/server"
 )
 
-// MaxBodyBytes is the largest request body the gateway accepts (1 MiB).
-const MaxBodyBytes = 1 << 20
+// Defaults of the HTTP server's limits (Config fields left zero).
+const (
+	// DefaultMaxBodyBytes is the largest request body accepted (1 MiB).
+	DefaultMaxBodyBytes = 1 << 20
+	// DefaultMaxHeaderBytes caps the request line and headers (32 KiB).
+	DefaultMaxHeaderBytes = 32 << 10
+	// DefaultReadHeaderTimeout bounds the wait for a request's headers,
+	// including the first request of a new connection.
+	DefaultReadHeaderTimeout = 10 * time.Second
+	// DefaultBodyTimeout bounds the wait for a request's body, from the end
+	// of its headers to its last byte.
+	DefaultBodyTimeout = 30 * time.Second
+	// DefaultIdleTimeout closes a keep-alive connection idle this long.
+	DefaultIdleTimeout = 60 * time.Second
+)
 
 // IdempotencyKey is the gRPC metadata key the Idempotency-Key header is
 // forwarded in.
@@ -50,18 +64,55 @@ const readyTimeout = time.Second
 type Config struct {
 	// gRPC host:port of each service. All four are required.
 	CredentialAddr, AutomationAddr, AgentAddr, VaultAddr string
-	// TrustedProxies are the peers whose X-Forwarded-For is believed;
-	// nil means clientip.Loopback. A non-nil empty slice trusts no one.
+	// TrustedProxies are the peers whose X-Forwarded-For is believed; nil
+	// or empty trusts no one: the client IP is the TCP peer's address.
 	TrustedProxies []netip.Prefix
 	// Logger receives one debug line per request; nil logs nothing.
 	Logger *zap.Logger
 	// TransportCredentials secure the connections to the services (mTLS);
 	// nil dials in plaintext.
 	TransportCredentials credentials.TransportCredentials
+	// ServiceToken, when set, is presented to the services on every call
+	// (auth.ServiceCredentials): a service believes the client IP the
+	// gateway forwards only from a caller presenting it. Without it the
+	// services count the gateway's own address as every client's.
+	ServiceToken string
+
+	// Limits of the HTTP server (Server) and the handler; zero means the
+	// Default… constant of the same name.
+	MaxBodyBytes      int64
+	MaxHeaderBytes    int
+	ReadHeaderTimeout time.Duration
+	BodyTimeout       time.Duration
+	IdleTimeout       time.Duration
+}
+
+// withDefaults fills the zero limits.
+func (c Config) withDefaults() Config {
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.MaxBodyBytes <= 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.MaxHeaderBytes <= 0 {
+		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if c.ReadHeaderTimeout <= 0 {
+		c.ReadHeaderTimeout = DefaultReadHeaderTimeout
+	}
+	if c.BodyTimeout <= 0 {
+		c.BodyTimeout = DefaultBodyTimeout
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	return c
 }
 
 // Gateway is the REST facade. Build it with New, serve Handler, then Close.
 type Gateway struct {
+	cfg     Config
 	lg      *zap.Logger
 	ips     clientip.Resolver
 	mux     *runtime.ServeMux
@@ -84,12 +135,7 @@ var forwardedMetadata = []string{"authorization", server.RequestIDKey, clientip.
 // New dials the services (lazily, with grpc.NewClient over insecure loopback
 // transport) and builds the REST handler.
 func New(cfg Config) (*Gateway, error) {
-	if cfg.Logger == nil {
-		cfg.Logger = zap.NewNop()
-	}
-	if cfg.TrustedProxies == nil {
-		cfg.TrustedProxies = clientip.Loopback
-	}
+	cfg = cfg.withDefaults()
 	addrs := []struct{ name, addr string }{
 		{"credential", cfg.CredentialAddr},
 		{"automation", cfg.AutomationAddr},
@@ -103,11 +149,12 @@ func New(cfg Config) (*Gateway, error) {
 	}
 
 	g := &Gateway{
+		cfg: cfg,
 		lg:  cfg.Logger.With(zap.String("service", "gateway")),
 		ips: clientip.Resolver{Trusted: cfg.TrustedProxies},
 	}
 	g.mux = runtime.NewServeMux(
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, newJSONMarshaler()),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, newJSONMarshaler(cfg.MaxBodyBytes)),
 		runtime.WithIncomingHeaderMatcher(incomingHeaderMatcher),
 		runtime.WithOutgoingHeaderMatcher(dropHeader),
 		runtime.WithOutgoingTrailerMatcher(dropHeader),
@@ -125,7 +172,7 @@ func New(cfg Config) (*Gateway, error) {
 		conn, ok := byAddr[a.addr]
 		if !ok {
 			var err error
-			conn, err = dial(a.addr, cfg.TransportCredentials)
+			conn, err = dial(a.addr, cfg.TransportCredentials, cfg.ServiceToken)
 			if err != nil {
 				g.Close()
 				return nil, fmt.Errorf("gateway: %s service at %q: %w", a.name, a.addr, err)
@@ -168,6 +215,27 @@ func New(cfg Config) (*Gateway, error) {
 // /readyz and /openapi.json.
 func (g *Gateway) Handler() http.Handler { return g.handler }
 
+// Server returns an HTTP server for Handler with the configured limits: a
+// client gets ReadHeaderTimeout to send a request's headers (also the first
+// request on a new connection, so a connection that sends nothing is closed
+// after it), at most MaxHeaderBytes of them (431 beyond), BodyTimeout for
+// the body once the headers are in (408, and the connection is closed), at
+// most MaxBodyBytes of body (413), and a keep-alive connection is closed
+// after IdleTimeout without a request. There is no whole-request read or
+// write timeout: it would cancel slow but legitimate calls to the services
+// (an HTTP Request step waits on a third party).
+func (g *Gateway) Server() *http.Server {
+	// net/http's own complaints (accept errors, TLS handshakes) as JSON lines.
+	errLog, _ := zap.NewStdLogAt(g.lg.Named("http"), zapcore.WarnLevel)
+	return &http.Server{
+		Handler:           g.handler,
+		ReadHeaderTimeout: g.cfg.ReadHeaderTimeout,
+		IdleTimeout:       g.cfg.IdleTimeout,
+		MaxHeaderBytes:    g.cfg.MaxHeaderBytes,
+		ErrorLog:          errLog,
+	}
+}
+
 // Close closes the connections to the services.
 func (g *Gateway) Close() error {
 	var errs []error
@@ -178,11 +246,16 @@ func (g *Gateway) Close() error {
 	return errors.Join(errs...)
 }
 
-func dial(addr string, creds credentials.TransportCredentials) (*grpc.ClientConn, error) {
+func dial(addr string, creds credentials.TransportCredentials, serviceToken string) (*grpc.ClientConn, error) {
+	secure := creds != nil
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
-	return grpc.NewClient(addr,
+	var opts []grpc.DialOption
+	if serviceToken != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(auth.ServiceCredentials{Token: serviceToken, Secure: secure}))
+	}
+	return grpc.NewClient(addr, append(opts,
 		grpc.WithTransportCredentials(creds),
 		// Services are on loopback or a private network: reconnect quickly
 		// after a restart instead of backing off for up to two minutes.
@@ -197,7 +270,7 @@ func dial(addr string, creds credentials.TransportCredentials) (*grpc.ClientConn
 		}),
 		grpc.WithChainUnaryInterceptor(allowMetadata),
 		grpc.WithChainStreamInterceptor(allowMetadataStream),
-	)
+	)...)
 }
 
 // allowMetadata drops every outgoing metadata key but forwardedMetadata,
@@ -269,31 +342,5 @@ func (g *Gateway) routes() http.Handler {
 			return
 		}
 		h(w, r)
-	})
-}
-
-// jsonMarshaler is protojson with lowerCamelCase names that rejects unknown
-// fields and says when a body is not valid JSON.
-type jsonMarshaler struct{ *runtime.JSONPb }
-
-func newJSONMarshaler() runtime.Marshaler {
-	return jsonMarshaler{&runtime.JSONPb{
-		MarshalOptions:   protojson.MarshalOptions{UseProtoNames: false, EmitUnpopulated: false},
-		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-	}}
-}
-
-func (m jsonMarshaler) NewDecoder(r io.Reader) runtime.Decoder {
-	d := m.JSONPb.NewDecoder(r)
-	return runtime.DecoderFunc(func(v any) error {
-		err := d.Decode(v)
-		if err == nil || errors.Is(err, io.EOF) { // an empty body is an empty message
-			return err
-		}
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return fmt.Errorf("request body too large: the limit is %d bytes", tooBig.Limit)
-		}
-		return fmt.Errorf("invalid JSON body: %v", err)
 	})
 }

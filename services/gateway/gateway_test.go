@@ -42,6 +42,8 @@ type fakeCredential struct {
 	mu       sync.Mutex
 	md       metadata.MD
 	exchange *credentialv1.ExchangeRequest
+	// delay holds Exchange up this long.
+	delay time.Duration
 }
 
 func (f *fakeCredential) record(ctx context.Context) string {
@@ -96,7 +98,9 @@ func (f *fakeCredential) Exchange(ctx context.Context, req *credentialv1.Exchang
 	f.record(ctx)
 	f.mu.Lock()
 	f.exchange = req
+	delay := f.delay
 	f.mu.Unlock()
+	time.Sleep(delay)
 	return &credentialv1.ExchangeResponse{
 		AccessToken: "blg_at_test", TokenType: "Bearer", ExpiresIn: req.GetTtlSeconds(),
 		AutomationId: "auto_1", WorkspaceId: "ws_1", Scopes: req.GetScopes(),
@@ -317,12 +321,12 @@ func TestBadBodies(t *testing.T) {
 	}
 
 	t.Run("too large", func(t *testing.T) {
-		big := `{"scopes":["` + strings.Repeat("a", MaxBodyBytes+10) + `"]}`
+		big := `{"scopes":["` + strings.Repeat("a", DefaultMaxBodyBytes+10) + `"]}`
 		checkError(t, e.do(t, "POST", "/v1/auth/exchange", strings.NewReader(big)), 413, codes.InvalidArgument)
 	})
 	t.Run("too large, chunked", func(t *testing.T) {
 		// No Content-Length: the limit is found while decoding.
-		big := io.MultiReader(strings.NewReader(`{"scopes":["`), strings.NewReader(strings.Repeat("a", MaxBodyBytes+10)), strings.NewReader(`"]}`))
+		big := io.MultiReader(strings.NewReader(`{"scopes":["`), strings.NewReader(strings.Repeat("a", DefaultMaxBodyBytes+10)), strings.NewReader(`"]}`))
 		checkError(t, e.do(t, "POST", "/v1/auth/exchange", big), 413, codes.InvalidArgument)
 	})
 }
@@ -404,7 +408,7 @@ func TestRequestID(t *testing.T) {
 
 func TestClientIP(t *testing.T) {
 	t.Run("trusted peer", func(t *testing.T) {
-		e := newEnv(t, nil) // loopback is trusted
+		e := newEnv(t, clientip.Loopback)
 		e.do(t, "GET", "/v1/auth/whoami", nil, "Authorization", "Bearer ok", "X-Forwarded-For", "6.6.6.6, 198.51.100.7")
 		if got := e.cred.lastMD().Get(clientip.MetadataKey); len(got) != 1 || got[0] != "198.51.100.7" {
 			t.Errorf("client ip %q, want [198.51.100.7]", got)

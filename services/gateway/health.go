@@ -24,8 +24,9 @@ type readyResponse struct {
 	// "SERVICE_UNKNOWN", or the gRPC code of a failed check ("Unavailable",
 	// "DeadlineExceeded", ...).
 	Services map[string]string `json:"services"`
-	// NotReady lists the services that are not SERVING, in a fixed order.
-	NotReady []string `json:"notReady,omitempty"`
+	// NotReady lists the services that are not SERVING, in a fixed order
+	// ([] when every one is).
+	NotReady []string `json:"notReady"`
 }
 
 // readyz answers 200 when every service reports SERVING on grpc.health.v1
@@ -47,7 +48,7 @@ func (g *Gateway) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	wg.Wait()
 
-	out := readyResponse{Status: "ready", Services: map[string]string{}}
+	out := readyResponse{Status: "ready", Services: map[string]string{}, NotReady: []string{}}
 	for i, b := range g.backends {
 		out.Services[b.name] = states[i]
 		if states[i] != healthpb.HealthCheckResponse_SERVING.String() {

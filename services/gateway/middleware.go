@@ -5,8 +5,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -24,8 +28,10 @@ type requestInfoKey struct{}
 type requestInfo struct {
 	requestID string
 	clientIP  string
-	// bodyTooLarge is set once the body reader hits MaxBodyBytes.
+	// bodyTooLarge is set once the body reader hits the size cap,
+	// bodyTimedOut once the body was not received within BodyTimeout.
 	bodyTooLarge atomic.Bool
+	bodyTimedOut atomic.Bool
 }
 
 func infoFrom(ctx context.Context) *requestInfo {
@@ -33,14 +39,17 @@ func infoFrom(ctx context.Context) *requestInfo {
 	return ri
 }
 
-// middleware assigns the request id, resolves the client IP, limits the body,
+// middleware assigns the request id, resolves the client IP, refuses
+// malformed requests (checkRequest), limits the body in size and time,
 // recovers panics and logs one line per request.
 func (g *Gateway) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		ri := &requestInfo{
 			requestID: r.Header.Get(RequestIDHeader),
-			clientIP:  g.ips.FromHTTP(r.RemoteAddr, r.Header.Get("X-Forwarded-For")),
+			// Every X-Forwarded-For line, in order: a proxy may add its own
+			// line rather than append to the client's.
+			clientIP: g.ips.FromHTTP(r.RemoteAddr, strings.Join(r.Header.Values("X-Forwarded-For"), ",")),
 		}
 		if !validRequestID(ri.requestID) {
 			ri.requestID = newRequestID()
@@ -70,33 +79,70 @@ func (g *Gateway) middleware(next http.Handler) http.Handler {
 		}()
 
 		r = r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, ri))
-		if r.ContentLength > MaxBodyBytes {
-			writeError(rec, http.StatusRequestEntityTooLarge, codes.InvalidArgument, tooLargeMessage)
+		if msg := checkRequest(r); msg != "" {
+			writeError(rec, http.StatusBadRequest, codes.InvalidArgument, msg)
+			return
+		}
+		if r.ContentLength > g.cfg.MaxBodyBytes {
+			writeError(rec, http.StatusRequestEntityTooLarge, codes.InvalidArgument, g.tooLargeMessage())
 			return
 		}
 		if r.Body != nil && r.Body != http.NoBody {
-			r.Body = &limitedBody{ReadCloser: http.MaxBytesReader(rec, r.Body, MaxBodyBytes), ri: ri}
+			// The body gets BodyTimeout from here. The deadline is lifted
+			// once the body has been read to its end (net/http/1 does so
+			// itself; limitedBody makes sure), so that it never cuts short
+			// the call to the service that follows.
+			rc := http.NewResponseController(w)
+			_ = rc.SetReadDeadline(time.Now().Add(g.cfg.BodyTimeout)) // unsupported only in tests' recorders
+			r.Body = &limitedBody{ReadCloser: http.MaxBytesReader(rec, r.Body, g.cfg.MaxBodyBytes), ri: ri, rc: rc}
 		}
 		next.ServeHTTP(rec, r)
 	})
 }
 
-const tooLargeMessage = "request body too large: the limit is 1048576 bytes"
+func (g *Gateway) tooLargeMessage() string {
+	return fmt.Sprintf("request body too large: the limit is %d bytes", g.cfg.MaxBodyBytes)
+}
 
-// limitedBody notes in the request info when the body limit was hit, so the
-// error handler answers 413 instead of 400.
+func (g *Gateway) timeoutMessage() string {
+	return fmt.Sprintf("request body not received in time: send the whole body within %s of the headers", g.cfg.BodyTimeout)
+}
+
+// limitedBody notes in the request info when the body hit its size cap or
+// its deadline, so that the error handler answers 413 or 408 instead of
+// 400, and lifts the deadline once the body has been read to its end.
 type limitedBody struct {
 	io.ReadCloser
-	ri *requestInfo
+	ri     *requestInfo
+	rc     *http.ResponseController
+	lifted bool
 }
 
 func (b *limitedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	var tooBig *http.MaxBytesError
-	if err != nil && errors.As(err, &tooBig) {
+	switch {
+	case err == nil:
+	case errors.Is(err, io.EOF):
+		if !b.lifted {
+			b.lifted = true
+			_ = b.rc.SetReadDeadline(time.Time{})
+		}
+	case errors.As(err, &tooBig):
 		b.ri.bodyTooLarge.Store(true)
+	case isTimeout(err):
+		b.ri.bodyTimedOut.Store(true)
 	}
 	return n, err
+}
+
+// isTimeout reports whether err is a read deadline passing.
+func isTimeout(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // validRequestID accepts up to 64 characters of [A-Za-z0-9._-].

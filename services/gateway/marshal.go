@@ -1,0 +1,274 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// jsonMarshaler is protojson with lowerCamelCase names that rejects unknown
+// fields and trailing data, says when a body is not valid JSON, and writes
+// every empty repeated or map field as [] or {} instead of leaving it out.
+type jsonMarshaler struct {
+	*runtime.JSONPb
+	maxBody int64
+}
+
+func newJSONMarshaler(maxBody int64) runtime.Marshaler {
+	return jsonMarshaler{JSONPb: &runtime.JSONPb{
+		MarshalOptions:   protojson.MarshalOptions{UseProtoNames: false, EmitUnpopulated: false},
+		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+	}, maxBody: maxBody}
+}
+
+// Marshal is protojson's encoding, then withEmptyLists. protojson has no
+// option that emits empty lists without also emitting every zero scalar
+// (EmitDefaultValues) or null messages (EmitUnpopulated), so the one place
+// every REST response passes through fills them in.
+func (m jsonMarshaler) Marshal(v any) ([]byte, error) {
+	b, err := m.JSONPb.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	msg, ok := v.(proto.Message)
+	if !ok {
+		return b, nil
+	}
+	if out, err := withEmptyLists(b, msg.ProtoReflect()); err == nil {
+		return out, nil
+	}
+	// Unreachable for protojson's own output; the plain encoding is still
+	// a correct answer.
+	return b, nil
+}
+
+// NewEncoder is not used by unary routes; it keeps Marshal's shape anyway.
+func (m jsonMarshaler) NewEncoder(w io.Writer) runtime.Encoder {
+	return runtime.EncoderFunc(func(v any) error {
+		b, err := m.Marshal(v)
+		if err != nil {
+			return err
+		}
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		_, err = w.Write(m.Delimiter())
+		return err
+	})
+}
+
+// errTrailingData is the message for a body that goes on after its JSON value.
+const errTrailingData = "invalid JSON body: unexpected data after the JSON object (send exactly one object)"
+
+func (m jsonMarshaler) NewDecoder(r io.Reader) runtime.Decoder {
+	jd := json.NewDecoder(r)
+	d := runtime.DecoderWrapper{Decoder: jd, UnmarshalOptions: m.UnmarshalOptions}
+	return runtime.DecoderFunc(func(v any) error {
+		err := d.Decode(v)
+		if err == nil {
+			// Exactly one value: only white space may follow it.
+			if _, terr := jd.Token(); !errors.Is(terr, io.EOF) {
+				if bodyErr := m.bodyError(terr); bodyErr != nil {
+					return bodyErr
+				}
+				return errors.New(errTrailingData)
+			}
+			return nil
+		}
+		if errors.Is(err, io.EOF) { // an empty body is an empty message
+			return err
+		}
+		if bodyErr := m.bodyError(err); bodyErr != nil {
+			return bodyErr
+		}
+		return fmt.Errorf("invalid JSON body: %v", err)
+	})
+}
+
+// bodyError names a failure to read the body (too large, too slow); the
+// error handler turns those into 413 and 408 from the request's info.
+func (m jsonMarshaler) bodyError(err error) error {
+	var tooBig *http.MaxBytesError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &tooBig):
+		return fmt.Errorf("request body too large: the limit is %d bytes", tooBig.Limit)
+	case isTimeout(err):
+		return errors.New("request body not received in time")
+	}
+	return nil
+}
+
+// withEmptyLists rewrites b, the protojson encoding of m, so that every
+// repeated field of m and of the messages inside it that protojson left out
+// for being empty is there as [] (and every empty map as {}). Fields keep
+// protojson's order (declaration order); nothing else changes: zero scalars
+// and unset messages stay out. Well-known types (Timestamp, Duration, Any,
+// Struct, …) have their own JSON forms and are left as they are.
+func withEmptyLists(b []byte, m protoreflect.Message) ([]byte, error) {
+	md := m.Descriptor()
+	if md.ParentFile() != nil && md.ParentFile().Package() == "google.protobuf" {
+		return b, nil
+	}
+	members, err := objectMembers(b)
+	if err != nil {
+		return nil, err
+	}
+	byName := make(map[string]int, len(members))
+	for i, mem := range members {
+		byName[mem.name] = i
+	}
+	used := make([]bool, len(members))
+	var out bytes.Buffer
+	out.WriteByte('{')
+	write := func(name string, raw []byte) {
+		if out.Len() > 1 {
+			out.WriteByte(',')
+		}
+		k, _ := json.Marshal(name)
+		out.Write(k)
+		out.WriteByte(':')
+		out.Write(raw)
+	}
+	fields := md.Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		name := fd.JSONName()
+		j, present := byName[name]
+		switch {
+		case present:
+			used[j] = true
+			raw, err := fieldWithEmptyLists(fd, m.Get(fd), members[j].raw)
+			if err != nil {
+				return nil, err
+			}
+			write(name, raw)
+		case fd.IsList():
+			write(name, []byte("[]"))
+		case fd.IsMap():
+			write(name, []byte("{}"))
+		}
+	}
+	// Anything protojson wrote that is not a declared field (extensions)
+	// follows, as it did.
+	for j, mem := range members {
+		if !used[j] {
+			write(mem.name, mem.raw)
+		}
+	}
+	out.WriteByte('}')
+	return out.Bytes(), nil
+}
+
+// fieldWithEmptyLists applies withEmptyLists to the messages inside a
+// present field's JSON value.
+func fieldWithEmptyLists(fd protoreflect.FieldDescriptor, v protoreflect.Value, raw json.RawMessage) ([]byte, error) {
+	switch {
+	case fd.IsList():
+		if fd.Message() == nil {
+			return raw, nil
+		}
+		var elems []json.RawMessage
+		if err := json.Unmarshal(raw, &elems); err != nil {
+			return nil, err
+		}
+		l := v.List()
+		if len(elems) != l.Len() {
+			return nil, fmt.Errorf("%s: %d JSON elements for %d values", fd.FullName(), len(elems), l.Len())
+		}
+		var out bytes.Buffer
+		out.WriteByte('[')
+		for i, e := range elems {
+			if i > 0 {
+				out.WriteByte(',')
+			}
+			eb, err := withEmptyLists(e, l.Get(i).Message())
+			if err != nil {
+				return nil, err
+			}
+			out.Write(eb)
+		}
+		out.WriteByte(']')
+		return out.Bytes(), nil
+	case fd.IsMap():
+		if fd.MapValue().Message() == nil {
+			return raw, nil
+		}
+		// protojson writes a map key as the key's text (MapKey.String).
+		vals := map[string]protoreflect.Value{}
+		v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+			vals[k.String()] = mv
+			return true
+		})
+		members, err := objectMembers(raw)
+		if err != nil {
+			return nil, err
+		}
+		var out bytes.Buffer
+		out.WriteByte('{')
+		for i, mem := range members {
+			mv, ok := vals[mem.name]
+			if !ok {
+				return nil, fmt.Errorf("%s: no value for key %q", fd.FullName(), mem.name)
+			}
+			eb, err := withEmptyLists(mem.raw, mv.Message())
+			if err != nil {
+				return nil, err
+			}
+			if i > 0 {
+				out.WriteByte(',')
+			}
+			k, _ := json.Marshal(mem.name)
+			out.Write(k)
+			out.WriteByte(':')
+			out.Write(eb)
+		}
+		out.WriteByte('}')
+		return out.Bytes(), nil
+	case fd.Message() != nil:
+		return withEmptyLists(raw, v.Message())
+	}
+	return raw, nil
+}
+
+type member struct {
+	name string
+	raw  json.RawMessage
+}
+
+// objectMembers splits a JSON object into its members, in order.
+func objectMembers(b []byte) ([]member, error) {
+	d := json.NewDecoder(bytes.NewReader(b))
+	if t, err := d.Token(); err != nil || t != json.Delim('{') {
+		return nil, fmt.Errorf("not a JSON object: %v", err)
+	}
+	var out []member
+	for d.More() {
+		t, err := d.Token()
+		if err != nil {
+			return nil, err
+		}
+		name, ok := t.(string)
+		if !ok {
+			return nil, fmt.Errorf("object key %v", t)
+		}
+		var raw json.RawMessage
+		if err := d.Decode(&raw); err != nil {
+			return nil, err
+		}
+		out = append(out, member{name: name, raw: raw})
+	}
+	if t, err := d.Token(); err != nil || t != json.Delim('}') {
+		return nil, fmt.Errorf("unterminated JSON object: %v", err)
+	}
+	return out, nil
+}
