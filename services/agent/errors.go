@@ -20,7 +20,7 @@ var (
 	ErrInstallationNotFound  = errors.New("installation not found")
 	ErrNameTaken             = errors.New("an agent with this name already exists in the workspace")
 	ErrInstallationNameTaken = errors.New("an installation with this name already exists in the workspace")
-	ErrGrantTooWide          = errors.New("an access token cannot grant or manage more than it holds itself")
+	ErrGrantTooWide          = errors.New("a caller cannot grant or manage more than it holds itself")
 	ErrRevoked               = errors.New("the agent has been revoked: its record is kept, but it can no longer be changed or rotated; register a new agent instead")
 	ErrSelfRotateOnly        = errors.New("an agent rotates its own credentials with POST /v1/agents/self/rotate-key, presenting its rotation secret")
 	ErrNotAgent              = errors.New("this route takes a visible agent's API key as the Bearer credential")
@@ -36,8 +36,9 @@ var (
 
 // Reasons of the statuses built outside the table (they carry a RetryInfo).
 const (
-	reasonRateLimited = "ROTATION_RATE_LIMITED"
-	reasonLockedOut   = "ROTATION_LOCKED_OUT"
+	reasonRateLimited     = "ROTATION_RATE_LIMITED"          // attempts with a valid API key, per client IP
+	reasonFailuresLimited = "ROTATION_FAILURES_RATE_LIMITED" // attempts whose API key failed, per client IP
+	reasonLockedOut       = "ROTATION_LOCKED_OUT"            // wrong rotation secrets, per client IP and API key
 )
 
 func newErrorTable() *errs.Table {

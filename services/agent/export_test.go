@@ -16,3 +16,7 @@ func (s *Service) Replays() int { return s.replays.len() }
 // SweepDone is closed when the service's orphan sweep has ended (at once
 // without SweepOrphans).
 func SweepDone(s *Service) <-chan struct{} { return s.sweepDone }
+
+// FlushRefusals writes the summaries of coalesced refusals whose window has
+// ended (on the service's clock), as the background flush does.
+func (s *Service) FlushRefusals() { s.flushRefusals() }

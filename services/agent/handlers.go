@@ -61,7 +61,7 @@ func (s *Service) ListInstallations(ctx context.Context, req *agentv1.ListInstal
 	if err != nil {
 		return nil, err
 	}
-	after, err := page.Decode(ws, req.GetPageToken())
+	after, err := page.Decode(ctx, ws, req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +77,7 @@ func (s *Service) ListInstallations(ctx context.Context, req *agentv1.ListInstal
 		next, err := listInstallations(tx, ws, after, size, func(in *agentv1.Installation) {
 			resp.Installations = append(resp.Installations, in)
 		})
-		resp.NextPageToken = page.Encode(ws, next)
+		resp.NextPageToken = page.Encode(ctx, ws, next)
 		return err
 	})
 	if err != nil {
@@ -144,7 +144,7 @@ func (s *Service) ListAgents(ctx context.Context, req *agentv1.ListAgentsRequest
 		return nil, err
 	}
 	scope := ws + "|installation=" + inst
-	after, err := page.Decode(scope, req.GetPageToken())
+	after, err := page.Decode(ctx, scope, req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +172,7 @@ func (s *Service) ListAgents(ctx context.Context, req *agentv1.ListAgentsRequest
 		next, err := listAgents(tx, ws, inst, after, size, func(a *agentv1.Agent) {
 			resp.Agents = append(resp.Agents, a)
 		})
-		resp.NextPageToken = page.Encode(scope, next)
+		resp.NextPageToken = page.Encode(ctx, scope, next)
 		return err
 	})
 	if err != nil {
@@ -568,7 +568,6 @@ func (s *Service) RevokeAgent(ctx context.Context, req *agentv1.RevokeAgentReque
 		s.recordFailure(ctx, ws, actionRevoke, targetAgent, id, err)
 		return nil, err
 	}
-	s.lockout.Reset(id)
 	s.lg.Info("agent revoked", zap.String("agent-id", id), zap.String("workspace-id", ws))
 	return &agentv1.RevokeAgentResponse{Agent: next}, nil
 }
@@ -577,9 +576,10 @@ func (s *Service) RevokeAgent(ctx context.Context, req *agentv1.RevokeAgentReque
 // credentials, for when both have leaked: the credential service revokes
 // the live API key and rotation secret and issues new ones in one
 // transaction, then the record notes the rotation. It needs no rotation
-// secret and the per-IP limit of self-rotation does not apply; it lifts a
-// self-rotation lockout. An agent cannot use it on itself (that would
-// bypass the rotation secret and the limit).
+// secret and the per-IP limit of self-rotation does not apply; the new key
+// is locked out nowhere (a self-rotation lockout is of an API key at an
+// address). An agent cannot use it on itself (that would bypass the
+// rotation secret and the limit).
 //
 // If the record cannot be written, the call fails and the new pair is not
 // returned: the old pair is already dead, so the agent has no usable
@@ -632,7 +632,6 @@ func (s *Service) RotateAgentKey(ctx context.Context, req *agentv1.RotateAgentKe
 		s.recordFailure(ctx, ws, actionRotate, targetAgent, id, err)
 		return nil, err
 	}
-	s.lockout.Reset(id)
 	s.lg.Info("agent credentials rotated by an admin", zap.String("agent-id", id), zap.String("workspace-id", ws), zap.String("credential-ids", credIDs(pair)))
 	return &agentv1.RotateAgentKeyResponse{
 		Message: rotationMessage, ApiKey: pair[0].GetCredential(), RotationSecret: pair[1].GetCredential(),
@@ -684,18 +683,19 @@ func (s *Service) load(ctx context.Context, ws, id string) (*agentv1.Agent, erro
 	return a, nil
 }
 
-// withinCaller keeps a scope-bound caller (an access token, which has no
-// role) from granting or taking over more than it holds: it must hold every
-// control-plane scope the agent's role grants, and if it is bounded to
-// teams, so must the agent be, to a subset of them. People and agents act by
-// role: an owner or admin may register an admin agent.
+// withinCaller keeps a caller from granting or taking over more than it
+// holds. A scope-bound caller (an access token, which has no role) must hold
+// every control-plane scope the agent's role grants; people and agents act
+// by role: an owner or admin may register an admin agent. And any caller
+// bounded to teams — an access token or an agent with team ids (people have
+// none) — may only register or manage agents bounded to a subset of its
+// teams: no team ids is no boundary, wider than any.
 func withinCaller(p *auth.Principal, role string, teams []string) error {
-	if p.GetRole() != "" {
-		return nil
-	}
-	for _, sc := range auth.ScopesForRole(role) {
-		if !slices.Contains(p.GetScopes(), sc) {
-			return fmt.Errorf("%w: an agent with role %s holds the scope %s, which it lacks", ErrGrantTooWide, role, sc)
+	if p.GetRole() == "" {
+		for _, sc := range auth.ScopesForRole(role) {
+			if !slices.Contains(p.GetScopes(), sc) {
+				return fmt.Errorf("%w: an agent with role %s holds the scope %s, which it lacks", ErrGrantTooWide, role, sc)
+			}
 		}
 	}
 	if len(p.GetTeamIds()) > 0 {

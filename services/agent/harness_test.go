@@ -130,7 +130,7 @@ func newHarness(t *testing.T, opts ...func(*agent.Config)) *harness {
 	}
 	// One service credential for both, as backlogd's siblings share one;
 	// the credential service dials its audit peer with it, as backlogd does.
-	svcToken := credfmt.New(credfmt.Service)
+	svcToken := harnessServiceToken
 	peerConn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithPerRPCCredentials(auth.ServiceCredentials{Token: svcToken}))
 	if err != nil {
@@ -223,10 +223,15 @@ func (h *harness) dial(t *testing.T, opts ...grpc.DialOption) *grpc.ClientConn {
 
 func bg() context.Context { return context.Background() }
 
-// fromIP makes a call look as if the gateway forwarded it for client ip
-// (the test's loopback peer is a trusted proxy).
+// harnessServiceToken is every harness's service credential (one per test
+// binary, so that fromIP can present it).
+var harnessServiceToken = credfmt.New(credfmt.Service)
+
+// fromIP makes a call look as if the gateway forwarded it for client ip: the
+// gateway presents the service credential, without which a service ignores
+// the claim.
 func fromIP(ctx context.Context, ip string) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, clientip.MetadataKey, ip)
+	return metadata.AppendToOutgoingContext(ctx, clientip.MetadataKey, ip, auth.ServiceTokenKey, harnessServiceToken)
 }
 
 // withIdem adds an Idempotency-Key, as the gateway forwards it.
@@ -319,6 +324,23 @@ func (h *harness) auditActions(t *testing.T, ws, token, target string) []string 
 	var out []string
 	for _, ev := range resp.GetAuditEvents() {
 		out = append(out, ev.GetAction()+":"+ev.GetOutcome())
+	}
+	return out
+}
+
+// auditFailures lists the agent service's own failure events for target,
+// oldest first.
+func (h *harness) auditFailures(t *testing.T, ws, token, target string) []*auditv1.AuditEvent {
+	t.Helper()
+	resp, err := h.audit.ListAuditEvents(as(bg(), token), &auditv1.ListAuditEventsRequest{WorkspaceId: ws, TargetId: target, LocalOnly: true, PageSize: 1000})
+	if err != nil {
+		t.Fatalf("audit list: %v", err)
+	}
+	var out []*auditv1.AuditEvent
+	for _, ev := range resp.GetAuditEvents() {
+		if ev.GetOutcome() == "failure" {
+			out = append(out, ev)
+		}
 	}
 	return out
 }

@@ -16,6 +16,7 @@ import (
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	"github.com/backlog/controlplane/services/kit/audit"
 	"github.com/backlog/controlplane/services/kit/auth"
+	"github.com/backlog/controlplane/services/kit/clientip"
 	"github.com/backlog/controlplane/services/kit/credfmt"
 	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/metrics"
@@ -62,26 +63,42 @@ func (s *Service) GetSelf(ctx context.Context, _ *agentv1.GetSelfRequest) (*agen
 //     within the replay window gets the stored result (while its pair is
 //     still live) and counts against no limit; a retry that arrives while
 //     the first request is in flight waits for it.
-//  3. 429 when the client IP has made its attempts for the window: checked
-//     before any I/O, so that refusals cost nothing. A refused attempt is
-//     logged; it is not in a workspace's audit trail, the caller being
-//     unauthenticated at that point.
+//  3. 429 when the client IP has spent its budget of attempts whose API key
+//     did not authenticate (UnauthenticatedFailuresPerIP): checked before
+//     any I/O, so that a flood of made-up keys costs nothing. The attempt
+//     takes a token of that budget here and gives it back as soon as its
+//     key authenticates (or the credential service cannot tell), so that
+//     only failures spend it — exactly, however many run at once.
 //  4. The API key is authenticated (uncached): 401 invalid, 403 revoked or
 //     suspended.
-//  5. 429 while the agent is locked out after repeated wrong rotation
-//     secrets, from whatever addresses they came.
-//  6. 403 when the agent has no rotation secret configured.
-//  7. The credential service rotates both as a compare-and-swap on the
+//  5. 429 while this API key is locked out at this client IP after
+//     repeated wrong rotation secrets presented with it from there.
+//  6. 429 when the client IP has made its attempts with a valid API key for
+//     the window (SelfRotationsPerIP: the REST contract's 3 per 15
+//     minutes). Only here, after authentication, is that budget spent: made
+//     up keys cannot spend it for the agents behind an address.
+//  7. 403 when the agent is revoked or has no rotation secret configured.
+//  8. The credential service rotates both as a compare-and-swap on the
 //     presented pair: of concurrent rotations with one pair, exactly one
 //     wins and the others get 401. When the swap fails while the API key is
 //     still live, the rotation secret was wrong: 401, and a failure towards
-//     the lockout. (A lost race is not counted: its key is dead too.)
+//     the lockout of this key at this address. (A lost race is not counted:
+//     its key is dead too.)
+//
+// The lockout is keyed by client address and API key, not by agent: a lock
+// of the agent let anyone holding only a leaked API key lock its holder out,
+// again and again. A request presenting both correct credentials is locked
+// out only at an address where wrong secrets were sent with its key; while
+// locked there, it is refused like a guess would be, so that a lock gives a
+// guesser no answer. Guessing the rotation secret (256 random bits) stays
+// bounded by each address's budget of step 6, which wrong secrets spend.
 //
 // Every attempt whose API key authenticates (step 5 on) is in the agent's
-// workspace audit trail, success or failure, and so is every replay. Before
-// that the caller is not known to belong to any workspace (the credential
-// service refuses a dead, suspended or revoked key without saying whose it
-// is); such refusals are logged.
+// workspace audit trail, success or failure, and so is every replay; the
+// 429s of steps 5 and 6, which spend nothing, at most once per agent,
+// address, reason and RefusalWindow, with the count of those coalesced. Before that the caller is not known to belong to any workspace
+// (the credential service refuses a dead, suspended or revoked key without
+// saying whose it is); such refusals are logged with the client IP.
 func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyRequest) (*agentv1.RotateSelfKeyResponse, error) {
 	secret := req.GetRotationSecret()
 	if strings.TrimSpace(secret) == "" {
@@ -112,24 +129,55 @@ func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyR
 		defer slot.abandon() // unless completed
 	}
 
-	if ok, wait := s.perIP.Allow(ratelimit.IPKey(server.ClientIP(ctx))); !ok {
-		s.lg.Warn("self-rotation refused: too many attempts from one address",
-			zap.String("client-ip", server.ClientIP(ctx)), zap.String("request-id", server.RequestID(ctx)), zap.Duration("retry-after", wait))
-		metrics.RateLimited.WithLabelValues("agent_self_rotation_per_ip").Inc()
-		return nil, ratelimit.Exhausted(Domain, reasonRateLimited,
-			fmt.Sprintf("too many rotation attempts from this address; retry after %s (an owner or admin can rotate the agent's credentials meanwhile)", roundSeconds(wait)), wait)
+	ip := server.ClientIP(ctx)
+	ipKey := ratelimit.IPKey(ip)
+	if ok, wait := s.unauthPerIP.Allow(ipKey); !ok {
+		s.lg.Warn("self-rotation refused: too many attempts with an invalid API key from one address",
+			zap.String("client-ip", ip), zap.String("request-id", server.RequestID(ctx)), zap.Duration("retry-after", wait))
+		metrics.RateLimited.WithLabelValues("agent_self_rotation_failures_per_ip").Inc()
+		return nil, ratelimit.Exhausted(Domain, reasonFailuresLimited,
+			fmt.Sprintf("too many rotation attempts with an invalid API key from this address; retry after %s (an owner or admin can rotate the agent's credentials meanwhile)", roundSeconds(wait)), wait)
 	}
-
 	p, err := s.authenticateKey(ctx, apiKey)
+	if !errors.Is(err, ErrInvalidAPIKey) {
+		s.unauthPerIP.Refund(ipKey) // only keys that do not authenticate spend that budget
+	}
 	if err != nil {
+		s.lg.Info("self-rotation refused: the API key was not accepted", zap.String("client-ip", ip),
+			zap.String("request-id", server.RequestID(ctx)), zap.String("reason", errs.Reason(mustStatus(s, err))))
 		return nil, err
 	}
 	ctx = auth.WithPrincipal(ctx, p) // the actor of the audit events
 	ws, id := p.GetWorkspaceId(), p.GetSubjectId()
 	fail := func(err error) (*agentv1.RotateSelfKeyResponse, error) {
 		s.recordFailure(ctx, ws, actionRotateSelf, targetAgent, id, err)
-		s.lg.Info("self-rotation refused", zap.String("agent-id", id), zap.String("workspace-id", ws), zap.String("reason", errs.Reason(mustStatus(s, err))))
+		s.lg.Info("self-rotation refused", zap.String("agent-id", id), zap.String("workspace-id", ws),
+			zap.String("client-ip", ip), zap.String("reason", errs.Reason(mustStatus(s, err))))
 		return nil, err
+	}
+	// A 429 spends nothing, so nothing bounds how often it can be asked
+	// for: its records are coalesced (see RefusalWindow).
+	refuse := func(reason string, err error) (*agentv1.RotateSelfKeyResponse, error) {
+		s.recordRefusal(ctx, ws, id, id+"|"+ipKey+"|"+reason, err)
+		s.lg.Info("self-rotation refused", zap.String("agent-id", id), zap.String("workspace-id", ws),
+			zap.String("client-ip", ip), zap.String("reason", reason))
+		return nil, err
+	}
+	lockKey := ipKey + "|" + lockoutCredential(p)
+	lockedOut := func(wait time.Duration) (*agentv1.RotateSelfKeyResponse, error) {
+		metrics.RateLimited.WithLabelValues("agent_lockout").Inc()
+		return refuse(reasonLockedOut, ratelimit.Exhausted(Domain, reasonLockedOut,
+			fmt.Sprintf("self-rotation with this API key from this address is locked for %s after repeated wrong rotation secrets; an owner or admin can rotate the agent's credentials", roundSeconds(wait)), wait))
+	}
+	// A locked-out attempt spends no budget (the lock is checked again once
+	// it is this attempt's turn, below).
+	if locked, wait := s.lockout.Locked(lockKey); locked {
+		return lockedOut(wait)
+	}
+	if ok, wait := s.perIP.Allow(ipKey); !ok {
+		metrics.RateLimited.WithLabelValues("agent_self_rotation_per_ip").Inc()
+		return refuse(reasonRateLimited, ratelimit.Exhausted(Domain, reasonRateLimited,
+			fmt.Sprintf("too many rotation attempts from this address; retry after %s (an owner or admin can rotate the agent's credentials meanwhile)", roundSeconds(wait)), wait))
 	}
 
 	// Attempts for one agent take turns from here, so that the lockout
@@ -139,10 +187,8 @@ func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyR
 		return nil, err
 	}
 	defer unlock()
-	if locked, wait := s.lockout.Locked(id); locked {
-		metrics.RateLimited.WithLabelValues("agent_lockout").Inc()
-		return fail(ratelimit.Exhausted(Domain, reasonLockedOut,
-			fmt.Sprintf("self-rotation of this agent is locked for %s after repeated wrong rotation secrets; an owner or admin can rotate its credentials", roundSeconds(wait)), wait))
+	if locked, wait := s.lockout.Locked(lockKey); locked {
+		return lockedOut(wait)
 	}
 	a, err := s.load(ctx, ws, id)
 	if errors.Is(err, ErrAgentNotFound) {
@@ -179,8 +225,9 @@ func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyR
 		err = ErrAlreadyRotated
 		if _, aerr := s.authenticateKey(rctx, apiKey); aerr == nil {
 			err = ErrInvalidRotationSecret
-			if locked, _ := s.lockout.Fail(id); locked {
-				s.lg.Warn("self-rotation locked after repeated wrong rotation secrets", zap.String("agent-id", id), zap.String("workspace-id", ws))
+			if locked, _ := s.lockout.Fail(lockKey); locked {
+				s.lg.Warn("self-rotation with an API key locked at one address after repeated wrong rotation secrets",
+					zap.String("agent-id", id), zap.String("workspace-id", ws), zap.String("client-ip", ip))
 			}
 		} else if status.Code(mustStatus(s, aerr)) != codes.Unauthenticated {
 			err = aerr // suspended, revoked or unavailable meanwhile
@@ -200,7 +247,7 @@ func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyR
 		// out unrecorded; an owner or admin rotates the agent.
 		return fail(err)
 	}
-	s.lockout.Reset(id)
+	s.lockout.Reset(lockKey) // the key is dead: only memory to free
 	out := &agentv1.RotateSelfKeyResponse{
 		Message: rotationMessage, ApiKey: pair[0].GetCredential(), RotationSecret: pair[1].GetCredential(),
 		AgentId: id, AgentName: a.GetName(),
@@ -218,7 +265,7 @@ func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyR
 // the live one: if it has been rotated again or revoked since, the retry is
 // answered as any request with a dead key would be.
 func (s *Service) replay(ctx context.Context, hit *replayHit) (*agentv1.RotateSelfKeyResponse, error) {
-	resp, err := s.cred.Authenticate(ctx, &credentialv1.AuthenticateRequest{Credential: hit.resp.GetApiKey()})
+	resp, err := s.cred.Authenticate(forwardCaller(ctx), &credentialv1.AuthenticateRequest{Credential: hit.resp.GetApiKey()})
 	if err != nil {
 		err = s.selfCredErr(ctx, "authenticate", err, ErrInvalidAPIKey)
 		if errors.Is(err, ErrInvalidAPIKey) {
@@ -244,7 +291,7 @@ func (s *Service) replay(ctx context.Context, hit *replayHit) (*agentv1.RotateSe
 // authenticateKey resolves the presented API key with the credential
 // service, uncached, as the kit interceptor would.
 func (s *Service) authenticateKey(ctx context.Context, apiKey string) (*auth.Principal, error) {
-	resp, err := s.cred.Authenticate(ctx, &credentialv1.AuthenticateRequest{Credential: apiKey})
+	resp, err := s.cred.Authenticate(forwardCaller(ctx), &credentialv1.AuthenticateRequest{Credential: apiKey})
 	if err != nil {
 		return nil, s.selfCredErr(ctx, "authenticate", err, ErrInvalidAPIKey)
 	}
@@ -254,6 +301,34 @@ func (s *Service) authenticateKey(ctx context.Context, apiKey string) (*auth.Pri
 		return nil, ErrInvalidAPIKey
 	}
 	return p, nil
+}
+
+// forwardCaller tells the credential service, as the kit's authenticator
+// does, whom an Authenticate call is about: the end client's IP and the
+// request id, so that its audit record of a refused (suspended, revoked) key
+// names them rather than this service's address. It believes them because
+// this service presents the service credential.
+func forwardCaller(ctx context.Context) context.Context {
+	var kv []string
+	if ip := server.ClientIP(ctx); ip != "" {
+		kv = append(kv, clientip.MetadataKey, ip)
+	}
+	if id := server.RequestID(ctx); id != "" {
+		kv = append(kv, server.RequestIDKey, id)
+	}
+	if len(kv) == 0 {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, kv...)
+}
+
+// lockoutCredential names the presented API key for the lockout: its
+// credential id (never the key).
+func lockoutCredential(p *auth.Principal) string {
+	if c := p.GetCredentialId(); c != "" {
+		return c
+	}
+	return "agent:" + p.GetSubjectId()
 }
 
 // selfCredErr maps a credential service failure on the self-rotation path,

@@ -7,9 +7,10 @@
 // an encrypted in-memory replay entry for a retry with the same
 // Idempotency-Key); it is never stored or logged here.
 //
-// Self-rotation is rate limited per client IP and locked per agent after
-// repeated wrong rotation secrets (see RotateSelfKey); both limits live in
-// this process's memory.
+// Self-rotation is rate limited per client IP (attempts with a valid API
+// key, and separately failed attempts without one), and locked per client
+// address and API key after repeated wrong rotation secrets (see
+// RotateSelfKey); the limits live in this process's memory.
 package agent
 
 import (
@@ -49,11 +50,12 @@ const compensateTimeout = 10 * time.Second
 
 // Defaults of the self-rotation limits (the REST contract's numbers).
 const (
-	DefaultSelfRotationsPerIP = 3
-	DefaultSelfRotationWindow = 15 * time.Minute
-	DefaultLockoutFailures    = 5
-	DefaultLockoutDuration    = 15 * time.Minute
-	DefaultIdempotencyTTL     = 10 * time.Minute
+	DefaultSelfRotationsPerIP           = 3
+	DefaultSelfRotationWindow           = 15 * time.Minute
+	DefaultUnauthenticatedFailuresPerIP = 30
+	DefaultLockoutFailures              = 5
+	DefaultLockoutDuration              = 15 * time.Minute
+	DefaultIdempotencyTTL               = 10 * time.Minute
 )
 
 // Config configures the agent service.
@@ -69,14 +71,23 @@ type Config struct {
 	// the replay window follow it too.
 	Now func() time.Time
 
-	// SelfRotationsPerIP is how many self-rotation attempts one client IP
-	// (an IPv6 client: its /64) may make in any SelfRotationWindow
-	// (default 3 per 15 minutes). Admin rotation is not limited by it.
+	// SelfRotationsPerIP is how many self-rotation attempts with a valid
+	// API key one client IP (an IPv6 client: its /64) may make in any
+	// SelfRotationWindow (default 3 per 15 minutes, the REST contract's
+	// limit). Admin rotation is not limited by it.
 	SelfRotationsPerIP int
 	SelfRotationWindow time.Duration
-	// LockoutFailures wrong rotation secrets presented for one agent within
-	// LockoutDuration lock that agent's self-rotation for LockoutDuration,
-	// whatever the client IPs (default 5 and 15 minutes).
+	// UnauthenticatedFailuresPerIP is how many self-rotation attempts whose
+	// API key does not authenticate one client IP may make in any
+	// SelfRotationWindow (default 30); beyond it, attempts from that
+	// address are refused before any key is looked at. They do not spend
+	// the SelfRotationsPerIP budget.
+	UnauthenticatedFailuresPerIP int
+	// LockoutFailures wrong rotation secrets presented with one API key from
+	// one client IP within LockoutDuration lock self-rotation with that key
+	// from that address for LockoutDuration (default 5 and 15 minutes).
+	// Other addresses, and so the holder of both credentials, are not
+	// locked by them.
 	LockoutFailures int
 	LockoutDuration time.Duration
 	// IdempotencyTTL is how long a retried self-rotation with the same
@@ -106,12 +117,15 @@ type Service struct {
 	audit *audit.Server
 	locks *keylock.Locks
 
-	perIP   *ratelimit.Keyed
-	lockout *ratelimit.Lockout
-	replays *replayCache
+	perIP       *ratelimit.Keyed // attempts with a valid API key
+	unauthPerIP *ratelimit.Keyed // attempts whose API key did not authenticate
+	lockout     *ratelimit.Lockout
+	replays     *replayCache
+	refusals    refusalLog // 429s of self-rotation, coalesced for the trail
 
 	stopSweep context.CancelFunc
 	sweepDone chan struct{}
+	flushDone chan struct{}
 }
 
 // New opens the store and returns the service.
@@ -134,6 +148,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.SelfRotationWindow == 0 {
 		cfg.SelfRotationWindow = DefaultSelfRotationWindow
 	}
+	if cfg.UnauthenticatedFailuresPerIP == 0 {
+		cfg.UnauthenticatedFailuresPerIP = DefaultUnauthenticatedFailuresPerIP
+	}
 	if cfg.LockoutFailures == 0 {
 		cfg.LockoutFailures = DefaultLockoutFailures
 	}
@@ -146,7 +163,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.StartTimeout <= 0 {
 		cfg.StartTimeout = DefaultStartTimeout
 	}
-	if cfg.SelfRotationsPerIP < 0 || cfg.SelfRotationWindow < 0 || cfg.LockoutFailures < 0 || cfg.LockoutDuration < 0 || cfg.IdempotencyTTL < 0 {
+	if cfg.SelfRotationsPerIP < 0 || cfg.SelfRotationWindow < 0 || cfg.UnauthenticatedFailuresPerIP < 0 || cfg.LockoutFailures < 0 || cfg.LockoutDuration < 0 || cfg.IdempotencyTTL < 0 {
 		return nil, errors.New("agent: rate limit settings must not be negative")
 	}
 	lg := cfg.Logger.With(zap.String("service", serviceName))
@@ -168,23 +185,30 @@ func New(cfg Config) (*Service, error) {
 	}
 	perIP := ratelimit.AtMost(cfg.SelfRotationsPerIP, cfg.SelfRotationWindow)
 	perIP.Now = cfg.Now
+	unauthPerIP := ratelimit.AtMost(cfg.UnauthenticatedFailuresPerIP, cfg.SelfRotationWindow)
+	unauthPerIP.Now = cfg.Now
 	svc := &Service{
-		db:    db,
-		lg:    lg,
-		cred:  cfg.Credential,
-		now:   cfg.Now,
-		rec:   audit.Recorder{Service: serviceName, Now: cfg.Now},
-		errs:  newErrorTable(),
-		audit: &audit.Server{DB: db},
-		locks: keylock.New(),
-		perIP: ratelimit.NewKeyed(perIP),
+		db:          db,
+		lg:          lg,
+		cred:        cfg.Credential,
+		now:         cfg.Now,
+		rec:         audit.Recorder{Service: serviceName, Now: cfg.Now},
+		errs:        newErrorTable(),
+		audit:       &audit.Server{DB: db},
+		locks:       keylock.New(),
+		perIP:       ratelimit.NewKeyed(perIP),
+		unauthPerIP: ratelimit.NewKeyed(unauthPerIP),
 		lockout: ratelimit.NewLockout(ratelimit.LockoutConfig{
 			MaxFailures: cfg.LockoutFailures, LockFor: cfg.LockoutDuration, Now: cfg.Now,
 		}),
 		replays: replays,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	svc.stopSweep, svc.sweepDone = cancel, make(chan struct{})
+	svc.stopSweep, svc.sweepDone, svc.flushDone = cancel, make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(svc.flushDone)
+		svc.flushRefusalsEvery(ctx, RefusalWindow/6)
+	}()
 	sweep := credclient.Sweeper{
 		Client: cfg.Credential, Logger: lg, Kind: subjectKind, KindName: serviceName,
 		Store: db.Info(), Before: svc.now(),
@@ -232,10 +256,12 @@ func (s *Service) NoAuth(fullMethod string) bool {
 // DB is the service's store.
 func (s *Service) DB() store.Backend { return s.db }
 
-// Close closes the store after pending writes.
+// Close closes the store after pending writes (refusal summaries
+// included).
 func (s *Service) Close() error {
 	s.stopSweep()
 	<-s.sweepDone
+	<-s.flushDone // pending refusal summaries are written first
 	return s.db.Close()
 }
 

@@ -403,6 +403,62 @@ func TestAccessTokensCannotMintWiderAgents(t *testing.T) {
 	wantCode(t, err, codes.PermissionDenied, "GRANT_EXCEEDS_CALLER")
 }
 
+// TestTeamBoundAgentsHeldToTheirTeams: an agent bounded to teams is held to
+// them like a team-bound access token — it registers, changes, rotates and
+// revokes only agents bounded to a subset of its teams — though it acts by
+// role (an admin agent may register an admin agent).
+func TestTeamBoundAgentsHeldToTheirTeams(t *testing.T) {
+	h := newHarness(t)
+	ws, owner := h.env.NewWorkspace(t, "acme")
+	inst := h.installation(t, ws, owner, "app")
+	bound := h.createAgent(t, ws, owner, inst, &agentv1.CreateAgentRequest{Name: "bound", Role: auth.RoleAdmin, TeamIds: []string{"t1", "t2"}})
+	free := h.createAgent(t, ws, owner, inst, &agentv1.CreateAgentRequest{Name: "free", Role: auth.RoleAdmin})
+	unbounded := h.createAgent(t, ws, owner, inst, &agentv1.CreateAgentRequest{Name: "unbounded"}).GetAgent().GetId()
+	other := h.createAgent(t, ws, owner, inst, &agentv1.CreateAgentRequest{Name: "other", TeamIds: []string{"t3"}}).GetAgent().GetId()
+	key := bound.GetApiKey()
+
+	for name, req := range map[string]*agentv1.CreateAgentRequest{
+		"without team bounds":     {Name: "x1"},
+		"of another team":         {Name: "x2", TeamIds: []string{"t3"}},
+		"of its team and another": {Name: "x3", TeamIds: []string{"t1", "t3"}},
+	} {
+		t.Run("create "+name, func(t *testing.T) {
+			req.WorkspaceId, req.InstallationId = ws, inst
+			_, err := h.client.CreateAgent(as(bg(), key), req)
+			wantCode(t, err, codes.PermissionDenied, "GRANT_EXCEEDS_CALLER")
+		})
+	}
+	mine := h.createAgent(t, ws, key, inst, &agentv1.CreateAgentRequest{Name: "mine", Role: auth.RoleAdmin, TeamIds: []string{"t2"}}).GetAgent().GetId()
+	update := func(id string, a *agentv1.Agent, paths ...string) error {
+		_, err := h.client.UpdateAgent(as(bg(), key), &agentv1.UpdateAgentRequest{WorkspaceId: ws, AgentId: id, Agent: a, UpdateMask: mask(paths...)})
+		return err
+	}
+	wantCode(t, update(mine, &agentv1.Agent{}, "teamIds"), codes.PermissionDenied, "GRANT_EXCEEDS_CALLER")
+	wantCode(t, update(mine, &agentv1.Agent{TeamIds: []string{"t3"}}, "teamIds"), codes.PermissionDenied, "GRANT_EXCEEDS_CALLER")
+	wantCode(t, update(unbounded, &agentv1.Agent{Name: "taken"}, "name"), codes.PermissionDenied, "GRANT_EXCEEDS_CALLER")
+	wantCode(t, update(other, &agentv1.Agent{TeamIds: []string{"t1"}}, "teamIds"), codes.PermissionDenied, "GRANT_EXCEEDS_CALLER")
+	// Nor may it lift its own boundary.
+	wantCode(t, update(bound.GetAgent().GetId(), &agentv1.Agent{}, "teamIds"), codes.PermissionDenied, "GRANT_EXCEEDS_CALLER")
+	_, err := h.client.RotateAgentKey(as(bg(), key), &agentv1.RotateAgentKeyRequest{WorkspaceId: ws, AgentId: unbounded})
+	wantCode(t, err, codes.PermissionDenied, "GRANT_EXCEEDS_CALLER")
+	_, err = h.client.RevokeAgent(as(bg(), key), &agentv1.RevokeAgentRequest{WorkspaceId: ws, AgentId: other})
+	wantCode(t, err, codes.PermissionDenied, "GRANT_EXCEEDS_CALLER")
+	if h.get(t, ws, owner, other).GetRevoked() || h.get(t, ws, owner, unbounded).GetName() != "unbounded" {
+		t.Fatal("an agent outside the caller's teams was changed")
+	}
+	// Inside its teams it works as before.
+	if err := update(mine, &agentv1.Agent{TeamIds: []string{"t1", "t2"}}, "teamIds"); err != nil {
+		t.Fatal(err)
+	}
+	h.adminRotate(t, ws, key, mine)
+	// An agent without team bounds is not held to any.
+	h.createAgent(t, ws, free.GetApiKey(), inst, &agentv1.CreateAgentRequest{Name: "anywhere", Role: auth.RoleAdmin})
+	if _, err := h.client.UpdateAgent(as(bg(), free.GetApiKey()), &agentv1.UpdateAgentRequest{WorkspaceId: ws, AgentId: other,
+		Agent: &agentv1.Agent{Name: "renamed"}, UpdateMask: mask("name")}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestUpdateAgent(t *testing.T) {
 	h := newHarness(t)
 	ws, owner := h.env.NewWorkspace(t, "acme")
@@ -672,11 +728,16 @@ func TestSelfRotationRateLimitPerIP(t *testing.T) {
 	key, secret := created.GetApiKey(), created.GetRotationSecret()
 	ipA := fromIP(bg(), "203.0.113.7")
 
-	for i := range 3 {
+	// Made-up keys from the address spend none of its budget: only attempts
+	// with a valid API key count towards the contract's 3 per 15 minutes.
+	for range 10 {
+		_, err := h.selfRotate(ipA, credfmt.New(credfmt.AgentKey), secret)
+		wantCode(t, err, codes.Unauthenticated, "INVALID_API_KEY")
+	}
+	for range 3 {
 		r := h.mustSelfRotate(t, ipA, key, secret)
 		key, secret = r.GetApiKey(), r.GetRotationSecret()
 		h.clock.Advance(time.Minute)
-		_ = i
 	}
 	// The fourth within 15 minutes from the same address: 429, whoever asks.
 	before := h.rotated.Load()
@@ -716,61 +777,218 @@ func TestSelfRotationRateLimitPerIP(t *testing.T) {
 	// Once the window has passed, the address may rotate again.
 	h.clock.Advance(12*time.Minute + time.Second)
 	h.mustSelfRotate(t, ipA, key, secret)
-	if got := h.auditActions(t, ws, owner, id); len(got) != 1+6+4+1 || slices.Contains(got, "agent.rotate_key_self:failure") {
-		t.Fatalf("audit = %v", got)
+	// The refusals of a known agent are in its trail, with the address.
+	want := []string{"agent.create:success"}
+	for range 2 {
+		want = append(want, "agent.rotate_key_self:success", "agent.rotate_key_self:success", "agent.rotate_key_self:success", "agent.rotate_key_self:failure")
+	}
+	want = append(want, "agent.rotate_key:success", "agent.rotate_key:success", "agent.rotate_key:success", "agent.rotate_key:success", "agent.rotate_key_self:success")
+	if got := h.auditActions(t, ws, owner, id); !slices.Equal(got, want) {
+		t.Fatalf("audit = %v\nwant %v", got, want)
+	}
+	for i, ev := range h.auditFailures(t, ws, owner, id) {
+		ip := []string{"203.0.113.7", "2001:db8:1:2:ffff::9"}[i]
+		if ev.GetClientIp() != ip || !strings.Contains(ev.GetDetail(), "ROTATION_RATE_LIMITED") || ev.GetActorId() != id {
+			t.Fatalf("refusal %d: client IP %q detail %q actor %q; want %s, the reason, the agent", i, ev.GetClientIp(), ev.GetDetail(), ev.GetActorId(), ip)
+		}
+	}
+	if got := h.auditActions(t, ws, owner, other.GetAgent().GetId()); !slices.Equal(got, []string{"agent.create:success", "agent.rotate_key_self:failure"}) {
+		t.Fatalf("audit of the other agent = %v", got)
 	}
 }
 
-func TestLockoutAfterRepeatedWrongSecrets(t *testing.T) {
+// TestSelfRotationFailuresPerIP: attempts whose API key does not
+// authenticate have a budget of their own per address (30 per 15 minutes);
+// beyond it the address is refused before any key is looked at. Attempts
+// with a valid key, suspended keys and replays do not spend it.
+func TestSelfRotationFailuresPerIP(t *testing.T) {
 	h := newHarness(t)
+	ws, owner := h.env.NewWorkspace(t, "acme")
+	inst := h.installation(t, ws, owner, "app")
+	created := h.createAgent(t, ws, owner, inst, &agentv1.CreateAgentRequest{Name: "bot"})
+	sleepy := h.createAgent(t, ws, owner, inst, &agentv1.CreateAgentRequest{Name: "sleepy"})
+	key, secret := created.GetApiKey(), created.GetRotationSecret()
+	flooded := fromIP(bg(), "198.51.100.50")
+	madeUp := func(ctx context.Context) error {
+		_, err := h.selfRotate(ctx, credfmt.New(credfmt.AgentKey), credfmt.New(credfmt.RotationSecret))
+		return err
+	}
+
+	// Valid keys in between give back what they took: 29 failures, two
+	// rotations, and the 30th failure is still answered 401.
+	for range 29 {
+		wantCode(t, madeUp(flooded), codes.Unauthenticated, "INVALID_API_KEY")
+	}
+	for range 2 {
+		r := h.mustSelfRotate(t, flooded, key, secret)
+		key, secret = r.GetApiKey(), r.GetRotationSecret()
+	}
+	wantCode(t, madeUp(flooded), codes.Unauthenticated, "INVALID_API_KEY")
+	// The 31st failure, and then anything from the address: 429.
+	wantCode(t, madeUp(flooded), codes.ResourceExhausted, "ROTATION_FAILURES_RATE_LIMITED")
+	_, err := h.selfRotate(flooded, key, secret)
+	wantCode(t, err, codes.ResourceExhausted, "ROTATION_FAILURES_RATE_LIMITED")
+	if wait, ok := retryDelay(err); !ok || wait < 14*time.Minute || wait > 15*time.Minute+time.Second {
+		t.Fatalf("retry delay = %v %v, want about 15m", wait, ok)
+	}
+	// Other addresses are not limited by it.
+	r := h.mustSelfRotate(t, fromIP(bg(), "198.51.100.51"), key, secret)
+	key, secret = r.GetApiKey(), r.GetRotationSecret()
+	// At most 30 in any 15 minutes: one more once the first is 15 minutes
+	// old, as the Retry-After said.
+	wait, _ := retryDelay(madeUp(flooded))
+	h.clock.Advance(wait)
+	wantCode(t, madeUp(flooded), codes.Unauthenticated, "INVALID_API_KEY")
+	wantCode(t, madeUp(flooded), codes.ResourceExhausted, "ROTATION_FAILURES_RATE_LIMITED")
+
+	// A suspended agent's key is genuine: its 403s do not spend the budget.
+	if _, err := h.client.UpdateAgent(as(bg(), owner), &agentv1.UpdateAgentRequest{WorkspaceId: ws, AgentId: sleepy.GetAgent().GetId(),
+		Agent: &agentv1.Agent{Suspended: true}, UpdateMask: mask("suspended")}); err != nil {
+		t.Fatal(err)
+	}
+	for range 40 {
+		_, err := h.selfRotate(fromIP(bg(), "198.51.100.52"), sleepy.GetApiKey(), sleepy.GetRotationSecret())
+		wantCode(t, err, codes.PermissionDenied, "")
+	}
+	h.mustSelfRotate(t, fromIP(bg(), "198.51.100.52"), key, secret)
+}
+
+// TestLockoutPerAddressAndKey: wrong rotation secrets lock self-rotation
+// with that API key from that address only. A holder of the API key alone
+// cannot lock the holder of both credentials out from anywhere else, from
+// however many addresses it guesses; the locked address is refused even the
+// right pair, so that a lock answers no guess.
+func TestLockoutPerAddressAndKey(t *testing.T) {
+	// Budgets wide enough that the lockout, not the per-address budget, is
+	// what an address meets first.
+	h := newHarness(t, func(c *agent.Config) { c.SelfRotationsPerIP = 1000 })
 	ws, owner := h.env.NewWorkspace(t, "acme")
 	inst := h.installation(t, ws, owner, "app")
 	created := h.createAgent(t, ws, owner, inst, &agentv1.CreateAgentRequest{Name: "bot"})
 	decoy := h.createAgent(t, ws, owner, inst, &agentv1.CreateAgentRequest{Name: "decoy"})
 	id, key, secret := created.GetAgent().GetId(), created.GetApiKey(), created.GetRotationSecret()
-
-	// A distributed guesser: each address stays under its own limit.
-	for i := range 5 {
-		_, err := h.selfRotate(fromIP(bg(), fmt.Sprintf("192.0.2.%d", i)), key, decoy.GetRotationSecret())
-		wantCode(t, err, codes.Unauthenticated, "INVALID_ROTATION_SECRET")
+	guesser := fromIP(bg(), "192.0.2.1")
+	guess := func(ctx context.Context, key string) error {
+		_, err := h.selfRotate(ctx, key, credfmt.New(credfmt.RotationSecret))
+		return err
 	}
-	// Now even the right secret, from a fresh address, is refused.
-	_, err := h.selfRotate(fromIP(bg(), "192.0.2.100"), key, secret)
+
+	// Five wrong secrets from one address lock the key there...
+	for range 5 {
+		wantCode(t, guess(guesser, key), codes.Unauthenticated, "INVALID_ROTATION_SECRET")
+	}
+	_, err := h.selfRotate(guesser, key, secret)
 	wantCode(t, err, codes.ResourceExhausted, "ROTATION_LOCKED_OUT")
 	if wait, ok := retryDelay(err); !ok || wait <= 14*time.Minute || wait > 15*time.Minute+time.Second {
 		t.Fatalf("retry delay = %v %v", wait, ok)
 	}
-	// Other agents are not locked; the key itself still works.
-	h.mustSelfRotate(t, fromIP(bg(), "192.0.2.101"), decoy.GetApiKey(), decoy.GetRotationSecret())
-	if _, err := h.self(key); err != nil {
-		t.Fatal(err)
-	}
+	// ... and nowhere else: other addresses' guesses are still checked, and
+	// other agents from the locked address are not locked.
+	wantCode(t, guess(fromIP(bg(), "192.0.2.2"), key), codes.Unauthenticated, "INVALID_ROTATION_SECRET")
+	d := h.mustSelfRotate(t, guesser, decoy.GetApiKey(), decoy.GetRotationSecret())
 	// The lock runs out.
 	h.clock.Advance(15*time.Minute + time.Second)
-	r := h.mustSelfRotate(t, fromIP(bg(), "192.0.2.102"), key, secret)
+	r := h.mustSelfRotate(t, guesser, key, secret)
+	key, secret = r.GetApiKey(), r.GetRotationSecret()
 
-	// Locked again; an admin rotation lifts it.
-	for i := range 5 {
-		_, err := h.selfRotate(fromIP(bg(), fmt.Sprintf("192.0.2.%d", 10+i)), r.GetApiKey(), decoy.GetRotationSecret())
-		wantCode(t, err, codes.Unauthenticated, "INVALID_ROTATION_SECRET")
+	// A distributed guesser with the new key: four wrong secrets from each
+	// of ten addresses, forty in all, lock nothing; the holder of both
+	// rotates from its own address.
+	for i := range 10 {
+		for range 4 {
+			wantCode(t, guess(fromIP(bg(), fmt.Sprintf("192.0.2.%d", 10+i)), key), codes.Unauthenticated, "INVALID_ROTATION_SECRET")
+		}
 	}
-	_, err = h.selfRotate(fromIP(bg(), "192.0.2.103"), r.GetApiKey(), r.GetRotationSecret())
+	home := fromIP(bg(), "198.51.100.9")
+	r = h.mustSelfRotate(t, home, key, secret)
+	key, secret = r.GetApiKey(), r.GetRotationSecret()
+
+	// Even at the holder's own address, a lock holds only the locked key: a
+	// new pair (from a self- or admin rotation) is locked nowhere.
+	for range 5 {
+		wantCode(t, guess(home, key), codes.Unauthenticated, "INVALID_ROTATION_SECRET")
+	}
+	_, err = h.selfRotate(home, key, secret)
 	wantCode(t, err, codes.ResourceExhausted, "ROTATION_LOCKED_OUT")
-	a := h.adminRotate(t, ws, owner, id)
-	h.mustSelfRotate(t, fromIP(bg(), "192.0.2.104"), a.GetApiKey(), a.GetRotationSecret())
+	r = h.mustSelfRotate(t, fromIP(bg(), "198.51.100.10"), key, secret)
+	h.mustSelfRotate(t, home, r.GetApiKey(), r.GetRotationSecret())
+	for range 5 {
+		wantCode(t, guess(guesser, d.GetApiKey()), codes.Unauthenticated, "INVALID_ROTATION_SECRET")
+	}
+	a := h.adminRotate(t, ws, owner, decoy.GetAgent().GetId())
+	h.mustSelfRotate(t, guesser, a.GetApiKey(), a.GetRotationSecret())
 
-	got := h.auditActions(t, ws, owner, id)
-	want := []string{"agent.create:success"}
-	for range 5 {
-		want = append(want, "agent.rotate_key_self:failure")
+	// Every refusal is in the trail: 5 + 1 + 40 + 5 wrong secrets and the
+	// two lockouts, each with the address it came from.
+	var wrong, locked int
+	for _, ev := range h.auditFailures(t, ws, owner, id) {
+		switch {
+		case strings.Contains(ev.GetDetail(), "INVALID_ROTATION_SECRET"):
+			wrong++
+		case strings.Contains(ev.GetDetail(), "ROTATION_LOCKED_OUT"):
+			locked++
+			if ip := ev.GetClientIp(); ip != "192.0.2.1" && ip != "198.51.100.9" {
+				t.Fatalf("lockout recorded with client IP %q", ip)
+			}
+		default:
+			t.Fatalf("unexpected failure %q", ev.GetDetail())
+		}
+		if ev.GetClientIp() == "" || ev.GetActorId() != id {
+			t.Fatalf("failure without client IP or actor: %v", ev)
+		}
 	}
-	want = append(want, "agent.rotate_key_self:failure", "agent.rotate_key_self:success")
-	for range 5 {
-		want = append(want, "agent.rotate_key_self:failure")
+	if wrong != 51 || locked != 2 {
+		t.Fatalf("trail: %d wrong secrets and %d lockouts, want 51 and 2", wrong, locked)
 	}
-	want = append(want, "agent.rotate_key_self:failure", "agent.rotate_key:success", "agent.rotate_key_self:success")
-	if !slices.Equal(got, want) {
-		t.Fatalf("audit = %v\nwant %v", got, want)
+}
+
+// TestRefusalsCoalesced: a 429 spends nothing, so a holder of the API key
+// could ask for one as often as it likes; the trail gains one record per
+// agent, address, reason and minute, and a summary with the count.
+func TestRefusalsCoalesced(t *testing.T) {
+	h := newHarness(t)
+	ws, owner := h.env.NewWorkspace(t, "acme")
+	inst := h.installation(t, ws, owner, "app")
+	created := h.createAgent(t, ws, owner, inst, &agentv1.CreateAgentRequest{Name: "bot"})
+	id, key, secret := created.GetAgent().GetId(), created.GetApiKey(), created.GetRotationSecret()
+	ip := fromIP(bg(), "203.0.113.99")
+	for range 3 {
+		r := h.mustSelfRotate(t, ip, key, secret)
+		key, secret = r.GetApiKey(), r.GetRotationSecret()
+	}
+	for range 50 {
+		_, err := h.selfRotate(ip, key, secret)
+		wantCode(t, err, codes.ResourceExhausted, "ROTATION_RATE_LIMITED")
+	}
+	if got := len(h.auditFailures(t, ws, owner, id)); got != 1 {
+		t.Fatalf("50 refusals within a minute: %d records, want 1", got)
+	}
+	// Within the window nothing more is written; once it has ended, one
+	// summary with the count.
+	h.svc.FlushRefusals()
+	if got := len(h.auditFailures(t, ws, owner, id)); got != 1 {
+		t.Fatalf("flushed before the window ended: %d records", got)
+	}
+	h.clock.Advance(agent.RefusalWindow)
+	h.svc.FlushRefusals()
+	evs := h.auditFailures(t, ws, owner, id)
+	if len(evs) != 2 || !strings.Contains(evs[1].GetDetail(), "49 refusal(s)") || !strings.Contains(evs[1].GetDetail(), "ROTATION_RATE_LIMITED") ||
+		evs[1].GetClientIp() != "203.0.113.99" || evs[1].GetActorId() != id {
+		t.Fatalf("after the window: %v", evs)
+	}
+	// A quiet window ends without a record; the next refusal is recorded
+	// at once again.
+	h.clock.Advance(agent.RefusalWindow)
+	h.svc.FlushRefusals()
+	_, err := h.selfRotate(ip, key, secret)
+	wantCode(t, err, codes.ResourceExhausted, "ROTATION_RATE_LIMITED")
+	if got := len(h.auditFailures(t, ws, owner, id)); got != 3 {
+		t.Fatalf("%d records, want 3", got)
+	}
+	for _, ev := range h.auditFailures(t, ws, owner, id) {
+		if strings.Contains(ev.GetDetail(), "blg_") {
+			t.Fatalf("a credential in the trail: %q", ev.GetDetail())
+		}
 	}
 }
 

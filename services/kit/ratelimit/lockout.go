@@ -21,9 +21,11 @@ type LockoutConfig struct {
 	Now func() time.Time
 }
 
-// Lockout locks a key (an agent, a credential) after repeated failures, so
-// that guessing from many addresses gets no further than from one. It is
-// safe for concurrent use.
+// Lockout locks a key after repeated failures. What the key is decides whom
+// a lock stops: a key of the thing guessed at (an agent) stops guessing from
+// many addresses as well as from one, and also stops its legitimate user; a
+// key of the guesser (a client address with a credential) stops only that
+// guesser. It is safe for concurrent use.
 type Lockout struct {
 	mu    sync.Mutex
 	cfg   LockoutConfig

@@ -1,7 +1,7 @@
 // Package ratelimit is the control plane's rate limiting: token buckets per
-// key (a client IP, a workspace) on golang.org/x/time/rate with bounded
-// memory, a failure lockout per key (an agent, a credential), and the
-// ResourceExhausted status that the gateway turns into 429 with Retry-After.
+// key (a client IP, a workspace) with bounded memory, a failure lockout per
+// key (a client address and credential), and the ResourceExhausted status
+// that the gateway turns into 429 with Retry-After.
 //
 // Both are in memory and per process: a service that runs several replicas
 // enforces its limits per replica.
@@ -9,6 +9,7 @@ package ratelimit
 
 import (
 	"container/list"
+	"math"
 	"net/netip"
 	"sync"
 	"time"
@@ -45,7 +46,13 @@ func AtMost(n int, window time.Duration) Config {
 type Keyed struct {
 	mu    sync.Mutex
 	cfg   Config
-	items *lru[*rate.Limiter]
+	items *lru[*bucket]
+}
+
+// bucket is one key's tokens as of last.
+type bucket struct {
+	tokens float64
+	last   time.Time
 }
 
 // NewKeyed returns a keyed limiter. A Burst below 1 admits nothing.
@@ -56,7 +63,7 @@ func NewKeyed(cfg Config) *Keyed {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Keyed{cfg: cfg, items: newLRU[*rate.Limiter]()}
+	return &Keyed{cfg: cfg, items: newLRU[*bucket]()}
 }
 
 // Allow takes one token from key's bucket. When none is left it takes
@@ -66,22 +73,44 @@ func (k *Keyed) Allow(key string) (ok bool, retryAfter time.Duration) {
 	defer k.mu.Unlock()
 	now := k.cfg.Now()
 	k.evict(now, key)
-	lim, found := k.items.get(key)
-	if !found {
-		lim = rate.NewLimiter(k.cfg.Limit, k.cfg.Burst)
-		k.items.put(key, lim)
-	}
-	r := lim.ReserveN(now, 1)
-	if !r.OK() {
-		// Burst < 1: never admitted. Forget the key (it holds no state).
+	if k.cfg.Burst < 1 {
+		// Never admitted; the key holds no state.
 		k.items.remove(key)
 		return false, rate.InfDuration
 	}
-	if d := r.DelayFrom(now); d > 0 {
-		r.CancelAt(now)
-		return false, roundUp(d)
+	if k.cfg.Limit == rate.Inf {
+		return true, 0
 	}
-	return true, 0
+	b, found := k.items.get(key)
+	if !found {
+		b = &bucket{tokens: float64(k.cfg.Burst), last: now}
+		k.items.put(key, b)
+	}
+	t := k.tokensAt(b, now)
+	if t >= 1 {
+		b.tokens, b.last = t-1, now
+		return true, 0
+	}
+	if k.cfg.Limit <= 0 {
+		return false, rate.InfDuration
+	}
+	return false, roundUp(time.Duration(float64(time.Second) * (1 - t) / float64(k.cfg.Limit)))
+}
+
+// Refund gives back one token that Allow took from key's bucket, for an
+// event that turned out not to count: the bucket is then as if the event
+// had never been admitted (never fuller than Burst). A key that has been
+// forgotten meanwhile was full, or evicted under memory pressure: there is
+// nothing to give back to.
+func (k *Keyed) Refund(key string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	b, found := k.items.get(key)
+	if !found {
+		return
+	}
+	now := k.cfg.Now()
+	b.tokens, b.last = math.Min(k.tokensAt(b, now)+1, float64(k.cfg.Burst)), now
 }
 
 // Len is the number of keys remembered.
@@ -91,14 +120,28 @@ func (k *Keyed) Len() int {
 	return k.items.len()
 }
 
+// tokensAt is b's tokens at now: refilled at Limit since b.last, never more
+// than Burst.
+func (k *Keyed) tokensAt(b *bucket, now time.Time) float64 {
+	burst := float64(k.cfg.Burst)
+	if k.cfg.Limit == rate.Inf {
+		return burst
+	}
+	t := b.tokens
+	if d := now.Sub(b.last); d > 0 && k.cfg.Limit > 0 {
+		t += d.Seconds() * float64(k.cfg.Limit)
+	}
+	return math.Min(t, burst)
+}
+
 // evict forgets keys whose bucket is full again (least recently used
 // first: they are the likeliest to be full), then, if key is new and MaxKeys
 // are held, the least recently used ones until there is room.
 func (k *Keyed) evict(now time.Time, key string) {
 	burst := float64(k.cfg.Burst)
 	for {
-		old, lim, ok := k.items.oldest()
-		if !ok || old == key || lim.TokensAt(now) < burst {
+		old, b, ok := k.items.oldest()
+		if !ok || old == key || k.tokensAt(b, now) < burst {
 			break
 		}
 		k.items.remove(old)

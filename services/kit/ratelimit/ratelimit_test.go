@@ -180,6 +180,95 @@ func TestKeyedConcurrentUse(t *testing.T) {
 	}
 }
 
+// TestKeyedRefund: a refunded token is as if the event had never been
+// admitted — never more than Burst, nothing for a forgotten key — which is
+// what lets a caller take a token before it knows whether an event counts
+// and give it back when it does not, without ever admitting more than n in
+// a window.
+func TestKeyedRefund(t *testing.T) {
+	c := newClock()
+	cfg := ratelimit.AtMost(3, 15*time.Minute)
+	cfg.Now = c.Now
+	k := ratelimit.NewKeyed(cfg)
+
+	for range 3 {
+		if ok, _ := k.Allow("a"); !ok {
+			t.Fatal("refused within the budget")
+		}
+	}
+	if ok, _ := k.Allow("a"); ok {
+		t.Fatal("fourth admitted")
+	}
+	k.Refund("a")
+	if ok, _ := k.Allow("a"); !ok {
+		t.Fatal("refused after a refund")
+	}
+	if ok, _ := k.Allow("a"); ok {
+		t.Fatal("one refund admitted two")
+	}
+	// Refunds never fill a bucket beyond Burst.
+	k.Allow("b")
+	for range 5 {
+		k.Refund("b")
+	}
+	for i := range 3 {
+		if ok, _ := k.Allow("b"); !ok {
+			t.Fatalf("attempt %d refused", i+1)
+		}
+	}
+	if ok, _ := k.Allow("b"); ok {
+		t.Fatal("refunds filled the bucket beyond Burst")
+	}
+	// Refunding a key never seen creates nothing.
+	k.Refund("never")
+	if k.Len() != 2 {
+		t.Fatalf("len = %d, want 2", k.Len())
+	}
+	// A token taken and refunded later, after some refill, leaves the bucket
+	// as if it had never been taken: with events admitted at 0, 0 and 2m,
+	// the next one waits until the first is 15m old.
+	c.Advance(time.Hour)
+	k.Allow("c")
+	k.Allow("c")
+	c.Advance(time.Minute)
+	k.Allow("c")
+	c.Advance(time.Minute)
+	k.Refund("c")
+	k.Allow("c")
+	ok, wait := k.Allow("c")
+	if ok || wait < 13*time.Minute || wait > 13*time.Minute+time.Second {
+		t.Fatalf("after take, refund and take: ok=%v wait=%v, want refused for about 13m", ok, wait)
+	}
+}
+
+// TestKeyedRefundConcurrent: callers that take a token up front and refund
+// it for events that do not count admit at most Burst counted events, however
+// they interleave.
+func TestKeyedRefundConcurrent(t *testing.T) {
+	k := ratelimit.NewKeyed(ratelimit.AtMost(5, time.Hour))
+	var mu sync.Mutex
+	counted := 0
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Go(func() {
+			if ok, _ := k.Allow("same"); !ok {
+				return
+			}
+			if i%3 != 0 {
+				k.Refund("same") // did not count
+				return
+			}
+			mu.Lock()
+			counted++
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if counted > 5 {
+		t.Fatalf("%d counted events admitted, want at most 5", counted)
+	}
+}
+
 func TestKeyedZeroBurstAdmitsNothing(t *testing.T) {
 	k := ratelimit.NewKeyed(ratelimit.Config{Limit: 1, Burst: 0})
 	if ok, wait := k.Allow("x"); ok || wait <= 0 {
