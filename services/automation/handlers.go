@@ -45,7 +45,7 @@ func (s *Service) ListAutomations(ctx context.Context, req *automationv1.ListAut
 	if err != nil {
 		return nil, err
 	}
-	after, err := page.Decode(ws, req.GetPageToken())
+	after, err := page.Decode(ctx, ws, req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -61,7 +61,7 @@ func (s *Service) ListAutomations(ctx context.Context, req *automationv1.ListAut
 		next, err := listAutomations(tx, ws, after, size, func(a *automationv1.Automation) {
 			resp.Automations = append(resp.Automations, a)
 		})
-		resp.NextPageToken = page.Encode(ws, next)
+		resp.NextPageToken = page.Encode(ctx, ws, next)
 		return err
 	})
 	if err != nil {
@@ -126,6 +126,12 @@ func (s *Service) CreateAutomation(ctx context.Context, req *automationv1.Create
 		return nil, err
 	}
 	if err := withinCaller(p, scopes, teams); err != nil {
+		s.recordRefusal(ctx, ws, actionCreate, "", err)
+		return nil, err
+	}
+	if isAccessToken(p) && slices.Contains(scopes, auth.AutomationsWrite) {
+		err := fmt.Errorf("%w (asked for automation %q)", ErrManagerFromToken, name)
+		s.recordRefusal(ctx, ws, actionCreate, "", err)
 		return nil, err
 	}
 
@@ -254,10 +260,16 @@ func (s *Service) UpdateAutomation(ctx context.Context, req *automationv1.Update
 	// A scope-bound caller may neither touch an automation wider than itself
 	// nor widen one beyond itself.
 	if err := withinCaller(p, old.GetScopes(), old.GetTeamIds()); err != nil {
+		s.recordRefusal(ctx, ws, actionUpdate, id, err)
 		return nil, err
 	}
 	if err := withinCaller(p, next.GetScopes(), next.GetTeamIds()); err != nil {
+		s.recordRefusal(ctx, ws, actionUpdate, id, err)
 		return nil, err
+	}
+	if isAccessToken(p) && slices.Contains(next.GetScopes(), auth.AutomationsWrite) && !slices.Contains(old.GetScopes(), auth.AutomationsWrite) {
+		s.recordRefusal(ctx, ws, actionUpdate, id, ErrManagerFromToken)
+		return nil, ErrManagerFromToken
 	}
 	renamed := foldName(next.Name) != foldName(old.Name)
 	if renamed {
@@ -435,6 +447,11 @@ func (s *Service) RotateAutomationSecret(ctx context.Context, req *automationv1.
 	if err := validAutomationID(id); err != nil {
 		return nil, err
 	}
+	// A short-lived token never turns itself into a long-lived secret.
+	if isAccessToken(p) && p.GetSubjectId() == id {
+		s.recordRefusal(ctx, ws, actionRotate, id, ErrOwnSecret)
+		return nil, ErrOwnSecret
+	}
 	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return nil, err
@@ -445,9 +462,15 @@ func (s *Service) RotateAutomationSecret(ctx context.Context, req *automationv1.
 		return nil, err
 	}
 	// The new secret can be exchanged for the automation's full grant: a
-	// scope-bound caller may only rotate automations within its own grant.
+	// scope-bound caller may only rotate automations within its own grant,
+	// and an access token none whose secret could rotate its own.
 	if err := withinCaller(p, a.GetScopes(), a.GetTeamIds()); err != nil {
+		s.recordRefusal(ctx, ws, actionRotate, id, err)
 		return nil, err
+	}
+	if isAccessToken(p) && slices.Contains(a.GetScopes(), auth.AutomationsWrite) {
+		s.recordRefusal(ctx, ws, actionRotate, id, ErrManagerFromToken)
+		return nil, ErrManagerFromToken
 	}
 	if label == "" {
 		label = a.GetCredential().GetLabel() // keep the current label unless a new one is sent
@@ -507,13 +530,14 @@ func (s *Service) load(ctx context.Context, ws, id string) (*automationv1.Automa
 	return a, nil
 }
 
-// withinCaller keeps a scope-bound caller (an access token, which has no
-// role) from granting or taking over more than it holds: every scope must be
-// one of its own, and if it is bounded to teams, so must the automation be,
-// to a subset of them (no team ids = no team boundary). People and agents act
-// by role: an owner or admin may grant any scope.
+// withinCaller keeps a caller that is not a person — an access token or an
+// agent's key — from granting or taking over more than it holds: every scope
+// must be one of its own (an agent holds its role's control-plane scopes),
+// and if it is bounded to teams, so must the automation be, to a subset of
+// them (no team ids = no team boundary). People act by role: an owner or
+// admin may grant any scope, and has no team boundary.
 func withinCaller(p *auth.Principal, scopes, teams []string) error {
-	if p.GetRole() != "" {
+	if p.GetSubjectKind() == credentialv1.SubjectKind_SUBJECT_KIND_MEMBER {
 		return nil
 	}
 	for _, sc := range scopes {
@@ -523,7 +547,8 @@ func withinCaller(p *auth.Principal, scopes, teams []string) error {
 	}
 	if len(p.GetTeamIds()) > 0 {
 		if len(teams) == 0 {
-			return fmt.Errorf("%w: it is bounded to teams and cannot manage an automation without a team boundary", ErrGrantTooWide)
+			return fmt.Errorf("%w: it is bounded to teams (%s) and cannot manage an automation without a team boundary",
+				ErrGrantTooWide, strings.Join(p.GetTeamIds(), ", "))
 		}
 		for _, t := range teams {
 			if !slices.Contains(p.GetTeamIds(), t) {
@@ -532,6 +557,13 @@ func withinCaller(p *auth.Principal, scopes, teams []string) error {
 		}
 	}
 	return nil
+}
+
+// isAccessToken reports a short-lived access token (exchanged from an
+// automation secret): it may never obtain a long-lived secret that could
+// stand in for it (see RotateAutomationSecret and CreateAutomation).
+func isAccessToken(p *auth.Principal) bool {
+	return p.GetCredentialKind() == credentialv1.CredentialKind_CREDENTIAL_KIND_ACCESS_TOKEN
 }
 
 // subjectOf is the grant an automation's credentials carry.

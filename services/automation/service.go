@@ -218,6 +218,19 @@ func (s *Service) revokeSubject(ctx context.Context, ws, id, why string) {
 	credclient.Revoke(ctx, s.cred, s.lg, "automation", ws, id, why)
 }
 
+// recordRefusal records a write refused for want of authority (a caller
+// that may not grant, manage or rotate what it asked for): outcome failure,
+// the reason in the detail. The caller is authenticated, so there is at most
+// one record per request it makes.
+func (s *Service) recordRefusal(ctx context.Context, ws, action, id string, cause error) {
+	ev := s.rec.Event(ctx, ws, action, "automation", id, audit.Failure, "refused: "+cause.Error())
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), compensateTimeout)
+	defer cancel()
+	if err := audit.Record(ctx, s.db, ev); err != nil {
+		s.lg.Warn("could not record a refusal audit event", zap.String("action", action), zap.String("automation-id", id), zap.Error(err))
+	}
+}
+
 // recordFailure writes a failure audit event in a transaction of its own.
 // Best effort: the request has already failed and the caller learns that.
 func (s *Service) recordFailure(ctx context.Context, ws, action, id string, cause error) {

@@ -487,6 +487,103 @@ func TestAccessTokenCannotGrantMoreThanItHolds(t *testing.T) {
 	h.rotate(t, ws, tok, ok.GetAutomation().GetId(), "")
 }
 
+func TestAccessTokenCannotTurnItselfIntoALongLivedSecret(t *testing.T) {
+	h := newHarness(t)
+	ws, owner := h.env.NewWorkspace(t, "acme")
+	self := h.create(t, ws, owner, &automationv1.CreateAutomationRequest{Name: "self",
+		Scopes: []string{auth.AutomationsRead, auth.AutomationsWrite, "issues:read"}})
+	manager := h.create(t, ws, owner, &automationv1.CreateAutomationRequest{Name: "manager", Scopes: []string{auth.AutomationsWrite}})
+	plain := h.create(t, ws, owner, &automationv1.CreateAutomationRequest{Name: "plain", Scopes: []string{"issues:read"}})
+	tok := h.mustExchange(t, self.GetSecret())
+	selfID := self.GetAutomation().GetId()
+
+	cases := []struct {
+		name, reason string
+		call         func() error
+	}{
+		{"rotate its own secret", "OWN_SECRET_ROTATION", func() error {
+			_, err := h.client.RotateAutomationSecret(as(bg(), tok), &automationv1.RotateAutomationSecretRequest{WorkspaceId: ws, AutomationId: selfID})
+			return err
+		}},
+		{"create a manager", "MANAGER_SECRET_FROM_TOKEN", func() error {
+			_, err := h.client.CreateAutomation(as(bg(), tok), &automationv1.CreateAutomationRequest{WorkspaceId: ws, Name: "clone",
+				Scopes: []string{auth.AutomationsWrite, "issues:read"}})
+			return err
+		}},
+		{"rotate a manager's secret", "MANAGER_SECRET_FROM_TOKEN", func() error {
+			_, err := h.client.RotateAutomationSecret(as(bg(), tok), &automationv1.RotateAutomationSecretRequest{WorkspaceId: ws, AutomationId: manager.GetAutomation().GetId()})
+			return err
+		}},
+		{"make a manager", "MANAGER_SECRET_FROM_TOKEN", func() error {
+			_, err := h.client.UpdateAutomation(as(bg(), tok), &automationv1.UpdateAutomationRequest{WorkspaceId: ws, AutomationId: plain.GetAutomation().GetId(),
+				Automation: &automationv1.Automation{Scopes: []string{"issues:read", auth.AutomationsWrite}}, UpdateMask: mask("scopes")})
+			return err
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) { wantCode(t, c.call(), codes.PermissionDenied, c.reason) })
+	}
+	// The old secret still works, and each refusal is in the trail.
+	h.mustExchange(t, self.GetSecret())
+	acts := h.auditActions(t, ws, owner, selfID)
+	if n := strings.Count(strings.Join(acts, " "), "automation.rotate_secret:failure"); n != 1 {
+		t.Fatalf("want one refused self-rotation in the trail, got %v", acts)
+	}
+	// Within the rules it manages; a person rotates its secret.
+	h.rotate(t, ws, tok, plain.GetAutomation().GetId(), "")
+	narrow := h.create(t, ws, tok, &automationv1.CreateAutomationRequest{Name: "narrow", Scopes: []string{"issues:read"}})
+	h.rotate(t, ws, tok, narrow.GetAutomation().GetId(), "")
+	h.rotate(t, ws, owner, selfID, "")
+}
+
+func TestTeamBoundAgentHeldToItsTeams(t *testing.T) {
+	h := newHarness(t)
+	ws, owner := h.env.NewWorkspace(t, "acme")
+	agentKey := func(id string, teams ...string) string {
+		resp, err := h.env.Internal.IssueCredential(bg(), &credentialv1.IssueCredentialRequest{
+			Subject: &credentialv1.Subject{Kind: credentialv1.SubjectKind_SUBJECT_KIND_AGENT, Id: id, WorkspaceId: ws, Name: id, Role: auth.RoleAdmin, TeamIds: teams},
+			Kind:    credentialv1.CredentialKind_CREDENTIAL_KIND_AGENT_KEY,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetCredential()
+	}
+	bound, free := agentKey("agt_bound", "team-a"), agentKey("agt_free")
+	unbounded := h.create(t, ws, owner, &automationv1.CreateAutomationRequest{Name: "unbounded"})
+	mine := h.create(t, ws, bound, &automationv1.CreateAutomationRequest{Name: "mine", TeamIds: []string{"team-a"}, Scopes: []string{auth.AutomationsWrite}})
+	refused := map[string]func() error{
+		"create without a team boundary": func() error {
+			_, err := h.client.CreateAutomation(as(bg(), bound), &automationv1.CreateAutomationRequest{WorkspaceId: ws, Name: "x"})
+			return err
+		},
+		"create for another team": func() error {
+			_, err := h.client.CreateAutomation(as(bg(), bound), &automationv1.CreateAutomationRequest{WorkspaceId: ws, Name: "x", TeamIds: []string{"team-b"}})
+			return err
+		},
+		"grant a scope it lacks": func() error {
+			_, err := h.client.CreateAutomation(as(bg(), bound), &automationv1.CreateAutomationRequest{WorkspaceId: ws, Name: "x", TeamIds: []string{"team-a"}, Scopes: []string{"issues:write"}})
+			return err
+		},
+		"widen its automation's teams": func() error {
+			_, err := h.client.UpdateAutomation(as(bg(), bound), &automationv1.UpdateAutomationRequest{WorkspaceId: ws, AutomationId: mine.GetAutomation().GetId(),
+				Automation: &automationv1.Automation{TeamIds: []string{"team-a", "team-b"}}, UpdateMask: mask("team_ids")})
+			return err
+		},
+		"rotate an unbounded automation": func() error {
+			_, err := h.client.RotateAutomationSecret(as(bg(), bound), &automationv1.RotateAutomationSecretRequest{WorkspaceId: ws, AutomationId: unbounded.GetAutomation().GetId()})
+			return err
+		},
+	}
+	for name, call := range refused {
+		t.Run(name, func(t *testing.T) { wantCode(t, call(), codes.PermissionDenied, "GRANT_EXCEEDS_CALLER") })
+	}
+	// Within its team it manages (its key is long-lived: it may hand out
+	// managers); an agent without a team scope is not team-bound.
+	h.rotate(t, ws, bound, mine.GetAutomation().GetId(), "")
+	h.create(t, ws, free, &automationv1.CreateAutomationRequest{Name: "anywhere", Scopes: []string{auth.AutomationsWrite}})
+}
+
 func TestUpdateChangesOnlyMaskedFields(t *testing.T) {
 	h := newHarness(t)
 	ws, owner := h.env.NewWorkspace(t, "acme")

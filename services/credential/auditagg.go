@@ -54,7 +54,7 @@ func (s *Service) ListAuditEvents(ctx context.Context, req *auditv1.ListAuditEve
 	resp := &auditv1.ListAuditEventsResponse{AuditEvents: events}
 	if more && len(events) > 0 {
 		last := events[len(events)-1]
-		resp.NextPageToken = page.Encode(audit.Scope(req), auditCursor(last))
+		resp.NextPageToken = page.Encode(ctx, audit.Scope(req), auditCursor(last))
 	}
 	return resp, nil
 }

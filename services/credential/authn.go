@@ -43,18 +43,23 @@ func init() {
 
 type localAuth struct{ s *Service }
 
-// Authenticate implements auth.Authenticator without a network hop.
+// Authenticate implements auth.Authenticator without a network hop. A
+// refusal of a known credential is audited (see auditRefusal).
 func (l localAuth) Authenticate(ctx context.Context, raw string) (*auth.Principal, error) {
-	p, _, err := l.s.authenticate(ctx, raw)
+	p, ref, err := l.s.authenticate(ctx, raw)
+	if ref != nil {
+		l.s.auditRefusal(ctx, actionAuthenticate, ref)
+	}
 	return p, err
 }
 
 var errInvalid = errs.Unauthenticated(auth.MsgInvalid)
 
 // authenticate resolves any raw credential. An unknown credential and a wrong
-// one get the same answer. The returned subject is nil for access tokens'
-// callers that do not need it.
-func (s *Service) authenticate(ctx context.Context, raw string) (*auth.Principal, *credentialstorev1.SubjectRecord, error) {
+// one get the same answer. When a credential that the store knows is refused
+// (its subject suspended or revoked, or the credential itself revoked), the
+// refusal describes it for the audit trail; it is nil otherwise.
+func (s *Service) authenticate(ctx context.Context, raw string) (*auth.Principal, *refusal, error) {
 	parsed, err := credfmt.Parse(raw)
 	if err != nil {
 		return nil, nil, errs.Unauthenticated(err.Error())
@@ -70,27 +75,39 @@ func (s *Service) authenticate(ctx context.Context, raw string) (*auth.Principal
 	if subj == nil || subtle.ConstantTimeCompare(rec.Hash, h) != 1 || rec.Kind != kindOf[parsed.Kind] {
 		return nil, nil, errInvalid
 	}
-	if err := checkSubject(subj, rec.RevokedAt != nil); err != nil {
-		return nil, subj, err // the subject is known: the caller may audit the refusal
+	if class, reason, err := checkSubject(subj, rec.RevokedAt != nil); err != nil {
+		return nil, &refusal{subject: subj.Subject, credentialID: rec.Id, credentialKind: rec.Kind, class: class, reason: reason}, err
 	}
 	s.touch(rec.Id)
-	return principalOf(subj.Subject, rec.Kind, rec.Id, nil, false, nil), subj, nil
+	return principalOf(subj.Subject, rec.Kind, rec.Id, nil, false, nil), nil, nil
 }
 
+// Refusal classes: a refused credential's audit records are coalesced per
+// credential and class (see refusalLog).
+const (
+	refusedSuspended = "suspended"
+	refusedRevoked   = "revoked"
+	refusedTTL       = "ttl"
+	refusedScope     = "scope"
+)
+
 // checkSubject applies revocation and suspension: a revoked agent is 403 (the
-// agent still exists, and is told so); any other dead credential is 401.
-func checkSubject(subj *credentialstorev1.SubjectRecord, credRevoked bool) error {
+// agent still exists, and is told so); any other dead credential is 401. A
+// refusal also returns its class and a reason for the audit trail.
+func checkSubject(subj *credentialstorev1.SubjectRecord, credRevoked bool) (class, reason string, err error) {
 	kind := subj.GetSubject().GetKind()
-	if subj.Revoked && kind == credentialv1.SubjectKind_SUBJECT_KIND_AGENT {
-		return errs.Forbidden("this agent has been revoked; its credentials no longer work")
+	noun := subjectNoun(kind)
+	switch {
+	case subj.Revoked && kind == credentialv1.SubjectKind_SUBJECT_KIND_AGENT:
+		return refusedRevoked, "agent revoked", errs.Forbidden("this agent has been revoked; its credentials no longer work")
+	case subj.Revoked:
+		return refusedRevoked, noun + " revoked or deleted", errInvalid
+	case credRevoked:
+		return refusedRevoked, "credential revoked (rotated or replaced)", errInvalid
+	case subj.GetSubject().GetSuspended():
+		return refusedSuspended, noun + " suspended", errs.Forbidden(fmt.Sprintf("this %s is suspended; an owner or admin can resume it", noun))
 	}
-	if subj.Revoked || credRevoked {
-		return errInvalid
-	}
-	if subj.GetSubject().GetSuspended() {
-		return errs.Forbidden(fmt.Sprintf("this %s is suspended; an owner or admin can resume it", subjectNoun(kind)))
-	}
-	return nil
+	return "", "", nil
 }
 
 func subjectNoun(k credentialv1.SubjectKind) string {
@@ -171,7 +188,7 @@ func (s *Service) credentialAndSubject(ctx context.Context, h []byte) (rec *cred
 	return rec, subj, err
 }
 
-func (s *Service) verifyAccessToken(ctx context.Context, parsed credfmt.Parsed) (*auth.Principal, *credentialstorev1.SubjectRecord, error) {
+func (s *Service) verifyAccessToken(ctx context.Context, parsed credfmt.Parsed) (*auth.Principal, *refusal, error) {
 	payload, err := parsed.Payload()
 	if err != nil || len(payload) <= tagLen {
 		return nil, nil, errInvalid
@@ -211,11 +228,14 @@ func (s *Service) verifyAccessToken(ctx context.Context, parsed credfmt.Parsed) 
 	if subj == nil {
 		return nil, nil, errInvalid
 	}
+	tokenKind := credentialv1.CredentialKind_CREDENTIAL_KIND_ACCESS_TOKEN
 	if rec.RevokedAt != nil && !subj.Revoked {
-		return nil, nil, errs.Unauthenticated("access token is no longer valid: the automation secret it was exchanged from was rotated or revoked")
+		ref := &refusal{subject: subj.Subject, credentialID: rec.Id, credentialKind: tokenKind, class: refusedRevoked,
+			reason: "the automation secret the access token was exchanged from was rotated or revoked"}
+		return nil, ref, errs.Unauthenticated("access token is no longer valid: the automation secret it was exchanged from was rotated or revoked")
 	}
-	if err := checkSubject(subj, rec.RevokedAt != nil); err != nil {
-		return nil, nil, err
+	if class, reason, err := checkSubject(subj, rec.RevokedAt != nil); err != nil {
+		return nil, &refusal{subject: subj.Subject, credentialID: rec.Id, credentialKind: tokenKind, class: class, reason: reason}, err
 	}
-	return principalOf(subj.Subject, credentialv1.CredentialKind_CREDENTIAL_KIND_ACCESS_TOKEN, rec.Id, timestamppb.New(exp), claims.Restricted, claims.Scopes), subj, nil
+	return principalOf(subj.Subject, tokenKind, rec.Id, timestamppb.New(exp), claims.Restricted, claims.Scopes), nil, nil
 }

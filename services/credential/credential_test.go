@@ -161,6 +161,24 @@ func TestWorkspacesAndMembers(t *testing.T) {
 				Member: &credentialv1.Member{Role: "member"}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"role"}}})
 			return err
 		}, codes.PermissionDenied},
+		{"admin cannot rename an owner", func() error {
+			resp, _ := env.Public.WhoAmI(as(bg, owner), &credentialv1.WhoAmIRequest{})
+			_, err := env.Public.UpdateMember(as(bg, admin), &credentialv1.UpdateMemberRequest{WorkspaceId: ws, MemberId: resp.SubjectId,
+				Member: &credentialv1.Member{Name: "Mallory"}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"name"}}})
+			return err
+		}, codes.PermissionDenied},
+		{"admin cannot change an owner's email", func() error {
+			resp, _ := env.Public.WhoAmI(as(bg, owner), &credentialv1.WhoAmIRequest{})
+			_, err := env.Public.UpdateMember(as(bg, admin), &credentialv1.UpdateMemberRequest{WorkspaceId: ws, MemberId: resp.SubjectId,
+				Member: &credentialv1.Member{Email: "mallory@example.com"}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"email"}}})
+			return err
+		}, codes.PermissionDenied},
+		{"owner renames itself", func() error {
+			resp, _ := env.Public.WhoAmI(as(bg, owner), &credentialv1.WhoAmIRequest{})
+			_, err := env.Public.UpdateMember(as(bg, owner), &credentialv1.UpdateMemberRequest{WorkspaceId: ws, MemberId: resp.SubjectId,
+				Member: &credentialv1.Member{Name: "Olga", Email: "olga@example.com"}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"name", "email"}}})
+			return err
+		}, codes.OK},
 		{"last owner cannot leave", func() error {
 			resp, _ := env.Public.WhoAmI(as(bg, owner), &credentialv1.WhoAmIRequest{})
 			_, err := env.Public.DeleteMember(as(bg, owner), &credentialv1.DeleteMemberRequest{WorkspaceId: ws, MemberId: resp.SubjectId})

@@ -10,7 +10,6 @@ import (
 
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	credentialstorev1 "github.com/backlog/controlplane/gen/go/backlog/credentialstore/v1"
-	"github.com/backlog/controlplane/services/kit/audit"
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/credfmt"
 	"github.com/backlog/controlplane/services/kit/errs"
@@ -20,7 +19,10 @@ import (
 
 // Authenticate implements the internal API: resolve a raw credential.
 func (s *Service) Authenticate(ctx context.Context, req *credentialv1.AuthenticateRequest) (*credentialv1.AuthenticateResponse, error) {
-	p, _, err := s.authenticate(ctx, req.GetCredential())
+	p, ref, err := s.authenticate(ctx, req.GetCredential())
+	if ref != nil {
+		s.auditRefusal(ctx, actionAuthenticate, ref)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -356,7 +358,7 @@ func (s *Service) VerifyCredential(ctx context.Context, req *credentialv1.Verify
 		rec.WorkspaceId != req.GetWorkspaceId() || rec.Kind != req.GetKind() {
 		return nil, errInvalid
 	}
-	if err := checkSubject(subj, rec.RevokedAt != nil); err != nil {
+	if _, _, err := checkSubject(subj, rec.RevokedAt != nil); err != nil {
 		return nil, err
 	}
 	return &credentialv1.VerifyCredentialResponse{Info: infoOf(rec)}, nil
@@ -372,7 +374,7 @@ func (s *Service) ListSubjects(ctx context.Context, req *credentialv1.ListSubjec
 		return nil, err
 	}
 	scope := "subjects|" + req.GetKind().String()
-	after, err := page.Decode(scope, req.GetPageToken())
+	after, err := page.Decode(ctx, scope, req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -390,7 +392,7 @@ func (s *Service) ListSubjects(ctx context.Context, req *credentialv1.ListSubjec
 			resp.Subjects = append(resp.Subjects, sum)
 			return true, nil
 		})
-		resp.NextPageToken = page.Encode(scope, next)
+		resp.NextPageToken = page.Encode(ctx, scope, next)
 		return err
 	})
 	return resp, err
@@ -445,16 +447,5 @@ func (s *Service) WatchRevocations(stream credentialv1.CredentialInternalService
 				return err
 			}
 		}
-	}
-}
-
-// auditFailure records a failed attempt against a known subject.
-func (s *Service) auditFailure(ctx context.Context, ws, action, targetKind, targetID, detail string) {
-	if ws == "" {
-		return
-	}
-	ev := s.event(ctx, ws, action, targetKind, targetID, audit.Failure, detail)
-	if err := audit.Record(ctx, s.db, ev); err != nil {
-		s.lg.Warn("could not record audit event", errField(err))
 	}
 }

@@ -2,6 +2,7 @@ package credential
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/mail"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	credentialstorev1 "github.com/backlog/controlplane/gen/go/backlog/credentialstore/v1"
 	"github.com/backlog/controlplane/services/kit/audit"
@@ -138,7 +140,7 @@ func (s *Service) ListMembers(ctx context.Context, req *credentialv1.ListMembers
 	if err != nil {
 		return nil, err
 	}
-	after, err := page.Decode(req.GetWorkspaceId(), req.GetPageToken())
+	after, err := page.Decode(ctx, req.GetWorkspaceId(), req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +150,7 @@ func (s *Service) ListMembers(ctx context.Context, req *credentialv1.ListMembers
 	resp := &credentialv1.ListMembersResponse{}
 	err = s.db.View(ctx, func(tx store.ReadTx) error {
 		members, next, err := listMembers(tx, req.GetWorkspaceId(), after, size)
-		resp.Members, resp.NextPageToken = members, page.Encode(req.GetWorkspaceId(), next)
+		resp.Members, resp.NextPageToken = members, page.Encode(ctx, req.GetWorkspaceId(), next)
 		return err
 	})
 	return resp, err
@@ -258,6 +260,11 @@ func (s *Service) UpdateMember(ctx context.Context, req *credentialv1.UpdateMemb
 		if err != nil {
 			return err
 		}
+		// Only owners manage owners: an admin may not change any field of
+		// an owner's record (its name and email identify the owner).
+		if m.Role == auth.RoleOwner && caller.Role != auth.RoleOwner {
+			return errNotOwner
+		}
 		for _, p := range paths {
 			switch p {
 			case "name":
@@ -301,6 +308,7 @@ func (s *Service) UpdateMember(ctx context.Context, req *credentialv1.UpdateMemb
 		return audit.Put(tx, s.event(ctx, m.WorkspaceId, "member.update", "member", m.Id, audit.Success, "fields "+strings.Join(paths, ",")))
 	})
 	if err != nil {
+		s.auditDenied(ctx, req.GetWorkspaceId(), "member.update", req.GetMemberId(), err)
 		return nil, err
 	}
 	s.hub.publish(ctx, []string{out.Id})
@@ -339,6 +347,7 @@ func (s *Service) DeleteMember(ctx context.Context, req *credentialv1.DeleteMemb
 		return audit.Put(tx, s.event(ctx, m.WorkspaceId, "member.delete", "member", m.Id, audit.Success, ""))
 	})
 	if err != nil {
+		s.auditDenied(ctx, req.GetWorkspaceId(), "member.delete", req.GetMemberId(), err)
 		return nil, err
 	}
 	if more {
@@ -350,6 +359,16 @@ func (s *Service) DeleteMember(ctx context.Context, req *credentialv1.DeleteMemb
 	}
 	s.hub.publish(ctx, []string{req.GetMemberId()})
 	return &credentialv1.DeleteMemberResponse{}, nil
+}
+
+// auditDenied records a change of a member refused because only an owner may
+// make it (the caller is an authenticated admin: one record per request).
+func (s *Service) auditDenied(ctx context.Context, ws, action, memberID string, err error) {
+	if !errors.Is(err, errNotOwner) {
+		return
+	}
+	ev := s.event(ctx, ws, action, "member", memberID, audit.Failure, "refused: "+errNotOwner.Error())
+	s.writeRefusals(ctx, []*auditv1.AuditEvent{ev})
 }
 
 // Exchange implements credentialv1.CredentialServiceServer: an automation
@@ -368,30 +387,42 @@ func (s *Service) Exchange(ctx context.Context, req *credentialv1.ExchangeReques
 	if parsed.Kind != credfmt.Automation {
 		return nil, errs.Unauthenticated(fmt.Sprintf("exchange takes an automation secret (blg_auto_…); this credential is of kind %q", parsed.Kind))
 	}
-	if req.GetTtlSeconds() < 0 {
-		return nil, errs.Invalid("ttlSeconds", "must be positive")
-	}
+	// The request is checked before the credential, as ever; the credential
+	// is still resolved so that a refusal of a known automation is audited.
 	ttl := s.cfg.DefaultTokenTTL
-	if req.GetTtlSeconds() > 0 {
-		ttl = time.Duration(req.GetTtlSeconds()) * time.Second
-		if ttl > s.cfg.MaxTokenTTL {
-			return nil, errs.Invalid("ttlSeconds", "at most %d (the configured maximum)", int(s.cfg.MaxTokenTTL/time.Second))
+	var reqErr error
+	var reqRefusal *refusal
+	if n := req.GetTtlSeconds(); n < 0 {
+		reqErr = errs.Invalid("ttlSeconds", "must be positive")
+		reqRefusal = &refusal{class: refusedTTL, reason: fmt.Sprintf("ttlSeconds %d is not positive", n)}
+	} else if n > 0 {
+		ttl = time.Duration(n) * time.Second
+		if max := int64(s.cfg.MaxTokenTTL / time.Second); int64(n) > max {
+			reqErr = errs.Invalid("ttlSeconds", "at most %d (the configured maximum)", max)
+			reqRefusal = &refusal{class: refusedTTL, reason: fmt.Sprintf("ttlSeconds %d exceeds the maximum %d", n, max)}
 		}
 	}
 	scopes, err := auth.ValidateScopes("scopes", req.GetScopes())
-	if err != nil {
-		return nil, err
+	if err != nil && reqErr == nil {
+		reqErr, reqRefusal = err, &refusal{class: refusedScope, reason: "a malformed scope was asked for"}
 	}
-	p, subj, err := s.authenticate(ctx, raw)
-	if err != nil {
-		if subj != nil {
-			s.auditFailure(ctx, subj.Subject.WorkspaceId, "auth.exchange", "automation", subj.Subject.Id, "refused")
+	p, ref, err := s.authenticate(ctx, raw)
+	if ref != nil {
+		s.auditRefusal(ctx, actionExchange, ref)
+	}
+	if reqErr != nil {
+		if err == nil {
+			s.auditRefusal(ctx, actionExchange, exchangeRefusal(p, reqRefusal))
 		}
+		return nil, reqErr
+	}
+	if err != nil {
 		return nil, err
 	}
 	restricted := len(scopes) > 0
 	for _, sc := range scopes {
 		if !slices.Contains(p.Scopes, sc) {
+			s.auditRefusal(ctx, actionExchange, exchangeRefusal(p, &refusal{class: refusedScope, reason: "scope " + sc + " is not granted to the automation"}))
 			return nil, errs.Invalid("scopes", "%q is not granted to this automation; ask for a subset of %s", sc, strings.Join(p.Scopes, ", "))
 		}
 	}
@@ -409,6 +440,14 @@ func (s *Service) Exchange(ctx context.Context, req *credentialv1.ExchangeReques
 		ExpiresIn: int32(exp.Sub(now).Round(time.Second) / time.Second), AutomationId: p.SubjectId,
 		WorkspaceId: p.WorkspaceId, Scopes: granted, TeamIds: p.TeamIds,
 	}, nil
+}
+
+// exchangeRefusal completes r, a refused exchange, with the automation and
+// secret p stands for.
+func exchangeRefusal(p *auth.Principal, r *refusal) *refusal {
+	r.subject = &credentialv1.Subject{Kind: p.GetSubjectKind(), Id: p.GetSubjectId(), WorkspaceId: p.GetWorkspaceId()}
+	r.credentialID, r.credentialKind = p.GetCredentialId(), p.GetCredentialKind()
+	return r
 }
 
 func exchangeOutcome(err error) string {

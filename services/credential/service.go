@@ -70,6 +70,8 @@ type Service struct {
 	errors   *errs.Table
 	hub      *hub
 
+	refusals refusalLog // coalesces audit records of refused credentials
+
 	usedMu sync.Mutex
 	used   map[string]time.Time // credential id → last use, flushed periodically
 	stop   chan struct{}
@@ -387,7 +389,8 @@ func (s *Service) touch(credID string) {
 }
 
 // flushLoop records last-used times every few seconds, so that
-// authenticating and exchanging never wait for a disk write.
+// authenticating and exchanging never wait for a disk write, and writes the
+// summaries of coalesced refusals whose window has ended.
 func (s *Service) flushLoop() {
 	defer close(s.done)
 	t := time.NewTicker(5 * time.Second)
@@ -396,8 +399,11 @@ func (s *Service) flushLoop() {
 		select {
 		case <-t.C:
 			s.flushUsed()
+			s.flushRefusals()
 		case <-s.stop:
 			s.flushUsed()
+			// Pending summaries are written now rather than lost.
+			s.writeRefusals(context.Background(), s.refusals.sweep(s.cfg.Now().Add(RefusalWindow)))
 			return
 		}
 	}

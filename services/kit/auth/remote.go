@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
@@ -22,6 +23,13 @@ const CacheTTL = 2 * time.Second
 // Remote authenticates by asking the credential service over gRPC, caching
 // answers while (and only while) its revocation watch is connected.
 type Remote struct {
+	// Forward, when set, gives the metadata (key, value pairs) each
+	// Authenticate call carries about the call being authenticated: the end
+	// client's IP (as this service resolved it) and the request id, so that
+	// the credential service's audit record of a refused credential names
+	// them rather than this service's address. Set it before first use.
+	Forward func(ctx context.Context) []string
+
 	client credentialv1.CredentialInternalServiceClient
 	lg     *zap.Logger
 	now    func() time.Time
@@ -59,7 +67,13 @@ func (r *Remote) Authenticate(ctx context.Context, raw string) (*Principal, erro
 	epoch, watching := r.epoch, r.watching
 	r.mu.Unlock()
 
-	resp, err := r.client.Authenticate(ctx, &credentialv1.AuthenticateRequest{Credential: raw})
+	out := ctx
+	if r.Forward != nil {
+		if kv := r.Forward(ctx); len(kv) > 0 && len(kv)%2 == 0 {
+			out = metadata.AppendToOutgoingContext(ctx, kv...)
+		}
+	}
+	resp, err := r.client.Authenticate(out, &credentialv1.AuthenticateRequest{Credential: raw})
 	if err != nil {
 		return nil, err
 	}
