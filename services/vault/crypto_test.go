@@ -160,7 +160,7 @@ func TestDeniedClass(t *testing.T) {
 		"169.254.169.254": "link-local", "fe80::1": "link-local",
 		"0.0.0.0": "unspecified", "::": "unspecified", "0.1.2.3": `"this network"`,
 		"224.0.0.1": "multicast", "ff02::1": "multicast", "100.64.0.1": "shared (carrier-grade NAT)",
-		"255.255.255.255": "reserved", "64:ff9b::7f00:1": "NAT64",
+		"255.255.255.255": "limited broadcast", "64:ff9b::7f00:1": "NAT64 address embedding a loopback",
 		"8.8.8.8": "", "1.1.1.1": "", "2606:4700::1111": "",
 	} {
 		if got := deniedClass(netip.MustParseAddr(addr)); got != want {

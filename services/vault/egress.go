@@ -17,6 +17,10 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/net/idna"
+
+	"github.com/backlog/controlplane/services/kit/errs"
 )
 
 // egressDenied is the error a dial refused by the SSRF guard returns.
@@ -28,28 +32,74 @@ func (e *egressDenied) Error() string {
 	return "refused to connect to a " + e.class + " address"
 }
 
-// Address ranges an HTTP Request step may not reach unless private egress
-// is allowed, beyond what netip classifies itself.
-var deniedPrefixes = []struct {
+// What an HTTP Request step may reach unless private egress is allowed:
+// globally reachable addresses only. IPv4 is judged against the IANA IPv4
+// Special-Purpose Address Registry plus multicast and the reserved
+// 240.0.0.0/4; IPv6 must be global unicast (2000::/3) outside the IANA IPv6
+// Special-Purpose Address Registry, or an IPv4-mapped or well-known-prefix
+// NAT64 address whose embedded IPv4 address is itself allowed. A few
+// special-purpose blocks with globally reachable members (192.0.0.0/24,
+// 2001::/23: anycast services no webhook lives on) are refused whole.
+var deniedV4 = []struct {
 	prefix netip.Prefix
 	class  string
 }{
 	{netip.MustParsePrefix("0.0.0.0/8"), "\"this network\""},
 	{netip.MustParsePrefix("100.64.0.0/10"), "shared (carrier-grade NAT)"},
 	{netip.MustParsePrefix("192.0.0.0/24"), "IETF protocol assignment"},
+	{netip.MustParsePrefix("192.0.2.0/24"), "documentation (TEST-NET-1)"},
+	{netip.MustParsePrefix("192.88.99.0/24"), "6to4 relay anycast (deprecated)"},
 	{netip.MustParsePrefix("198.18.0.0/15"), "benchmarking"},
+	{netip.MustParsePrefix("198.51.100.0/24"), "documentation (TEST-NET-2)"},
+	{netip.MustParsePrefix("203.0.113.0/24"), "documentation (TEST-NET-3)"},
+	{netip.MustParsePrefix("255.255.255.255/32"), "limited broadcast"},
 	{netip.MustParsePrefix("240.0.0.0/4"), "reserved"},
-	{netip.MustParsePrefix("64:ff9b::/96"), "NAT64"},
-	{netip.MustParsePrefix("64:ff9b:1::/48"), "NAT64"},
-	{netip.MustParsePrefix("2002::/16"), "6to4"},
+}
+
+var (
+	globalUnicast6 = netip.MustParsePrefix("2000::/3")
+	nat64WKP       = netip.MustParsePrefix("64:ff9b::/96")    // RFC 6052: embeds a public IPv4 address
+	sixToFour      = netip.MustParsePrefix("2002::/16")       // RFC 3056: 2002:AABB:CCDD::/48
+	teredo         = netip.MustParsePrefix("2001::/32")       // RFC 4380: client address obfuscated in the last 32 bits
+	ipv4Compatible = netip.MustParsePrefix("::/96")           // RFC 4291 §2.5.5.1, deprecated
+	ipv4Translated = netip.MustParsePrefix("::ffff:0:0:0/96") // RFC 2765 (SIIT)
+)
+
+var deniedV6 = []struct {
+	prefix netip.Prefix
+	class  string
+}{
+	{ipv4Compatible, "IPv4-compatible IPv6 (deprecated)"},
+	{ipv4Translated, "IPv4-translated IPv6"},
+	{netip.MustParsePrefix("64:ff9b:1::/48"), "local-use NAT64"},
+	{netip.MustParsePrefix("100::/64"), "discard-only"},
+	{netip.MustParsePrefix("100:0:0:1::/64"), "dummy IPv6 prefix"},
+	{netip.MustParsePrefix("2001:2::/48"), "benchmarking"},
+	{netip.MustParsePrefix("2001::/23"), "IETF protocol assignment"},
+	{netip.MustParsePrefix("2001:db8::/32"), "documentation"},
+	{netip.MustParsePrefix("3fff::/20"), "documentation"},
+	{netip.MustParsePrefix("fec0::/10"), "site-local (deprecated)"},
 }
 
 // deniedClass returns why a may not be dialled, or "" if it may.
 func deniedClass(a netip.Addr) string {
-	a = a.Unmap()
-	switch {
-	case !a.IsValid():
+	if !a.IsValid() {
 		return "invalid"
+	}
+	zone := a.Zone()
+	a = a.WithZone("").Unmap()
+	if class := deniedClassOf(a); class != "" {
+		return class
+	}
+	if zone != "" {
+		// A zone picks an interface; only link-scoped addresses have one.
+		return "zone-scoped"
+	}
+	return ""
+}
+
+func deniedClassOf(a netip.Addr) string {
+	switch {
 	case a.IsUnspecified():
 		return "unspecified"
 	case a.IsLoopback():
@@ -61,12 +111,54 @@ func deniedClass(a netip.Addr) string {
 	case a.IsMulticast(), a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast():
 		return "multicast"
 	}
-	for _, d := range deniedPrefixes {
+	if a.Is4() {
+		for _, d := range deniedV4 {
+			if d.prefix.Contains(a) {
+				return d.class
+			}
+		}
+		return ""
+	}
+	// IPv6 forms that carry an IPv4 address: the embedded address is
+	// judged too (a NAT64 gateway or a 6to4/Teredo tunnel would take the
+	// packet there).
+	switch {
+	case nat64WKP.Contains(a):
+		v4 := embedded4(a, 12)
+		if class := deniedClassOf(v4); class != "" {
+			return "NAT64 address embedding a " + class
+		}
+		return ""
+	case sixToFour.Contains(a):
+		if class := deniedClassOf(embedded4(a, 2)); class != "" {
+			return "6to4 address embedding a " + class
+		}
+		return "6to4 (deprecated transition)"
+	case teredo.Contains(a):
+		client := embedded4(a, 12).As4()
+		for i := range client {
+			client[i] ^= 0xff
+		}
+		if class := deniedClassOf(netip.AddrFrom4(client)); class != "" {
+			return "Teredo address embedding a " + class
+		}
+		return "Teredo"
+	}
+	for _, d := range deniedV6 {
 		if d.prefix.Contains(a) {
 			return d.class
 		}
 	}
+	if !globalUnicast6.Contains(a) {
+		return "reserved"
+	}
 	return ""
+}
+
+// embedded4 is the IPv4 address in bytes [at, at+4) of the IPv6 address a.
+func embedded4(a netip.Addr, at int) netip.Addr {
+	b := a.As16()
+	return netip.AddrFrom4([4]byte(b[at : at+4]))
 }
 
 // guardControl runs on every socket before it connects, with the address
@@ -126,17 +218,141 @@ func newEgressClient(caFile string, allowPrivate bool, timeout time.Duration) (*
 	}, nil
 }
 
-// checkLiteralHost refuses a URL whose host is a forbidden IP literal before
-// anything is dialled (names are checked at dial time).
-func checkLiteralHost(u *url.URL) *egressDenied {
-	a, err := netip.ParseAddr(strings.Trim(u.Hostname(), "[]"))
-	if err != nil {
+// checkHost judges the URL's host before anything is resolved or dialled.
+// A host written as an IP address — in any form a URL parser (WHATWG) or a
+// resolver (inet_aton) takes as one: decimal, octal or hex numbers,
+// shortened, with a trailing dot, Unicode digits and dots that IDNA maps to
+// ASCII as net/http does, IPv6 with an embedded IPv4 address or a zone — is
+// judged as that address: refused (*egressDenied) when guard is on and the
+// address is not public. Any such form but the usual dotted quad is also
+// refused as ambiguous (InvalidArgument), guard or not: which address it
+// reaches would depend on the resolver. Names are judged at dial time.
+func checkHost(u *url.URL, guard bool) error {
+	host := u.Hostname()
+	if !isASCII(host) {
+		// What net/http's transport dials (it maps the host with IDNA).
+		if h, err := idna.Lookup.ToASCII(host); err == nil {
+			host = h
+		}
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		// The usual forms (netip takes IPv4 as a dotted quad only).
+		if guard {
+			if class := deniedClass(a); class != "" {
+				return &egressDenied{class: class}
+			}
+		}
 		return nil
 	}
-	if class := deniedClass(a); class != "" {
-		return &egressDenied{class: class}
+	if !endsInNumber(host) {
+		return nil // a name
 	}
-	return nil
+	a, ok := parseIPv4Loose(host)
+	if !ok {
+		return errs.Invalid(fieldURL, "host %q ends in a number but is not an IPv4 address; a host name's last label cannot be numeric", clip(u.Hostname()))
+	}
+	if guard {
+		if class := deniedClass(a); class != "" {
+			return &egressDenied{class: class}
+		}
+	}
+	return errs.Invalid(fieldURL, "host %q is an IPv4 address written unusually; write it as %s", clip(u.Hostname()), a)
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// endsInNumber reports whether a URL parser following the WHATWG URL
+// standard takes host for an IPv4 address: its last label (after one
+// trailing dot) is decimal digits, or 0x followed by hex digits.
+func endsInNumber(host string) bool {
+	host = strings.TrimSuffix(host, ".")
+	last := host[strings.LastIndexByte(host, '.')+1:]
+	if last == "" {
+		return false
+	}
+	if strings.Trim(last, "0123456789") == "" {
+		return true
+	}
+	if len(last) >= 2 && last[0] == '0' && (last[1] == 'x' || last[1] == 'X') {
+		return strings.Trim(last[2:], "0123456789abcdefABCDEF") == ""
+	}
+	return false
+}
+
+// parseIPv4Loose parses host as the WHATWG IPv4 parser and inet_aton do:
+// one to four dot-separated numbers (decimal, 0-prefixed octal, 0x hex; a
+// trailing dot allowed), each but the last one byte, the last filling the
+// remaining bytes.
+func parseIPv4Loose(host string) (netip.Addr, bool) {
+	parts := strings.Split(strings.TrimSuffix(host, "."), ".")
+	if len(parts) > 4 {
+		return netip.Addr{}, false
+	}
+	nums := make([]uint64, len(parts))
+	for i, p := range parts {
+		n, ok := parseIPv4Number(p)
+		if !ok {
+			return netip.Addr{}, false
+		}
+		nums[i] = n
+	}
+	last := len(nums) - 1
+	for _, n := range nums[:last] {
+		if n > 255 {
+			return netip.Addr{}, false
+		}
+	}
+	if nums[last] >= 1<<(8*(5-len(nums))) {
+		return netip.Addr{}, false
+	}
+	v := nums[last]
+	for i, n := range nums[:last] {
+		v += n << (8 * (3 - i))
+	}
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), true
+}
+
+// parseIPv4Number parses one part: "0x…" hex (empty digits: 0), "0…"
+// octal, else decimal. Values beyond 32 bits fail.
+func parseIPv4Number(p string) (uint64, bool) {
+	if p == "" {
+		return 0, false
+	}
+	base := uint64(10)
+	switch {
+	case len(p) >= 2 && p[0] == '0' && (p[1] == 'x' || p[1] == 'X'):
+		base, p = 16, p[2:]
+	case len(p) >= 2 && p[0] == '0':
+		base, p = 8, p[1:]
+	}
+	var n uint64
+	for i := 0; i < len(p); i++ {
+		var d uint64
+		switch c := p[i]; {
+		case c >= '0' && c <= '9':
+			d = uint64(c - '0')
+		case c >= 'a' && c <= 'f':
+			d = uint64(c-'a') + 10
+		case c >= 'A' && c <= 'F':
+			d = uint64(c-'A') + 10
+		default:
+			return 0, false
+		}
+		if d >= base {
+			return 0, false
+		}
+		if n = n*base + d; n > 1<<32-1 {
+			return 0, false
+		}
+	}
+	return n, true
 }
 
 // redactor replaces every occurrence of a secret value — raw, or in the

@@ -55,7 +55,7 @@ func (s *Service) ListSecrets(ctx context.Context, req *vaultv1.ListSecretsReque
 		return nil, err
 	}
 	scope := fmt.Sprintf("%s|%s|%d", ws, kind, within)
-	after, err := page.Decode(scope, req.GetPageToken())
+	after, err := page.Decode(ctx, scope, req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -81,7 +81,7 @@ func (s *Service) ListSecrets(ctx context.Context, req *vaultv1.ListSecretsReque
 			resp.Secrets = append(resp.Secrets, present(rec, now))
 			return true
 		})
-		resp.NextPageToken = page.Encode(scope, next)
+		resp.NextPageToken = page.Encode(ctx, scope, next)
 		return err
 	})
 	if err != nil {

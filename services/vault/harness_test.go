@@ -88,7 +88,15 @@ type target struct {
 	mu    sync.Mutex
 	last  http.Header
 	body  string
+	// held counts requests to /hold that arrived; they wait until
+	// unhold (or until the client gives up).
+	held        atomic.Int64
+	release     chan struct{}
+	releaseOnce sync.Once
 }
+
+// unhold lets every held request, and every later one, answer.
+func (tg *target) unhold() { tg.releaseOnce.Do(func() { close(tg.release) }) }
 
 func (tg *target) handler(w http.ResponseWriter, r *http.Request) {
 	b, _ := io.ReadAll(r.Body)
@@ -110,6 +118,13 @@ func (tg *target) handler(w http.ResponseWriter, r *http.Request) {
 		w.Write(bytes.Repeat([]byte("x"), 3<<20))
 	case "/binary":
 		w.Write([]byte{0xff, 0xfe, 0x00, 0x01})
+	case "/hold":
+		tg.held.Add(1)
+		select {
+		case <-r.Context().Done():
+		case <-tg.release:
+			io.WriteString(w, "released")
+		}
 	case "/slow":
 		select {
 		case <-r.Context().Done():
@@ -172,12 +187,14 @@ func newHarness(t *testing.T, mutate ...func(*vault.Config)) *harness {
 	h := &harness{t: t, lg: lg, logs: logs, clock: &clock{t: time.Now()}}
 	h.env = credentialtest.StartWith(t, credentialtest.Options{Logger: lg})
 
-	h.tls = &target{}
+	h.tls = &target{release: make(chan struct{})}
 	h.tls.srv = httptest.NewTLSServer(http.HandlerFunc(h.tls.handler))
 	t.Cleanup(h.tls.srv.Close)
-	h.plain = &target{}
+	t.Cleanup(h.tls.unhold) // runs first
+	h.plain = &target{release: make(chan struct{})}
 	h.plain.srv = httptest.NewServer(http.HandlerFunc(h.plain.handler))
 	t.Cleanup(h.plain.srv.Close)
+	t.Cleanup(h.plain.unhold)
 
 	dir := t.TempDir()
 	caFile := filepath.Join(dir, "egress-ca.pem")

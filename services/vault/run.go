@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -22,6 +23,8 @@ import (
 	"github.com/backlog/controlplane/services/kit/audit"
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/metrics"
+	"github.com/backlog/controlplane/services/kit/ratelimit"
+	"github.com/backlog/controlplane/services/kit/server"
 	"github.com/backlog/controlplane/services/kit/store"
 )
 
@@ -54,13 +57,22 @@ func (s *Service) RunHttpRequest(ctx context.Context, req *vaultv1.RunHttpReques
 		return nil, err
 	}
 	host := st.url.Host
-	if !s.allowPrivate {
-		if d := checkLiteralHost(st.url); d != nil {
+	if err := checkHost(st.url, !s.allowPrivate); err != nil {
+		if d, ok := isEgressDenied(err); ok {
 			err := s.egressErr(host, d)
 			s.recordUses(ctx, ws, st.refs, nil, err, st.method, host, 0)
 			return nil, err
 		}
+		return nil, err
 	}
+	release, err := s.steps.acquire(ws)
+	if err != nil {
+		s.lg.Warn("http request step refused: too many running in the workspace", zap.String("workspace-id", ws),
+			zap.Int("limit", s.steps.max), zap.String("request-id", server.RequestID(ctx)))
+		metrics.RateLimited.WithLabelValues("vault_steps_per_workspace").Inc()
+		return nil, err
+	}
+	defer release()
 
 	secrets, err := s.resolveForStep(ctx, ws, st.refs)
 	if err != nil {
@@ -87,6 +99,57 @@ func (s *Service) RunHttpRequest(ctx context.Context, req *vaultv1.RunHttpReques
 	s.lg.Info("http request step sent", zap.String("workspace-id", ws), zap.String("method", st.method),
 		zap.String("host", host), zap.Int32("status", resp.StatusCode), zap.Strings("secrets", used))
 	return resp, nil
+}
+
+// DefaultEgressMaxStepsPerWorkspace is how many HTTP Request steps may run
+// at once in one workspace unless configured otherwise.
+const DefaultEgressMaxStepsPerWorkspace = 16
+
+// reasonTooManySteps is the ErrorInfo reason of a step refused by the
+// per-workspace cap (built outside the table: it carries a RetryInfo).
+const reasonTooManySteps = "TOO_MANY_HTTP_REQUESTS"
+
+// stepRetryAfter is the wait suggested to a step refused by the cap: a
+// running step ends within the egress timeout, most far sooner.
+const stepRetryAfter = time.Second
+
+// stepLimiter caps the HTTP Request steps running at once per workspace,
+// so that one workspace's slow or hanging targets cannot take every
+// connection and goroutine of the vault from the others. In memory, per
+// process: each replica enforces it for the steps it runs.
+type stepLimiter struct {
+	max     int
+	mu      sync.Mutex
+	running map[string]int // workspace id → steps running; no zero entries
+}
+
+func newStepLimiter(n int) *stepLimiter {
+	if n <= 0 {
+		n = DefaultEgressMaxStepsPerWorkspace
+	}
+	return &stepLimiter{max: n, running: map[string]int{}}
+}
+
+// acquire takes one of ws's slots, or answers ResourceExhausted (429 with
+// Retry-After at the gateway) when all are taken. release gives it back.
+func (l *stepLimiter) acquire(ws string) (release func(), err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.running[ws] >= l.max {
+		return nil, ratelimit.Exhausted(Domain, reasonTooManySteps, fmt.Sprintf(
+			"this workspace already has %d HTTP Request steps running, the most allowed at once; nothing was sent; retry when one has finished", l.max), stepRetryAfter)
+	}
+	l.running[ws]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			if l.running[ws]--; l.running[ws] <= 0 {
+				delete(l.running, ws)
+			}
+		})
+	}, nil
 }
 
 // egressResult names a step's outcome for the metrics: refused before

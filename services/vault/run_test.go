@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
+	"github.com/backlog/controlplane/services/kit/ratelimit"
 	"github.com/backlog/controlplane/services/vault"
 )
 
@@ -239,6 +240,26 @@ func TestEgressGuard(t *testing.T) {
 		"https://10.1.2.3/",            // private
 		"https://169.254.169.254/meta", // link-local (cloud metadata)
 		"https://0.0.0.0" + port,       // unspecified
+		// The same loopback target written as inet_aton and WHATWG URL
+		// parsers read addresses, judged as the address they are.
+		"https://2130706433" + port,           // one decimal number
+		"https://0x7f000001" + port,           // hex
+		"https://0177.0.0.1" + port,           // octal
+		"https://127.1" + port,                // shortened
+		"https://127.0.0.1." + port,           // trailing dot
+		"https://０x7f.1" + port,               // fullwidth digit, mapped by IDNA as net/http does
+		"https://[::127.0.0.1]" + port,        // IPv4-compatible (::/96)
+		"https://[64:ff9b::127.0.0.1]" + port, // NAT64 embedding loopback
+		"https://[2002:7f00:1::1]" + port,     // 6to4 embedding loopback
+		"https://[fe80::1%25lo]" + port,       // zone id
+		"https://[::1%25lo]" + port,           // zone id on loopback
+		"https://192.0.2.1/",                  // documentation ranges
+		"https://198.51.100.1/",
+		"https://203.0.113.1/",
+		"https://[2001:db8::1]/",
+		"https://198.18.0.1/", // benchmarking
+		"https://[2001:2::1]/",
+		"https://[2001::1]/", // Teredo
 	} {
 		t.Run(u, func(t *testing.T) {
 			_, err := h.client.RunHttpRequest(as(bg(), owner), &vaultv1.RunHttpRequestRequest{WorkspaceId: ws, Method: "GET", Url: u, Headers: map[string]string{"X-Api-Key": "{secret:api}"}})
@@ -247,6 +268,18 @@ func TestEgressGuard(t *testing.T) {
 	}
 	_, err := h.client.RunHttpRequest(as(bg(), owner), &vaultv1.RunHttpRequestRequest{WorkspaceId: ws, Method: "GET", Url: h.plain.srv.URL})
 	wantCode(t, err, codes.PermissionDenied, "EGRESS_DENIED")
+	// Ambiguous hosts, and userinfo that would hide the real host, are
+	// invalid URLs.
+	for _, u := range []string{
+		"https://public.example@127.0.0.1" + port, // userinfo: the host is 127.0.0.1
+		"https://user:pw@example.com/",
+		"https://134744072/", // 8.8.8.8, written as one number
+		"https://8.8.8.8./",
+		"https://example.123/",
+	} {
+		_, err := h.client.RunHttpRequest(as(bg(), owner), &vaultv1.RunHttpRequestRequest{WorkspaceId: ws, Method: "GET", Url: u, Headers: map[string]string{"X-Api-Key": "{secret:api}"}})
+		wantCode(t, err, codes.InvalidArgument, "")
+	}
 	if n := h.tls.requests() + h.plain.requests(); n != 0 {
 		t.Fatalf("the guard let %d requests through", n)
 	}
@@ -371,5 +404,74 @@ func TestStepWithManySecrets(t *testing.T) {
 	wantCode(t, err, codes.FailedPrecondition, "VAULT_SEALED")
 	if got := count("failure"); got != n {
 		t.Fatalf("%d failure events, want %d", got, n)
+	}
+}
+
+// TestStepsPerWorkspaceCap: at most EgressMaxStepsPerWorkspace steps run at
+// once in a workspace; one more is refused with ResourceExhausted and a
+// RetryInfo before anything is sent or decrypted, other workspaces are not
+// affected, and slots come back when steps end, however they end.
+func TestStepsPerWorkspaceCap(t *testing.T) {
+	const limit = 2
+	h := newHarness(t, func(c *vault.Config) { c.EgressMaxStepsPerWorkspace = limit; c.EgressTimeout = 10 * time.Second })
+	ws, owner := h.env.NewWorkspace(t, "busy")
+	other, otherOwner := h.env.NewWorkspace(t, "other")
+	h.create(t, ws, owner, "api", "webhook", newValue("v"))
+	h.create(t, other, otherOwner, "api", "webhook", newValue("w"))
+	key := map[string]string{"X-Api-Key": "{secret:api}"}
+
+	errc := make(chan error, limit)
+	for range limit {
+		go func() {
+			resp, err := h.run(ws, owner, "/hold", key)
+			if err == nil && resp.GetBody() != "released" {
+				err = fmt.Errorf("held step answered %v", resp)
+			}
+			errc <- err
+		}()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for h.tls.held.Load() < limit {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d steps reached the target", h.tls.held.Load(), limit)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	sentBefore := h.tls.requests()
+	usesBefore := len(h.auditActions(t, ws, owner, "api"))
+
+	_, err := h.run(ws, owner, "/", key)
+	wantCode(t, err, codes.ResourceExhausted, "TOO_MANY_HTTP_REQUESTS")
+	if d, ok := ratelimit.RetryDelay(err); !ok || d <= 0 {
+		t.Fatalf("no RetryInfo delay in %v", err)
+	}
+	if !strings.Contains(status.Convert(err).Message(), "nothing was sent") {
+		t.Fatalf("message %q", status.Convert(err).Message())
+	}
+	if n := h.tls.requests(); n != sentBefore {
+		t.Fatalf("the refused step reached the target (%d requests, want %d)", n, sentBefore)
+	}
+	if n := len(h.auditActions(t, ws, owner, "api")); n != usesBefore {
+		t.Fatalf("the refused step used the secret: %d audit events, want %d", n, usesBefore)
+	}
+
+	// Another workspace is not affected.
+	if _, err := h.run(other, otherOwner, "/", key); err != nil {
+		t.Fatalf("another workspace's step: %v", err)
+	}
+
+	h.tls.unhold()
+	for range limit {
+		if err := <-errc; err != nil {
+			t.Fatalf("held step: %v", err)
+		}
+	}
+	// Slots come back, also from steps that fail after taking one.
+	for range limit + 1 {
+		_, err := h.run(ws, owner, "/", map[string]string{"X-Api-Key": "{secret:missing}"})
+		wantCode(t, err, codes.NotFound, "")
+	}
+	if _, err := h.run(ws, owner, "/", key); err != nil {
+		t.Fatalf("after the held steps ended: %v", err)
 	}
 }

@@ -86,6 +86,11 @@ type Config struct {
 	// EgressMaxResponseBytes caps the response body returned (default 1 MiB);
 	// beyond it the body is truncated and flagged.
 	EgressMaxResponseBytes int
+	// EgressMaxStepsPerWorkspace caps the HTTP Request steps running at
+	// once in one workspace (default DefaultEgressMaxStepsPerWorkspace);
+	// beyond it a step is refused with ResourceExhausted and a RetryInfo,
+	// sending nothing.
+	EgressMaxStepsPerWorkspace int
 	// ServiceToken is the control plane's service credential (blg_svc_…,
 	// the one backlogd loads for every service). VaultInternalService calls
 	// (Resolve, RotateKek) must present it in the metadata key
@@ -114,6 +119,7 @@ type Service struct {
 	allowPrivate bool
 	timeout      time.Duration
 	maxResponse  int
+	steps        *stepLimiter
 	serviceToken string
 
 	closeOnce sync.Once
@@ -173,7 +179,7 @@ func New(cfg Config) (*Service, error) {
 		db: db, lg: lg, now: cfg.Now, rec: audit.Recorder{Service: serviceName, Now: cfg.Now},
 		errs: newErrorTable(), audit: &audit.Server{DB: db},
 		keys: keys, egress: client, allowPrivate: cfg.EgressAllowPrivate, timeout: cfg.EgressTimeout, maxResponse: cfg.EgressMaxResponseBytes,
-		serviceToken: cfg.ServiceToken,
+		serviceToken: cfg.ServiceToken, steps: newStepLimiter(cfg.EgressMaxStepsPerWorkspace),
 	}
 	if err := s.checkKeys(len(cfg.PreviousKEKFiles) > 0); err != nil {
 		// A store this start created goes again, so that the next start
