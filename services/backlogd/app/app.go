@@ -24,8 +24,10 @@ import (
 	"github.com/backlog/controlplane/services/credential"
 	"github.com/backlog/controlplane/services/gateway"
 	"github.com/backlog/controlplane/services/kit/auth"
+	"github.com/backlog/controlplane/services/kit/clientip"
 	"github.com/backlog/controlplane/services/kit/metrics"
 	"github.com/backlog/controlplane/services/kit/mount"
+	"github.com/backlog/controlplane/services/kit/server"
 	"github.com/backlog/controlplane/services/kit/store"
 	"github.com/backlog/controlplane/services/kit/store/boltstore"
 	"github.com/backlog/controlplane/services/vault"
@@ -142,7 +144,7 @@ func (a *App) serverOptions() []grpc.ServerOption {
 // serve mounts svc (mount.New: the one wiring tests use too) and serves it
 // on addr.
 func (a *App) serve(name, addr string, svc mount.Service, authn auth.Authenticator) error {
-	srv := mount.New(svc, mount.Options{Name: name, Logger: a.lg, Auth: authn, TrustedProxies: a.cfg.TrustedProxies,
+	srv := mount.New(svc, mount.Options{Name: name, Logger: a.lg, Auth: authn,
 		ServiceToken: a.svcToken, ServerOptions: a.serverOptions()})
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -191,6 +193,11 @@ func (a *App) remoteAuth(ctx context.Context) (auth.Authenticator, credentialv1.
 	a.onClose(func() { conn.Close() })
 	client := credentialv1.NewCredentialInternalServiceClient(conn)
 	remote := auth.NewRemote(client, a.lg)
+	// The credential service audits refused credentials with the end
+	// client's address and request id, not this service's.
+	remote.Forward = func(ctx context.Context) []string {
+		return []string{clientip.MetadataKey, server.ClientIP(ctx), server.RequestIDKey, server.RequestID(ctx)}
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); remote.Watch(ctx) }()
@@ -233,7 +240,7 @@ func (a *App) startVault(ctx context.Context) error {
 		DataDir: a.cfg.DataDir, Store: a.stores(), Logger: a.lg,
 		KEKFile: a.cfg.VaultKEKFile, PreviousKEKFiles: a.cfg.VaultKEKPreviousFiles,
 		EgressCAFile: a.cfg.VaultEgressCAFile, EgressAllowPrivate: a.cfg.VaultEgressAllowPrivate,
-		ServiceToken: a.svcToken,
+		ServiceToken: a.svcToken, EgressMaxStepsPerWorkspace: a.cfg.VaultMaxStepsPerWorkspace,
 	})
 	if err != nil {
 		return err
@@ -247,6 +254,11 @@ func (a *App) startGateway() error {
 		CredentialAddr: a.cfg.CredentialAddr, AutomationAddr: a.cfg.AutomationAddr,
 		AgentAddr: a.cfg.AgentAddr, VaultAddr: a.cfg.VaultAddr,
 		TrustedProxies: a.cfg.TrustedProxies, Logger: a.lg, TransportCredentials: a.clientTLS,
+		MaxBodyBytes: a.cfg.HTTPMaxBodyBytes, MaxHeaderBytes: a.cfg.HTTPMaxHeaderBytes,
+		ReadHeaderTimeout: a.cfg.HTTPReadHeaderTimeout, BodyTimeout: a.cfg.HTTPBodyTimeout, IdleTimeout: a.cfg.HTTPIdleTimeout,
+		// Held only when this process also runs a service (-target=all or a
+		// list): a gateway-only process has no service token.
+		ServiceToken: a.svcToken,
 	})
 	if err != nil {
 		return err
@@ -256,7 +268,7 @@ func (a *App) startGateway() error {
 		gw.Close()
 		return fmt.Errorf("listen %s: %w", a.cfg.HTTPAddr, err)
 	}
-	hs := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	hs := gw.Server()
 	go func() {
 		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.errc <- fmt.Errorf("gateway: %w", err)

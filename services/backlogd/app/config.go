@@ -13,7 +13,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/backlog/controlplane/services/gateway"
 	"github.com/backlog/controlplane/services/kit/clientip"
+	"github.com/backlog/controlplane/services/vault"
 )
 
 // Targets backlogd can run.
@@ -42,7 +44,15 @@ type Config struct {
 	// where a service binds 0.0.0.0:port but is found by a DNS name.
 	CredentialListenAddr, AutomationListenAddr, AgentListenAddr, VaultListenAddr string
 	LogLevel                                                                     string
-	TrustedProxies                                                               []netip.Prefix
+	// TrustedProxies are the proxies in front of the gateway whose
+	// X-Forwarded-For it believes: none by default, so that no client picks
+	// its own address. (The services believe the client IP the gateway
+	// forwards because it presents the service credential, not by address.)
+	TrustedProxies []netip.Prefix
+	// The gateway's HTTP server limits (see gateway.Config).
+	HTTPReadHeaderTimeout, HTTPBodyTimeout, HTTPIdleTimeout time.Duration
+	HTTPMaxHeaderBytes                                      int
+	HTTPMaxBodyBytes                                        int64
 	// ServiceTokenFile holds the service credential siblings present to each
 	// other's internal RPCs (default <data-dir>/service-token, created if missing).
 	ServiceTokenFile string
@@ -56,6 +66,9 @@ type Config struct {
 
 	VaultEgressCAFile       string
 	VaultEgressAllowPrivate bool
+	// VaultMaxStepsPerWorkspace caps the HTTP Request steps running at once
+	// in one workspace; beyond it a step is refused with 429.
+	VaultMaxStepsPerWorkspace int
 	// VaultKEKFile is the vault's key-encryption key (32 bytes, 0600); without
 	// one the vault is sealed: metadata only, no values.
 	VaultKEKFile string
@@ -91,7 +104,12 @@ func ParseFlags(name string, args []string, getenv func(string) string) (Config,
 	fs.StringVar(&c.VaultListenAddr, "vault-listen-addr", "", "where the vault service listens (default -vault-addr)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.ServiceTokenFile, "service-token-file", "", "service credential for internal RPCs between services (default <data-dir>/service-token, created if missing; give every process the same one)")
-	proxies := fs.String("trusted-proxies", "127.0.0.0/8,::1/128", "CIDRs whose X-Forwarded-For (gateway) and client-IP metadata (services) are believed")
+	proxies := fs.String("trusted-proxies", "", "CIDRs of the proxies in front of the REST gateway whose X-Forwarded-For it believes (default none: the client IP is the TCP peer)")
+	fs.DurationVar(&c.HTTPReadHeaderTimeout, "http-read-header-timeout", gateway.DefaultReadHeaderTimeout, "REST gateway: time a client has to send a request's headers (a connection that sends nothing is closed after it)")
+	fs.DurationVar(&c.HTTPBodyTimeout, "http-body-timeout", gateway.DefaultBodyTimeout, "REST gateway: time a client has to send a request's body once its headers are in (408 after it)")
+	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", gateway.DefaultIdleTimeout, "REST gateway: a keep-alive connection with no request for this long is closed")
+	fs.IntVar(&c.HTTPMaxHeaderBytes, "http-max-header-bytes", gateway.DefaultMaxHeaderBytes, "REST gateway: largest request line and headers, in bytes (431 beyond)")
+	fs.Int64Var(&c.HTTPMaxBodyBytes, "http-max-body-bytes", gateway.DefaultMaxBodyBytes, "REST gateway: largest request body, in bytes (413 beyond)")
 	fs.DurationVar(&c.DefaultTokenTTL, "token-ttl", time.Hour, "default lifetime of an access token")
 	fs.DurationVar(&c.MaxTokenTTL, "max-token-ttl", 24*time.Hour, "longest lifetime an exchange may ask for")
 	fs.StringVar(&c.VaultEgressCAFile, "vault-egress-ca-file", "", "extra CA certificates trusted for HTTP Request steps")
@@ -99,6 +117,7 @@ func ParseFlags(name string, args []string, getenv func(string) string) (Config,
 	prevKEKs := fs.String("vault-kek-previous-files", "", "comma list of earlier key-encryption key files, to finish an interrupted rotation")
 	initStores := fs.String("init-store", "", "comma list of stores (credential, automation, agent, vault) to start empty on purpose after losing them with no backup; their credentials held elsewhere are revoked")
 	fs.BoolVar(&c.VaultEgressAllowPrivate, "vault-egress-allow-private", false, "allow HTTP Request steps to loopback/private addresses")
+	fs.IntVar(&c.VaultMaxStepsPerWorkspace, "vault-max-steps-per-workspace", vault.DefaultEgressMaxStepsPerWorkspace, "most HTTP Request steps running at once in one workspace; more are refused with 429 and Retry-After")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -134,6 +153,9 @@ func ParseFlags(name string, args []string, getenv func(string) string) (Config,
 			*l.listen = l.addr
 		}
 	}
+	if c.VaultMaxStepsPerWorkspace < 1 {
+		return c, fmt.Errorf("-vault-max-steps-per-workspace: %d; want at least 1", c.VaultMaxStepsPerWorkspace)
+	}
 	for _, f := range strings.Split(*prevKEKs, ",") {
 		if f = strings.TrimSpace(f); f != "" {
 			c.VaultKEKPreviousFiles = append(c.VaultKEKPreviousFiles, f)
@@ -157,6 +179,17 @@ func ParseFlags(name string, args []string, getenv func(string) string) (Config,
 	}
 	if c.TrustedProxies, err = clientip.ParsePrefixes(*proxies); err != nil {
 		return c, fmt.Errorf("-trusted-proxies: %v", err)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"http-read-header-timeout", c.HTTPReadHeaderTimeout}, {"http-body-timeout", c.HTTPBodyTimeout}, {"http-idle-timeout", c.HTTPIdleTimeout}} {
+		if d.v <= 0 {
+			return c, fmt.Errorf("-%s must be positive", d.name)
+		}
+	}
+	if c.HTTPMaxHeaderBytes <= 0 || c.HTTPMaxBodyBytes <= 0 {
+		return c, fmt.Errorf("-http-max-header-bytes and -http-max-body-bytes must be positive")
 	}
 	if c.DefaultTokenTTL <= 0 || c.DefaultTokenTTL > c.MaxTokenTTL {
 		return c, fmt.Errorf("-token-ttl must be positive and at most -max-token-ttl (%s)", c.MaxTokenTTL)
