@@ -426,7 +426,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 		_, _ = w.Write([]byte("pong"))
 	}))
 	defer target.Close()
-	c := startCluster(t, layoutAll, "-vault-egress-allow-private=true")
+	// The cells send X-Forwarded-For from loopback: the gateway believes
+	// it only from proxies it is told to trust (none by default).
+	c := startCluster(t, layoutAll, "-vault-egress-allow-private=true", "-trusted-proxies=127.0.0.0/8,::1/128")
 	f := newMatrixFixture(t, c)
 	f.httpTarget = target.URL
 
