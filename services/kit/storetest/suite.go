@@ -413,9 +413,23 @@ func testCounter(t *testing.T, db store.Backend) {
 }
 
 func testIfAbsent(t *testing.T, db store.Backend) {
+	// Slow commits widen the window in which a loser could hear of its
+	// loss before the winner is committed.
+	db.(store.Faults).SetFault(func() error { time.Sleep(2 * time.Millisecond); return nil })
+	defer db.(store.Faults).SetFault(nil)
 	const n = 24
 	var wg sync.WaitGroup
 	var wins, exists atomic.Int64
+	// A commit in flight while the contenders arrive, so that they queue
+	// up and are committed together (a group commit, where an engine has it).
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := db.Update(ctx, func(tx store.WriteTx) error { return tx.Put(bucketA, []byte("other"), []byte{1}) }); err != nil {
+			t.Errorf("put: %v", err)
+		}
+	}()
+	time.Sleep(500 * time.Microsecond)
 	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func(i int) {
@@ -428,6 +442,16 @@ func testIfAbsent(t *testing.T, db store.Backend) {
 				wins.Add(1)
 			case errors.Is(err, store.ErrExists):
 				exists.Add(1)
+				// The winner that made this fail is committed: the loser's
+				// next read sees it.
+				var seen bool
+				if err := db.View(ctx, func(tx store.ReadTx) error {
+					v, err := tx.Get(bucketA, []byte("names/deploy-bot"))
+					seen = v != nil
+					return err
+				}); err != nil || !seen {
+					t.Errorf("after ErrExists the next read did not see the winner (err %v)", err)
+				}
 			default:
 				t.Errorf("put-if-absent: %v", err)
 			}

@@ -430,6 +430,21 @@ type fnError struct {
 func (e *fnError) Error() string { return e.err.Error() }
 
 func (d *DB) commit(batch []*call, fault func() error, lose bool) {
+	// Functions that failed wait for the rest of their group: their error
+	// may rest on the writes of those before them (ErrExists, say), which
+	// must be committed — and visible to the caller's next read — before
+	// the error is. If that commit fails, so do they: what they saw never
+	// happened.
+	type failed struct {
+		c   *call
+		err error
+	}
+	var fails []failed
+	defer func() {
+		for _, f := range fails {
+			f.c.done <- f.err
+		}
+	}()
 	for len(batch) > 0 {
 		var changes []store.Change
 		var rev int64
@@ -458,8 +473,9 @@ func (d *DB) commit(batch []*call, fault func() error, lose bool) {
 		var fe *fnError
 		if errors.As(err, &fe) {
 			// That function fails on the state the others before it left: a
-			// valid serial order. Report its error; retry the rest without it.
-			batch[fe.idx].done <- fe.err
+			// valid serial order. Retry the rest without it; its error is
+			// reported once they are committed.
+			fails = append(fails, failed{batch[fe.idx], fe.err})
 			batch = append(batch[:fe.idx:fe.idx], batch[fe.idx+1:]...)
 			continue
 		}
@@ -472,6 +488,9 @@ func (d *DB) commit(batch []*call, fault func() error, lose bool) {
 		if err != nil {
 			d.lg.Error("store commit failed", zap.String("path", d.name), zap.Int("batch", len(batch)), zap.Error(err))
 			err = fmt.Errorf("%w: commit failed", store.ErrUnavailable)
+			for i := range fails {
+				fails[i].err = err
+			}
 		} else {
 			d.hist.add(rev, changes)
 			if lose {
