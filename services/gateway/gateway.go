@@ -72,11 +72,13 @@ type Config struct {
 	// TransportCredentials secure the connections to the services (mTLS);
 	// nil dials in plaintext.
 	TransportCredentials credentials.TransportCredentials
-	// ServiceToken, when set, is presented to the services on every call
-	// (auth.ServiceCredentials): a service believes the client IP the
-	// gateway forwards only from a caller presenting it. Without it the
-	// services count the gateway's own address as every client's.
-	ServiceToken string
+	// ForwardingToken, when set, is presented to the services on every call
+	// (auth.ForwarderCredentials): a service believes the client IP the
+	// gateway forwards only from a caller presenting it (or the service
+	// credential it is derived from, which the gateway never holds).
+	// Without it the services count the gateway's own address as every
+	// client's.
+	ForwardingToken string
 
 	// Limits of the HTTP server (Server) and the handler; zero means the
 	// Default… constant of the same name.
@@ -172,7 +174,7 @@ func New(cfg Config) (*Gateway, error) {
 		conn, ok := byAddr[a.addr]
 		if !ok {
 			var err error
-			conn, err = dial(a.addr, cfg.TransportCredentials, cfg.ServiceToken)
+			conn, err = dial(a.addr, cfg.TransportCredentials, cfg.ForwardingToken)
 			if err != nil {
 				g.Close()
 				return nil, fmt.Errorf("gateway: %s service at %q: %w", a.name, a.addr, err)
@@ -246,14 +248,14 @@ func (g *Gateway) Close() error {
 	return errors.Join(errs...)
 }
 
-func dial(addr string, creds credentials.TransportCredentials, serviceToken string) (*grpc.ClientConn, error) {
+func dial(addr string, creds credentials.TransportCredentials, forwardingToken string) (*grpc.ClientConn, error) {
 	secure := creds != nil
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
 	var opts []grpc.DialOption
-	if serviceToken != "" {
-		opts = append(opts, grpc.WithPerRPCCredentials(auth.ServiceCredentials{Token: serviceToken, Secure: secure}))
+	if forwardingToken != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(auth.ForwarderCredentials{Token: forwardingToken, Secure: secure}))
 	}
 	return grpc.NewClient(addr, append(opts,
 		grpc.WithTransportCredentials(creds),

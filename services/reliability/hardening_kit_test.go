@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	automationv1 "github.com/backlog/controlplane/gen/go/backlog/automation/v1"
+	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/clientip"
 	"github.com/backlog/controlplane/services/kit/credfmt"
@@ -57,9 +58,17 @@ func kitAuditClientIP(t *testing.T, rc *restClient, ws workspace, target string)
 // process); any other local process gets its own peer address recorded,
 // whatever it claims.
 func TestKitClientIPTrust(t *testing.T) {
+	for _, layout := range []string{layoutAll, "split"} {
+		t.Run(layout, func(t *testing.T) { kitClientIPTrust(t, layout) })
+	}
+}
+
+func kitClientIPTrust(t *testing.T, layout string) {
 	// The gateway believes X-Forwarded-For from loopback here on purpose:
-	// the test is about the services, not the gateway's default.
-	c := startCluster(t, layoutAll, "-trusted-proxies=127.0.0.0/8,::1/128")
+	// the test is about the services, not the gateway's default. In the
+	// split layout the gateway process holds no service token: it presents
+	// the forwarding credential derived from it.
+	c := startCluster(t, layout, "-trusted-proxies=127.0.0.0/8,::1/128")
 	rc := c.rest()
 	ws := rc.createWorkspace(t, c.OperatorToken, "kit client ip")
 	svc := kitServiceToken(t, c)
@@ -81,6 +90,16 @@ func TestKitClientIPTrust(t *testing.T) {
 		{"claim with a wrong service credential", create("wrong credential", clientip.MetadataKey, "203.0.113.67",
 			auth.ServiceTokenKey, credfmt.New(credfmt.Service)), "127.0.0.1"},
 		{"claim with the service credential", create("vouched", clientip.MetadataKey, "203.0.113.68", auth.ServiceTokenKey, svc), "203.0.113.68"},
+		{"claim with the forwarding credential", create("forwarded", clientip.MetadataKey, "203.0.113.69", auth.ForwarderKey, auth.ForwardingToken(svc)), "203.0.113.69"},
+		{"claim with a wrong forwarding credential", create("wrong forwarder", clientip.MetadataKey, "203.0.113.70", auth.ForwarderKey, auth.ForwardingToken(svc+"x")), "127.0.0.1"},
+	}
+	// The forwarding credential vouches for addresses only: it opens no
+	// internal method.
+	internal := credentialv1.NewCredentialInternalServiceClient(c.Conn(c.Addr("credential")))
+	_, err := internal.ListSubjects(metadata.AppendToOutgoingContext(context.Background(), auth.ForwarderKey, auth.ForwardingToken(svc)),
+		&credentialv1.ListSubjectsRequest{Kind: credentialv1.SubjectKind_SUBJECT_KIND_AUTOMATION})
+	if status.Code(err) != codes.Unauthenticated {
+		t.Errorf("an internal method called with the forwarding credential: %v, want Unauthenticated", err)
 	}
 	// And through the gateway, which presents the service credential: the
 	// address it resolved (X-Forwarded-For from a trusted proxy) counts.

@@ -133,6 +133,31 @@ func (a *App) stores() store.Opener {
 	return boltstore.Dir(a.cfg.DataDir, a.lg, a.cfg.InitStores...)
 }
 
+// forwardingToken is the credential the gateway presents so that services
+// believe the client addresses it forwards: derived from the service token
+// when this process holds it, else read from -forwarding-token-file, else
+// derived from -service-token-file when that file exists (and the service
+// token then forgotten: a gateway-only process never presents it).
+func (a *App) forwardingToken() (string, error) {
+	switch {
+	case a.svcToken != "":
+		return auth.ForwardingToken(a.svcToken), nil
+	case a.cfg.ForwardingTokenFile != "":
+		tok, err := auth.LoadForwardingToken(a.cfg.ForwardingTokenFile)
+		if err != nil {
+			return "", fmt.Errorf("-forwarding-token-file: %w", err)
+		}
+		return tok, nil
+	}
+	svc, err := auth.LoadOrCreateServiceToken(a.cfg.ServiceTokenFile, false)
+	if err != nil {
+		a.lg.Warn("the services will see the gateway's address as every client's (per-address limits and the audit trail lose the client): give the gateway -forwarding-token-file",
+			zap.String("service-token-file", a.cfg.ServiceTokenFile), zap.Error(err))
+		return "", nil
+	}
+	return auth.ForwardingToken(svc), nil
+}
+
 // serverOptions are the gRPC options every service's server shares.
 func (a *App) serverOptions() []grpc.ServerOption {
 	if a.serverTLS == nil {
@@ -250,15 +275,17 @@ func (a *App) startVault(ctx context.Context) error {
 }
 
 func (a *App) startGateway() error {
+	fwd, err := a.forwardingToken()
+	if err != nil {
+		return err
+	}
 	gw, err := gateway.New(gateway.Config{
 		CredentialAddr: a.cfg.CredentialAddr, AutomationAddr: a.cfg.AutomationAddr,
 		AgentAddr: a.cfg.AgentAddr, VaultAddr: a.cfg.VaultAddr,
 		TrustedProxies: a.cfg.TrustedProxies, Logger: a.lg, TransportCredentials: a.clientTLS,
 		MaxBodyBytes: a.cfg.HTTPMaxBodyBytes, MaxHeaderBytes: a.cfg.HTTPMaxHeaderBytes,
 		ReadHeaderTimeout: a.cfg.HTTPReadHeaderTimeout, BodyTimeout: a.cfg.HTTPBodyTimeout, IdleTimeout: a.cfg.HTTPIdleTimeout,
-		// Held only when this process also runs a service (-target=all or a
-		// list): a gateway-only process has no service token.
-		ServiceToken: a.svcToken,
+		ForwardingToken: fwd,
 	})
 	if err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/backlog/controlplane/services/gateway"
+	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/clientip"
 	"github.com/backlog/controlplane/services/vault"
 )
@@ -74,6 +75,9 @@ type Config struct {
 	VaultKEKFile string
 	// VaultKEKPreviousFiles finish an interrupted key rotation at start.
 	VaultKEKPreviousFiles []string
+	// ForwardingTokenFile holds the gateway's forwarding credential
+	// (backlogd forwarding-token), for a gateway-only process.
+	ForwardingTokenFile string
 	// InitStores names stores to create empty on purpose although their
 	// marker (or their siblings) show that they existed: the deliberate fresh
 	// start after a store was lost with no backup.
@@ -115,6 +119,7 @@ func ParseFlags(name string, args []string, getenv func(string) string) (Config,
 	fs.StringVar(&c.VaultEgressCAFile, "vault-egress-ca-file", "", "extra CA certificates trusted for HTTP Request steps")
 	fs.StringVar(&c.VaultKEKFile, "vault-kek-file", "", "the vault's key-encryption key file (32 bytes raw or 64 hex, mode 0600); none: the vault is sealed")
 	prevKEKs := fs.String("vault-kek-previous-files", "", "comma list of earlier key-encryption key files, to finish an interrupted rotation")
+	fs.StringVar(&c.ForwardingTokenFile, "forwarding-token-file", "", "gateway only: the forwarding credential (blg_fwd_…, made by backlogd forwarding-token) that lets the services believe the client addresses it forwards; default: derived from -service-token-file when that file exists")
 	initStores := fs.String("init-store", "", "comma list of stores (credential, automation, agent, vault) to start empty on purpose after losing them with no backup; their credentials held elsewhere are revoked")
 	fs.BoolVar(&c.VaultEgressAllowPrivate, "vault-egress-allow-private", false, "allow HTTP Request steps to loopback/private addresses")
 	fs.IntVar(&c.VaultMaxStepsPerWorkspace, "vault-max-steps-per-workspace", vault.DefaultEgressMaxStepsPerWorkspace, "most HTTP Request steps running at once in one workspace; more are refused with 429 and Retry-After")
@@ -221,3 +226,19 @@ func parseTargets(s string) ([]string, error) {
 
 // Getenv is os.Getenv, for ParseFlags.
 var Getenv = os.Getenv
+
+// ForwardingTokenCommand is `backlogd forwarding-token`: it prints the
+// forwarding credential derived from -service-token-file, for a
+// gateway-only process's -forwarding-token-file (so that the gateway never
+// holds the service token).
+func ForwardingTokenCommand(args []string, getenv func(string) string) (string, error) {
+	cfg, err := ParseFlags("backlogd forwarding-token", args, getenv)
+	if err != nil {
+		return "", err
+	}
+	tok, err := auth.LoadOrCreateServiceToken(cfg.ServiceTokenFile, false)
+	if err != nil {
+		return "", err
+	}
+	return auth.ForwardingToken(tok), nil
+}

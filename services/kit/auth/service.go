@@ -2,7 +2,10 @@ package auth
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -48,6 +51,68 @@ func CheckService(ctx context.Context, want string) error {
 		return errs.Unauthenticated("internal RPC: a valid service credential is required")
 	}
 	return nil
+}
+
+// ForwarderKey is the metadata a gateway presents its forwarding credential
+// in.
+const ForwarderKey = "x-backlog-forwarder"
+
+// forwardingPrefix marks a forwarding credential.
+const forwardingPrefix = "blg_fwd_"
+
+// ForwardingToken derives from the service credential the one a gateway
+// presents so that services believe the client address it forwards. It
+// vouches for addresses and nothing else: it opens no internal RPC, so a
+// gateway-only process never needs the service credential itself.
+func ForwardingToken(serviceToken string) string {
+	if serviceToken == "" {
+		return ""
+	}
+	m := hmac.New(sha256.New, []byte(serviceToken))
+	m.Write([]byte("backlog client-address forwarding v1"))
+	return forwardingPrefix + hex.EncodeToString(m.Sum(nil))
+}
+
+// ForwarderCredentials attaches a forwarding credential to every outgoing
+// call (grpc.WithPerRPCCredentials).
+type ForwarderCredentials struct {
+	Token  string
+	Secure bool // the transport is TLS
+}
+
+// GetRequestMetadata implements credentials.PerRPCCredentials.
+func (c ForwarderCredentials) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{ForwarderKey: c.Token}, nil
+}
+
+// RequireTransportSecurity implements credentials.PerRPCCredentials.
+func (c ForwarderCredentials) RequireTransportSecurity() bool { return c.Secure }
+
+// Vouched reports whether the call may speak for its client's address: it
+// presents the service credential, or the forwarding credential derived
+// from it (compared in constant time).
+func Vouched(ctx context.Context, serviceToken string) bool {
+	if serviceToken == "" {
+		return false
+	}
+	if CheckService(ctx, serviceToken) == nil {
+		return true
+	}
+	got := metadata.ValueFromIncomingContext(ctx, ForwarderKey)
+	return len(got) == 1 && subtle.ConstantTimeCompare([]byte(got[0]), []byte(ForwardingToken(serviceToken))) == 1
+}
+
+// LoadForwardingToken reads a forwarding credential from path.
+func LoadForwardingToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	tok := strings.TrimSpace(string(b))
+	if !strings.HasPrefix(tok, forwardingPrefix) || len(tok) != len(forwardingPrefix)+64 {
+		return "", fmt.Errorf("%s does not hold a forwarding credential (blg_fwd_…, from `backlogd forwarding-token`)", path)
+	}
+	return tok, nil
 }
 
 // LoadOrCreateServiceToken reads the service credential at path, creating it

@@ -51,7 +51,8 @@ type Config struct {
 	Internal func(fullMethod string) bool
 	// ServiceToken is the deployment's service credential. Besides guarding
 	// Internal methods, it decides whom the server believes about the client
-	// IP: only a caller presenting it (the gateway) may name one in
+	// IP: only a caller presenting it, or the forwarding credential derived
+	// from it (auth.Vouched: the gateway), may name one in
 	// clientip.MetadataKey; for anyone else the peer address counts. Page
 	// tokens are signed with a key derived from it (page.NewKey), so every
 	// replica accepts the others'. Empty: no caller is believed, and page
@@ -81,7 +82,7 @@ func New(cfg Config) *Server {
 	lg := cfg.Logger.With(zap.String("service", cfg.Name))
 	pageKey := page.NewKey(cfg.ServiceToken)
 	vouched := func(ctx context.Context) bool {
-		return cfg.ServiceToken != "" && auth.CheckService(ctx, cfg.ServiceToken) == nil
+		return auth.Vouched(ctx, cfg.ServiceToken)
 	}
 	withCall := func(ctx context.Context) context.Context {
 		return page.WithKey(withCallInfo(ctx, vouched(ctx)), pageKey)
@@ -215,8 +216,7 @@ type callInfo struct {
 }
 
 // withCallInfo records the call's request id and client IP; vouched is
-// whether the caller presented the service credential (see
-// Config.ServiceToken).
+// whether the caller may speak for its client's address (auth.Vouched).
 func withCallInfo(ctx context.Context, vouched bool) context.Context {
 	ci := callInfo{clientIP: clientip.FromGRPC(ctx, vouched)}
 	if v := metadata.ValueFromIncomingContext(ctx, RequestIDKey); len(v) > 0 && validRequestID(v[0]) {

@@ -41,6 +41,14 @@ func run(args []string) error {
 	if len(args) > 0 && (args[0] == "backup" || args[0] == "restore") {
 		return runBackup(args[0], args[1:])
 	}
+	if len(args) > 0 && args[0] == "forwarding-token" {
+		tok, err := app.ForwardingTokenCommand(args[1:], os.Getenv)
+		if err != nil {
+			return err
+		}
+		fmt.Println(tok)
+		return nil
+	}
 	if len(args) > 0 && args[0] == "vault" {
 		if len(args) < 2 {
 			return errors.New("usage: backlogd vault gen-kek -out FILE | backlogd vault rotate-kek -new-kek-file FILE")
