@@ -101,7 +101,10 @@ func Setup(ctx context.Context, cfg Config) (*Env, error) {
 	}
 	e.Cluster, err = proctest.NewCluster(proctest.Config{
 		Binary: bin, Dir: dir, Layout: proctest.All(), LogLevel: "warn",
-		Flags:        []string{"-vault-kek-file=" + kek, "-vault-egress-allow-private", "-vault-egress-ca-file=" + e.Target.CAFile},
+		// The step scenarios run at the scenario's concurrency in one
+		// workspace: lift the per-workspace step cap above it.
+		Flags: []string{"-vault-kek-file=" + kek, "-vault-egress-allow-private", "-vault-egress-ca-file=" + e.Target.CAFile,
+			"-vault-max-steps-per-workspace=1024"},
 		ReadyTimeout: 30 * time.Second, StopTimeout: 15 * time.Second,
 		// Polled often: the start-up figure is the first poll that finds
 		// the process ready.
