@@ -6,6 +6,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/idem"
 	"github.com/backlog/controlplane/services/kit/store"
 )
 
@@ -20,7 +21,7 @@ var (
 )
 
 func errorTable() *errs.Table {
-	return errs.NewTable("credential.backlog").
+	return idem.Errors(errs.NewTable("credential.backlog")).
 		Add(errWorkspaceNotFound, codes.NotFound, "WORKSPACE_NOT_FOUND").
 		Add(errMemberNotFound, codes.NotFound, "MEMBER_NOT_FOUND").
 		Add(errSubjectNotFound, codes.NotFound, "SUBJECT_NOT_FOUND").

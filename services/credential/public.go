@@ -21,6 +21,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/credfmt"
 	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/idem"
 	"github.com/backlog/controlplane/services/kit/ids"
 	"github.com/backlog/controlplane/services/kit/metrics"
 	"github.com/backlog/controlplane/services/kit/page"
@@ -79,10 +80,27 @@ func (s *Service) CreateWorkspace(ctx context.Context, req *credentialv1.CreateW
 	if p.GetSubjectKind() != credentialv1.SubjectKind_SUBJECT_KIND_OPERATOR {
 		return nil, errs.Forbidden("only the operator token can create workspaces")
 	}
+	r, err := idem.FromContext(ctx, "operator|CreateWorkspace", req)
+	if err != nil {
+		return nil, err
+	}
+	replayed := func(resp *credentialv1.CreateWorkspaceResponse) (*credentialv1.CreateWorkspaceResponse, error) {
+		id := resp.GetWorkspace().GetId()
+		if err := s.auditReplay(ctx, id, actionCreateWorkspaceReplay, "workspace", id); err != nil {
+			return nil, err
+		}
+		return resp, nil
+	}
+	if resp, found, err := lookupReplay(ctx, s, r, &credentialv1.CreateWorkspaceResponse{}); err != nil {
+		return nil, err
+	} else if found {
+		return replayed(resp)
+	}
 	now := timestamppb.New(s.cfg.Now())
 	ws := &credentialv1.Workspace{Id: ids.New("ws"), Name: name, CreatedAt: now}
 	owner := &credentialv1.Member{Id: ids.New("mem"), WorkspaceId: ws.Id, Name: ownerName, Email: email, Role: auth.RoleOwner, CreatedAt: now, UpdatedAt: now}
 	raw := credfmt.New(credfmt.Personal)
+	resp := &credentialv1.CreateWorkspaceResponse{Workspace: ws, Owner: owner, Token: raw}
 	err = s.db.Update(ctx, func(tx store.WriteTx) error {
 		if err := putWorkspace(tx, ws); err != nil {
 			return err
@@ -93,12 +111,24 @@ func (s *Service) CreateWorkspace(ctx context.Context, req *credentialv1.CreateW
 		if err := audit.Put(tx, s.event(ctx, ws.Id, "workspace.create", "workspace", ws.Id, audit.Success, "")); err != nil {
 			return err
 		}
-		return audit.Put(tx, s.event(ctx, ws.Id, "member.create", "member", owner.Id, audit.Success, "role owner"))
+		if err := audit.Put(tx, s.event(ctx, ws.Id, "member.create", "member", owner.Id, audit.Success, "role owner")); err != nil {
+			return err
+		}
+		return s.saveReplay(tx, r, resp)
 	})
 	if err != nil {
+		// A concurrent request with the same key won: nothing of this one
+		// was written (the token was issued in the same update), and the
+		// winner's response is the answer.
+		if won, found, lerr := lostRace(ctx, s, err, r, &credentialv1.CreateWorkspaceResponse{}); lerr != nil || found {
+			if lerr != nil {
+				return nil, lerr
+			}
+			return replayed(won)
+		}
 		return nil, err
 	}
-	return &credentialv1.CreateWorkspaceResponse{Workspace: ws, Owner: owner, Token: raw}, nil
+	return resp, nil
 }
 
 // addMember stores a new member, its subject and its personal token (6 writes).
@@ -177,9 +207,25 @@ func (s *Service) CreateMember(ctx context.Context, req *credentialv1.CreateMemb
 	if role == auth.RoleOwner && p.Role != auth.RoleOwner {
 		return nil, errNotOwner
 	}
+	r, err := idem.FromContext(ctx, req.GetWorkspaceId()+"|CreateMember", req)
+	if err != nil {
+		return nil, err
+	}
+	replayed := func(resp *credentialv1.CreateMemberResponse) (*credentialv1.CreateMemberResponse, error) {
+		if err := s.auditReplay(ctx, req.GetWorkspaceId(), actionCreateMemberReplay, "member", resp.GetMember().GetId()); err != nil {
+			return nil, err
+		}
+		return resp, nil
+	}
+	if resp, found, err := lookupReplay(ctx, s, r, &credentialv1.CreateMemberResponse{}); err != nil {
+		return nil, err
+	} else if found {
+		return replayed(resp)
+	}
 	now := timestamppb.New(s.cfg.Now())
 	m := &credentialv1.Member{Id: ids.New("mem"), WorkspaceId: req.GetWorkspaceId(), Name: name, Email: email, Role: role, CreatedAt: now, UpdatedAt: now}
 	raw := credfmt.New(credfmt.Personal)
+	resp := &credentialv1.CreateMemberResponse{Member: m, Token: raw}
 	err = s.db.Update(ctx, func(tx store.WriteTx) error {
 		if email != "" {
 			if err := checkEmailFree(tx, m.WorkspaceId, "", email); err != nil {
@@ -189,12 +235,21 @@ func (s *Service) CreateMember(ctx context.Context, req *credentialv1.CreateMemb
 		if err := s.addMember(tx, m, raw); err != nil {
 			return err
 		}
-		return audit.Put(tx, s.event(ctx, m.WorkspaceId, "member.create", "member", m.Id, audit.Success, "role "+role))
+		if err := audit.Put(tx, s.event(ctx, m.WorkspaceId, "member.create", "member", m.Id, audit.Success, "role "+role)); err != nil {
+			return err
+		}
+		return s.saveReplay(tx, r, resp)
 	})
 	if err != nil {
+		if won, found, lerr := lostRace(ctx, s, err, r, &credentialv1.CreateMemberResponse{}); lerr != nil || found {
+			if lerr != nil {
+				return nil, lerr
+			}
+			return replayed(won)
+		}
 		return nil, err
 	}
-	return &credentialv1.CreateMemberResponse{Member: m, Token: raw}, nil
+	return resp, nil
 }
 
 func checkEmailFree(tx store.ReadTx, ws, self, email string) error {

@@ -26,6 +26,11 @@ var (
 	bucketLiveCreds = store.Bucket("live_credentials")
 	// migrations: migration name → its progress (see store.go)
 	bucketMigrations = store.Bucket("migrations")
+	// idempotent_replays: hash of scope, caller and Idempotency-Key → the
+	// first response of a create that returned a one-time credential,
+	// sealed under a key derived from the request (kit/idem); expires after
+	// idem.TTL
+	bucketReplays = store.Bucket("idempotent_replays")
 
-	schema = []store.Bucket{bucketWorkspaces, bucketMembers, bucketSubjects, bucketCredentials, bucketHashes, bucketSubjectCreds, bucketLiveCreds, bucketMigrations, audit.Bucket}
+	schema = []store.Bucket{bucketWorkspaces, bucketMembers, bucketSubjects, bucketCredentials, bucketHashes, bucketSubjectCreds, bucketLiveCreds, bucketMigrations, bucketReplays, audit.Bucket}
 )

@@ -11,6 +11,7 @@ import (
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	credentialstorev1 "github.com/backlog/controlplane/gen/go/backlog/credentialstore/v1"
+	"github.com/backlog/controlplane/services/kit/idem"
 	"github.com/backlog/controlplane/services/kit/store"
 )
 
@@ -274,6 +275,21 @@ func indexLiveCredentialsBatch(tx store.WriteTx, batch int) (bool, error) {
 		return true, tx.Put(bucketMigrations, key, []byte(migrationDone))
 	}
 	return false, tx.Put(bucketMigrations, key, append([]byte(migrationAfter), next...))
+}
+
+// ---- idempotent replays: sealed by kit/idem, found by a hash of scope,
+// caller and Idempotency-Key; they expire after idem.TTL.
+
+// getReplay reads the replay of r into resp (false when there is none;
+// idem.ErrReused when the key was used for another request).
+func getReplay(tx store.ReadTx, r *idem.Request, resp proto.Message) (bool, error) {
+	return idem.Lookup(tx, bucketReplays, r, resp)
+}
+
+// putReplay stores resp as r's replay; store.ErrExists when a concurrent
+// request with the same key committed first.
+func putReplay(tx store.WriteTx, r *idem.Request, resp proto.Message, now time.Time) error {
+	return idem.Save(tx, bucketReplays, r, resp, now)
 }
 
 // ---- audit

@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/backlog/controlplane/services/kit/idem"
 )
 
 // defaultRetryAfter is sent with a 429 when the service named no delay.
@@ -75,6 +77,12 @@ func (g *Gateway) errorHandler(ctx context.Context, _ *runtime.ServeMux, _ runti
 	}
 
 	switch st.Code() {
+	case codes.FailedPrecondition:
+		if hasReason(st, idem.Reason) {
+			// The same Idempotency-Key with another request: the body is
+			// well-formed but cannot be processed under this key.
+			code = http.StatusUnprocessableEntity
+		}
 	case codes.InvalidArgument:
 		switch {
 		case ri != nil && ri.bodyTooLarge.Load():
@@ -104,6 +112,16 @@ func (g *Gateway) errorHandler(ctx context.Context, _ *runtime.ServeMux, _ runti
 		msg, details = "internal error", nil
 	}
 	writeErrorDetails(w, code, st.Code(), msg, details)
+}
+
+// hasReason reports whether st carries an ErrorInfo with reason.
+func hasReason(st *status.Status, reason string) bool {
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetReason() == reason {
+			return true
+		}
+	}
+	return false
 }
 
 // isClientEncodingError reports whether st is grpc-go's own refusal to
