@@ -7,6 +7,7 @@ import (
 
 	"github.com/backlog/controlplane/services/kit/credclient"
 	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/idem"
 	"github.com/backlog/controlplane/services/kit/store"
 )
 
@@ -25,6 +26,11 @@ var (
 	ErrSelfRotateOnly        = errors.New("an agent rotates its own credentials with POST /v1/agents/self/rotate-key, presenting its rotation secret")
 	ErrNotAgent              = errors.New("this route takes a visible agent's API key as the Bearer credential")
 	ErrCredentialUnavailable = credclient.ErrUnavailable
+	// ErrIdempotentRace: a request whose Idempotency-Key another request
+	// used at the same moment (on another replica) could not be answered
+	// with either's result.
+	ErrIdempotentRace = errors.New("another request with this Idempotency-Key was being handled at the same moment: " +
+		"retry with the same key to get its result")
 
 	// Self-rotation (POST /v1/agents/self/rotate-key).
 	ErrAgentRevoked          = errors.New("this agent has been revoked; its credentials no longer work")
@@ -42,7 +48,7 @@ const (
 )
 
 func newErrorTable() *errs.Table {
-	return errs.NewTable(Domain).
+	return idem.Errors(errs.NewTable(Domain)).
 		Add(ErrAgentNotFound, codes.NotFound, "AGENT_NOT_FOUND").
 		Add(ErrInstallationNotFound, codes.NotFound, "INSTALLATION_NOT_FOUND").
 		Add(ErrNameTaken, codes.AlreadyExists, "AGENT_NAME_TAKEN").
@@ -56,6 +62,7 @@ func newErrorTable() *errs.Table {
 		Add(ErrInvalidAPIKey, codes.Unauthenticated, "INVALID_API_KEY").
 		Add(ErrInvalidRotationSecret, codes.Unauthenticated, "INVALID_ROTATION_SECRET").
 		Add(ErrAlreadyRotated, codes.Unauthenticated, "CREDENTIALS_ALREADY_ROTATED").
+		Add(ErrIdempotentRace, codes.Aborted, "IDEMPOTENT_REQUEST_RACED").
 		Add(ErrCredentialUnavailable, codes.Unavailable, "CREDENTIAL_SERVICE_UNAVAILABLE").
 		Add(store.ErrUnavailable, codes.Unavailable, "STORE_UNAVAILABLE")
 }

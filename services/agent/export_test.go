@@ -20,3 +20,26 @@ func SweepDone(s *Service) <-chan struct{} { return s.sweepDone }
 // FlushRefusals writes the summaries of coalesced refusals whose window has
 // ended (on the service's clock), as the background flush does.
 func (s *Service) FlushRefusals() { s.flushRefusals() }
+
+// HoldRotationLease takes the admin-rotation lease of agent id as another
+// replica in the middle of a keyed rotation would hold it.
+func (s *Service) HoldRotationLease(ws, id string) error {
+	return s.db.Update(t0(), func(tx store.WriteTx) error {
+		return tx.Put(leasesBucket, leaseKey(ws, id), []byte("another replica"), store.ExpiresAt(s.now().Add(leaseTTL)))
+	})
+}
+
+// DropRotationLease ends that lease, as the other replica's commit would.
+func (s *Service) DropRotationLease(ws, id string) error {
+	return s.db.Update(t0(), func(tx store.WriteTx) error { return tx.Delete(leasesBucket, leaseKey(ws, id)) })
+}
+
+// RotationLeases counts the rotation leases held in s's store.
+func (s *Service) RotationLeases() (int, error) {
+	n := 0
+	err := s.db.View(t0(), func(tx store.ReadTx) error {
+		_, err := tx.Scan(leasesBucket, store.ScanOptions{}, func(_, _ []byte) (bool, error) { n++; return true, nil })
+		return err
+	})
+	return n, err
+}

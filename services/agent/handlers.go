@@ -18,6 +18,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/credfmt"
 	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/idem"
 	"github.com/backlog/controlplane/services/kit/ids"
 	"github.com/backlog/controlplane/services/kit/page"
 	"github.com/backlog/controlplane/services/kit/store"
@@ -208,6 +209,9 @@ func (s *Service) GetAgent(ctx context.Context, req *agentv1.GetAgentRequest) (*
 // event are written in one transaction. If that write fails, the
 // credentials are revoked again: no live credential may belong to an agent
 // nobody can see.
+//
+// With an Idempotency-Key, the response is kept in that same transaction,
+// and a retry with the key and body gets it again (see idempotency.go).
 func (s *Service) CreateAgent(ctx context.Context, req *agentv1.CreateAgentRequest) (*agentv1.CreateAgentResponse, error) {
 	ws, inst := req.GetWorkspaceId(), req.GetInstallationId()
 	if err := validWorkspace(ws); err != nil {
@@ -225,6 +229,10 @@ func (s *Service) CreateAgent(ctx context.Context, req *agentv1.CreateAgentReque
 	if err != nil {
 		return nil, err
 	}
+	r, err := idem.FromContext(ctx, createScope(ws), req)
+	if err != nil {
+		return nil, err
+	}
 	p, err := auth.Require(ctx, ws, auth.AgentsWrite)
 	if err != nil {
 		return nil, err
@@ -235,6 +243,18 @@ func (s *Service) CreateAgent(ctx context.Context, req *agentv1.CreateAgentReque
 	if err := withinCaller(p, role, teams); err != nil {
 		return nil, err
 	}
+	if r != nil {
+		// A retry with the Idempotency-Key gets the first response; one
+		// that arrives while the first request runs waits for it.
+		unlock, err := s.locks.Lock(ctx, createLockKey(ws, name))
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
+		if resp, err := s.replayCreate(ctx, ws, r); resp != nil || err != nil {
+			return resp, err
+		}
+	}
 	// A missing installation or a duplicate name is refused before any
 	// credential is issued; both are checked again inside the write.
 	if err := s.db.View(ctx, func(tx store.ReadTx) error {
@@ -243,6 +263,12 @@ func (s *Service) CreateAgent(ctx context.Context, req *agentv1.CreateAgentReque
 		}
 		return names.Free(tx, ws, name, "")
 	}); err != nil {
+		if r != nil && errors.Is(err, ErrNameTaken) {
+			// Another replica may just have created it for this key.
+			if resp, rerr := s.replayCreate(ctx, ws, r); resp != nil || rerr != nil {
+				return resp, rerr
+			}
+		}
 		return nil, err
 	}
 	now := timestamppb.New(s.now())
@@ -268,6 +294,7 @@ func (s *Service) CreateAgent(ctx context.Context, req *agentv1.CreateAgentReque
 		return nil, err
 	}
 	a.KeyRotatedAt = pair[0].GetInfo().GetCreatedAt()
+	resp := &agentv1.CreateAgentResponse{Agent: a, ApiKey: pair[0].GetCredential(), RotationSecret: pair[1].GetCredential()}
 
 	ev := s.rec.Event(ctx, ws, actionCreate, targetAgent, a.Id, audit.Success,
 		fmt.Sprintf("name=%q installation=%s role=%s teams=[%s] credentials=%s", a.Name, inst, a.Role, strings.Join(a.TeamIds, ","), credIDs(pair)))
@@ -287,9 +314,20 @@ func (s *Service) CreateAgent(ctx context.Context, req *agentv1.CreateAgentReque
 		if err := putCredentialInfos(tx, ws, a.Id, pair); err != nil {
 			return err
 		}
-		return audit.Put(tx, ev)
+		if err := audit.Put(tx, ev); err != nil {
+			return err
+		}
+		return s.saveReplay(tx, r, resp) // with the record, or not at all
 	})
+	if err != nil && r != nil && errIsRace(err) {
+		if out, done, err := s.createRaced(ctx, ws, r, a, resp); done {
+			return out, err
+		}
+	}
 	if err != nil {
+		if errors.Is(err, store.ErrExists) {
+			err = ErrIdempotentRace // a replay we could not read back
+		}
 		s.revokeSubject(ctx, ws, a.Id, "record not written")
 		if !errors.Is(err, ErrNameTaken) && !errors.Is(err, ErrInstallationNotFound) {
 			s.recordFailure(ctx, ws, actionCreate, targetAgent, a.Id, err)
@@ -297,8 +335,8 @@ func (s *Service) CreateAgent(ctx context.Context, req *agentv1.CreateAgentReque
 		return nil, err
 	}
 	s.lg.Info("agent created", zap.String("agent-id", a.Id), zap.String("workspace-id", ws), zap.String("installation-id", inst),
-		zap.String("credential-ids", credIDs(pair)))
-	return &agentv1.CreateAgentResponse{Agent: a, ApiKey: pair[0].GetCredential(), RotationSecret: pair[1].GetCredential()}, nil
+		zap.String("credential-ids", credIDs(pair)), zap.Bool("idempotency-key", r != nil))
+	return resp, nil
 }
 
 // UpdateAgent changes the fields named in the update mask, and only those.
@@ -585,9 +623,18 @@ func (s *Service) RevokeAgent(ctx context.Context, req *agentv1.RevokeAgentReque
 // returned: the old pair is already dead, so the agent has no usable
 // credentials until the caller rotates again — fail-closed, like automation
 // secrets.
+//
+// With an Idempotency-Key, the response is kept in the record's
+// transaction, and a retry with the key and body gets that pair again
+// instead of a second rotation, which would kill the pair the client has
+// not seen yet (see idempotency.go).
 func (s *Service) RotateAgentKey(ctx context.Context, req *agentv1.RotateAgentKeyRequest) (*agentv1.RotateAgentKeyResponse, error) {
 	ws, id := req.GetWorkspaceId(), req.GetAgentId()
 	if err := validWorkspace(ws); err != nil {
+		return nil, err
+	}
+	r, err := idem.FromContext(ctx, rotateScope(ws), req)
+	if err != nil {
 		return nil, err
 	}
 	p, err := auth.Require(ctx, ws, auth.AgentsWrite)
@@ -600,11 +647,30 @@ func (s *Service) RotateAgentKey(ctx context.Context, req *agentv1.RotateAgentKe
 	if p.GetSubjectKind() == credentialv1.SubjectKind_SUBJECT_KIND_AGENT && p.GetSubjectId() == id {
 		return nil, ErrSelfRotateOnly
 	}
+	// A retry with the Idempotency-Key gets the first response: a second
+	// rotation would kill the pair the client has not seen yet. One that
+	// arrives while the first request runs (here or on another replica)
+	// waits for its lease, then finds its response.
+	var lease []byte
+	if r != nil {
+		if resp, err := s.replayRotate(ctx, ws, id, r); resp != nil || err != nil {
+			return resp, err
+		}
+		if lease, err = s.takeLease(ctx, ws, id); err != nil {
+			return nil, err
+		}
+		defer func() { s.releaseLease(ctx, ws, id, lease) }()
+	}
 	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	if r != nil {
+		if resp, err := s.replayRotate(ctx, ws, id, r); resp != nil || err != nil {
+			return resp, err
+		}
+	}
 	a, err := s.load(ctx, ws, id)
 	if err != nil {
 		return nil, err
@@ -627,16 +693,44 @@ func (s *Service) RotateAgentKey(ctx context.Context, req *agentv1.RotateAgentKe
 	if err := checkPair(pair); err != nil {
 		return nil, err
 	}
+	resp := &agentv1.RotateAgentKeyResponse{
+		Message: rotationMessage, ApiKey: pair[0].GetCredential(), RotationSecret: pair[1].GetCredential(),
+		AgentId: id, AgentName: a.GetName(),
+	}
 	ev := s.rec.Event(ctx, ws, actionRotate, targetAgent, id, audit.Success, "credentials="+credIDs(pair))
-	if _, err := s.recordRotation(ctx, ws, id, pair, ev); err != nil {
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
+		if _, _, err := s.noteRotation(tx, ws, id, pair); err != nil {
+			return err
+		}
+		if err := audit.Put(tx, ev); err != nil {
+			return err
+		}
+		if err := dropLease(tx, ws, id, lease); err != nil {
+			return err
+		}
+		return s.saveReplay(tx, r, resp) // with the record, or not at all
+	})
+	if err == nil {
+		lease = nil // ended with the commit
+	}
+	if r != nil && (errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrOutcomeUnknown)) {
+		if out, done, err := s.rotateRaced(ctx, ws, id, r, pair, resp, ev); done {
+			if err != nil {
+				s.recordFailure(ctx, ws, actionRotate, targetAgent, id, err)
+			}
+			return out, err
+		}
+		if errors.Is(err, store.ErrExists) {
+			err = ErrIdempotentRace // a replay we could not read back
+		}
+	}
+	if err != nil {
 		s.recordFailure(ctx, ws, actionRotate, targetAgent, id, err)
 		return nil, err
 	}
-	s.lg.Info("agent credentials rotated by an admin", zap.String("agent-id", id), zap.String("workspace-id", ws), zap.String("credential-ids", credIDs(pair)))
-	return &agentv1.RotateAgentKeyResponse{
-		Message: rotationMessage, ApiKey: pair[0].GetCredential(), RotationSecret: pair[1].GetCredential(),
-		AgentId: id, AgentName: a.GetName(),
-	}, nil
+	s.lg.Info("agent credentials rotated by an admin", zap.String("agent-id", id), zap.String("workspace-id", ws), zap.String("credential-ids", credIDs(pair)),
+		zap.Bool("idempotency-key", r != nil))
+	return resp, nil
 }
 
 // recordRotation notes a new pair in the agent's record (key_rotated_at)
@@ -645,28 +739,39 @@ func (s *Service) RotateAgentKey(ctx context.Context, req *agentv1.RotateAgentKe
 func (s *Service) recordRotation(ctx context.Context, ws, id string, pair []*credentialv1.IssuedCredential, ev *auditv1.AuditEvent) (*agentv1.Agent, error) {
 	var out *agentv1.Agent
 	err := s.db.Update(ctx, func(tx store.WriteTx) error {
-		cur, err := getAgent(tx, ws, id)
-		if err != nil {
+		var err error
+		if out, _, err = s.noteRotation(tx, ws, id, pair); err != nil {
 			return err
 		}
-		stored, err := credentialInfo(tx, ws, id, credKeyAPIKey)
-		if err != nil {
-			return err
-		}
-		if newer(pair[0].GetInfo(), stored) {
-			cur.KeyRotatedAt = pair[0].GetInfo().GetCreatedAt()
-			cur.UpdatedAt = timestamppb.New(s.now())
-			if err := putAgent(tx, cur); err != nil {
-				return err
-			}
-			if err := putCredentialInfos(tx, ws, id, pair); err != nil {
-				return err
-			}
-		}
-		out = cur
 		return audit.Put(tx, ev)
 	})
 	return out, err
+}
+
+// noteRotation notes a new pair in the agent's record and credential
+// metadata in tx if it is newer than the recorded pair (moved reports
+// whether it was), and returns the record.
+func (s *Service) noteRotation(tx store.WriteTx, ws, id string, pair []*credentialv1.IssuedCredential) (cur *agentv1.Agent, moved bool, err error) {
+	cur, err = getAgent(tx, ws, id)
+	if err != nil {
+		return nil, false, err
+	}
+	stored, err := credentialInfo(tx, ws, id, credKeyAPIKey)
+	if err != nil {
+		return nil, false, err
+	}
+	if !newer(pair[0].GetInfo(), stored) {
+		return cur, false, nil
+	}
+	cur.KeyRotatedAt = pair[0].GetInfo().GetCreatedAt()
+	cur.UpdatedAt = timestamppb.New(s.now())
+	if err := putAgent(tx, cur); err != nil {
+		return nil, false, err
+	}
+	if err := putCredentialInfos(tx, ws, id, pair); err != nil {
+		return nil, false, err
+	}
+	return cur, true, nil
 }
 
 // load reads one agent of workspace ws.

@@ -47,9 +47,24 @@ var (
 	// (API key) or "rot" (rotation secret).
 	agentCredentialsBucket = store.Bucket("agent_credentials")
 
+	// replaysBucket holds the responses of CreateAgent and RotateAgentKey
+	// calls made with an Idempotency-Key, for 24 hours, sealed by package
+	// idem under a key derived from the request (the raw credentials in
+	// them are never stored in plaintext). Keys are hashes of the
+	// workspace, method, caller and Idempotency-Key. (Self-rotation keeps
+	// its replays in memory; see replay.go.)
+	replaysBucket = store.Bucket("agent_replays")
+
+	// leasesBucket holds the lease of an admin rotation made with an
+	// Idempotency-Key while it runs: key workspace/agent-id, value a random
+	// token, expiring after leaseTTL. Replicas share the store, not their
+	// locks: a keyed rotation of an agent waits for another replica's to
+	// end (and then finds its replay) instead of rotating too.
+	leasesBucket = store.Bucket("agent_rotation_leases")
+
 	// buckets is every bucket the store is opened with.
 	buckets = []store.Bucket{installationsBucket, installationNamesBucket, agentsBucket, agentNamesBucket,
-		installationAgentsBucket, agentCredentialsBucket, audit.Bucket}
+		installationAgentsBucket, agentCredentialsBucket, replaysBucket, leasesBucket, audit.Bucket}
 )
 
 func installationKey(ws, id string) []byte { return store.Key(ws, id) }

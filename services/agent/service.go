@@ -3,9 +3,11 @@
 // and asks the credential service over gRPC to issue, rotate and revoke each
 // agent's API key (blg_agk_…) and rotation secret (blg_rot_…). A raw
 // credential passes through this service only in the responses of
-// CreateAgent, RotateAgentKey and RotateSelfKey (and, for RotateSelfKey, in
-// an encrypted in-memory replay entry for a retry with the same
-// Idempotency-Key); it is never stored or logged here.
+// CreateAgent, RotateAgentKey and RotateSelfKey, and in the replays kept for
+// a retry with the same Idempotency-Key — for RotateSelfKey an encrypted
+// in-memory entry, for CreateAgent and RotateAgentKey a record in the store
+// sealed under a key derived from the request (see idempotency.go and
+// package idem); it is never logged here, nor stored in plaintext.
 //
 // Self-rotation is rate limited per client IP (attempts with a valid API
 // key, and separately failed attempts without one), and locked per client
@@ -183,6 +185,9 @@ func New(cfg Config) (*Service, error) {
 			return nil, err // names the store and what to do
 		}
 	}
+	startCtx, cancelStart := context.WithTimeout(context.Background(), cfg.StartTimeout)
+	clearLeases(startCtx, db, lg)
+	cancelStart()
 	perIP := ratelimit.AtMost(cfg.SelfRotationsPerIP, cfg.SelfRotationWindow)
 	perIP.Now = cfg.Now
 	unauthPerIP := ratelimit.AtMost(cfg.UnauthenticatedFailuresPerIP, cfg.SelfRotationWindow)

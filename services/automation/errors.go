@@ -7,6 +7,7 @@ import (
 
 	"github.com/backlog/controlplane/services/kit/credclient"
 	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/idem"
 	"github.com/backlog/controlplane/services/kit/store"
 )
 
@@ -28,15 +29,21 @@ var (
 	ErrManagerFromToken = errors.New("an access token cannot create an automation holding automations:write, grant that scope, " +
 		"or rotate the secret of an automation holding it (that secret could rotate the token's own automation): a person (an owner or admin) or an agent must")
 	ErrCredentialUnavailable = credclient.ErrUnavailable
+	// ErrIdempotentRace: a request whose Idempotency-Key another request
+	// used at the same moment (on another replica) could not be answered
+	// with either's result.
+	ErrIdempotentRace = errors.New("another request with this Idempotency-Key was being handled at the same moment: " +
+		"retry with the same key to get its result")
 )
 
 func newErrorTable() *errs.Table {
-	return errs.NewTable(Domain).
+	return idem.Errors(errs.NewTable(Domain)).
 		Add(ErrNotFound, codes.NotFound, "AUTOMATION_NOT_FOUND").
 		Add(ErrNameTaken, codes.AlreadyExists, "AUTOMATION_NAME_TAKEN").
 		Add(ErrGrantTooWide, codes.PermissionDenied, "GRANT_EXCEEDS_CALLER").
 		Add(ErrOwnSecret, codes.PermissionDenied, "OWN_SECRET_ROTATION").
 		Add(ErrManagerFromToken, codes.PermissionDenied, "MANAGER_SECRET_FROM_TOKEN").
+		Add(ErrIdempotentRace, codes.Aborted, "IDEMPOTENT_REQUEST_RACED").
 		Add(ErrCredentialUnavailable, codes.Unavailable, "CREDENTIAL_SERVICE_UNAVAILABLE").
 		Add(store.ErrUnavailable, codes.Unavailable, "STORE_UNAVAILABLE")
 }

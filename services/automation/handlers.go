@@ -18,6 +18,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/credfmt"
 	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/idem"
 	"github.com/backlog/controlplane/services/kit/ids"
 	"github.com/backlog/controlplane/services/kit/page"
 	"github.com/backlog/controlplane/services/kit/store"
@@ -95,6 +96,9 @@ func (s *Service) GetAutomation(ctx context.Context, req *automationv1.GetAutoma
 // then the record and its audit event are written in one transaction. If
 // that write fails, the secret is revoked again: no live secret may belong to
 // an automation nobody can see.
+//
+// With an Idempotency-Key, the response is kept in that same transaction,
+// and a retry with the key and body gets it again (see idempotency.go).
 func (s *Service) CreateAutomation(ctx context.Context, req *automationv1.CreateAutomationRequest) (*automationv1.CreateAutomationResponse, error) {
 	ws := req.GetWorkspaceId()
 	if err := validWorkspace(ws); err != nil {
@@ -120,6 +124,10 @@ func (s *Service) CreateAutomation(ctx context.Context, req *automationv1.Create
 	if err != nil {
 		return nil, err
 	}
+	r, err := idem.FromContext(ctx, createScope(ws), req)
+	if err != nil {
+		return nil, err
+	}
 
 	p, err := auth.Require(ctx, ws, auth.AutomationsWrite)
 	if err != nil {
@@ -135,9 +143,28 @@ func (s *Service) CreateAutomation(ctx context.Context, req *automationv1.Create
 		return nil, err
 	}
 
+	if r != nil {
+		// A retry with the Idempotency-Key gets the first response; one
+		// that arrives while the first request runs waits for it.
+		unlock, err := s.locks.Lock(ctx, createLockKey(ws, name))
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
+		if resp, err := s.replayCreate(ctx, ws, r); resp != nil || err != nil {
+			return resp, err
+		}
+	}
+
 	// A duplicate name is refused before a credential is issued; the check
 	// is repeated inside the write for a concurrent create.
 	if err := s.db.View(ctx, func(tx store.ReadTx) error { return names.Free(tx, ws, name, "") }); err != nil {
+		if r != nil && errors.Is(err, ErrNameTaken) {
+			// Another replica may just have created it for this key.
+			if resp, rerr := s.replayCreate(ctx, ws, r); resp != nil || rerr != nil {
+				return resp, rerr
+			}
+		}
 		return nil, err
 	}
 	now := timestamppb.New(s.now())
@@ -163,6 +190,7 @@ func (s *Service) CreateAutomation(ctx context.Context, req *automationv1.Create
 		return nil, err
 	}
 	a.Credential = secretInfo(info)
+	resp := &automationv1.CreateAutomationResponse{Automation: a, Secret: secret}
 
 	ev := s.rec.Event(ctx, ws, actionCreate, "automation", a.Id, audit.Success,
 		fmt.Sprintf("name=%q scopes=[%s] teams=[%s] credential=%s", a.Name, strings.Join(a.Scopes, ","), strings.Join(a.TeamIds, ","), info.GetId()))
@@ -173,17 +201,29 @@ func (s *Service) CreateAutomation(ctx context.Context, req *automationv1.Create
 		if err := putAutomation(tx, a); err != nil {
 			return err
 		}
-		return audit.Put(tx, ev)
+		if err := audit.Put(tx, ev); err != nil {
+			return err
+		}
+		return s.saveReplay(tx, r, resp) // with the record, or not at all
 	})
+	if err != nil && r != nil && errIsRace(err) {
+		if out, done, err := s.createRaced(ctx, ws, r, a, resp); done {
+			return out, err
+		}
+	}
 	if err != nil {
+		if errors.Is(err, store.ErrExists) {
+			err = ErrIdempotentRace // a replay we could not read back
+		}
 		s.revokeSubject(ctx, ws, a.Id, "record not written")
 		if !errors.Is(err, ErrNameTaken) {
 			s.recordFailure(ctx, ws, actionCreate, a.Id, err)
 		}
 		return nil, err
 	}
-	s.lg.Info("automation created", zap.String("automation-id", a.Id), zap.String("workspace-id", ws), zap.String("credential-id", info.GetId()))
-	return &automationv1.CreateAutomationResponse{Automation: a, Secret: secret}, nil
+	s.lg.Info("automation created", zap.String("automation-id", a.Id), zap.String("workspace-id", ws), zap.String("credential-id", info.GetId()),
+		zap.Bool("idempotency-key", r != nil))
+	return resp, nil
 }
 
 // UpdateAutomation changes the fields named in the update mask, and only those.
@@ -431,12 +471,21 @@ func (s *Service) DeleteAutomation(ctx context.Context, req *automationv1.Delete
 // not returned: the old one is already dead, so the automation has no usable
 // secret until the caller rotates again — fail-closed, and every secret
 // ever handed out is in the audit trail.
+//
+// With an Idempotency-Key, the response is kept in the record's
+// transaction, and a retry with the key and body gets that secret again
+// instead of a second rotation, which would kill the secret the client has
+// not seen yet (see idempotency.go).
 func (s *Service) RotateAutomationSecret(ctx context.Context, req *automationv1.RotateAutomationSecretRequest) (*automationv1.RotateAutomationSecretResponse, error) {
 	ws, id := req.GetWorkspaceId(), req.GetAutomationId()
 	if err := validWorkspace(ws); err != nil {
 		return nil, err
 	}
 	label, err := validLabel(req.GetCredentialLabel())
+	if err != nil {
+		return nil, err
+	}
+	r, err := idem.FromContext(ctx, rotateScope(ws), req)
 	if err != nil {
 		return nil, err
 	}
@@ -452,11 +501,30 @@ func (s *Service) RotateAutomationSecret(ctx context.Context, req *automationv1.
 		s.recordRefusal(ctx, ws, actionRotate, id, ErrOwnSecret)
 		return nil, ErrOwnSecret
 	}
+	// A retry with the Idempotency-Key gets the first response: a second
+	// rotation would kill the secret the client has not seen yet. One that
+	// arrives while the first request runs (here or on another replica)
+	// waits for its lease, then finds its response.
+	var lease []byte
+	if r != nil {
+		if resp, err := s.replayRotate(ctx, ws, id, r); resp != nil || err != nil {
+			return resp, err
+		}
+		if lease, err = s.takeLease(ctx, ws, id); err != nil {
+			return nil, err
+		}
+		defer func() { s.releaseLease(ctx, ws, id, lease) }()
+	}
 	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	if r != nil {
+		if resp, err := s.replayRotate(ctx, ws, id, r); resp != nil || err != nil {
+			return resp, err
+		}
+	}
 	a, err := s.load(ctx, ws, id)
 	if err != nil {
 		return nil, err
@@ -486,6 +554,7 @@ func (s *Service) RotateAutomationSecret(ctx context.Context, req *automationv1.
 		return nil, err
 	}
 	si := secretInfo(info)
+	resp := &automationv1.RotateAutomationSecretResponse{Secret: secret, Credential: si}
 	ev := s.rec.Event(ctx, ws, actionRotate, "automation", id, audit.Success,
 		fmt.Sprintf("credential=%s label=%q", si.GetId(), si.GetLabel()))
 	err = s.db.Update(ctx, func(tx store.WriteTx) error {
@@ -500,8 +569,28 @@ func (s *Service) RotateAutomationSecret(ctx context.Context, req *automationv1.
 				return err
 			}
 		}
-		return audit.Put(tx, ev)
+		if err := audit.Put(tx, ev); err != nil {
+			return err
+		}
+		if err := dropLease(tx, ws, id, lease); err != nil {
+			return err
+		}
+		return s.saveReplay(tx, r, resp) // with the record, or not at all
 	})
+	if err == nil {
+		lease = nil // ended with the commit
+	}
+	if r != nil && (errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrOutcomeUnknown)) {
+		if out, done, err := s.rotateRaced(ctx, ws, id, r, si, resp, ev); done {
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				s.recordFailure(ctx, ws, actionRotate, id, err)
+			}
+			return out, err
+		}
+		if errors.Is(err, store.ErrExists) {
+			err = ErrIdempotentRace // a replay we could not read back
+		}
+	}
 	if errors.Is(err, ErrNotFound) {
 		// Deleted meanwhile (only possible without the lock): the new
 		// secret must not outlive its automation.
@@ -512,8 +601,9 @@ func (s *Service) RotateAutomationSecret(ctx context.Context, req *automationv1.
 		s.recordFailure(ctx, ws, actionRotate, id, err)
 		return nil, err
 	}
-	s.lg.Info("automation secret rotated", zap.String("automation-id", id), zap.String("workspace-id", ws), zap.String("credential-id", si.GetId()))
-	return &automationv1.RotateAutomationSecretResponse{Secret: secret, Credential: si}, nil
+	s.lg.Info("automation secret rotated", zap.String("automation-id", id), zap.String("workspace-id", ws), zap.String("credential-id", si.GetId()),
+		zap.Bool("idempotency-key", r != nil))
+	return resp, nil
 }
 
 // load reads one automation of workspace ws.

@@ -26,8 +26,22 @@ var (
 	// workspace/folded-name, value the automation id (raw bytes).
 	namesBucket = store.Bucket("automation_names")
 
+	// replaysBucket holds the responses of CreateAutomation and
+	// RotateAutomationSecret calls made with an Idempotency-Key, for 24
+	// hours, sealed by package idem under a key derived from the request
+	// (the raw secret in them is never stored in plaintext). Keys are
+	// hashes of the workspace, method, caller and Idempotency-Key.
+	replaysBucket = store.Bucket("automation_replays")
+
+	// leasesBucket holds the lease of a rotation made with an
+	// Idempotency-Key while it runs: key workspace/automation-id, value a
+	// random token, expiring after leaseTTL. Replicas share the store, not
+	// their locks: a keyed rotation of an automation waits for another
+	// replica's to end (and then finds its replay) instead of rotating too.
+	leasesBucket = store.Bucket("automation_rotation_leases")
+
 	// buckets is every bucket the store is opened with.
-	buckets = []store.Bucket{automationsBucket, namesBucket, audit.Bucket}
+	buckets = []store.Bucket{automationsBucket, namesBucket, replaysBucket, leasesBucket, audit.Bucket}
 )
 
 func automationKey(ws, id string) []byte { return store.Key(ws, id) }

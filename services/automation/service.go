@@ -2,8 +2,10 @@
 // automations (scripts, CI jobs, integrations) in its own store and asks
 // the credential service over gRPC to issue, rotate and revoke their secrets.
 // A raw secret passes through this service exactly twice — in the responses
-// of CreateAutomation and RotateAutomationSecret — and is never stored or
-// logged here.
+// of CreateAutomation and RotateAutomationSecret — and is never logged here,
+// nor stored in plaintext: a call made with an Idempotency-Key keeps its
+// response for a retry, sealed under a key derived from the request (see
+// idempotency.go and package idem).
 package automation
 
 import (
@@ -109,6 +111,9 @@ func New(cfg Config) (*Service, error) {
 			return nil, err // names the store and what to do
 		}
 	}
+	startCtx, cancelStart := context.WithTimeout(context.Background(), cfg.StartTimeout)
+	clearLeases(startCtx, db, lg)
+	cancelStart()
 	svc := &Service{
 		db:    db,
 		lg:    lg,

@@ -1,0 +1,343 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"errors"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	agentv1 "github.com/backlog/controlplane/gen/go/backlog/agent/v1"
+	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
+	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
+	"github.com/backlog/controlplane/services/kit/audit"
+	"github.com/backlog/controlplane/services/kit/idem"
+	"github.com/backlog/controlplane/services/kit/store"
+)
+
+// Retry-safe one-time credentials (PRODUCT.md, "Idempotent creates"):
+// CreateAgent and RotateAgentKey (the owner/admin rotation) honour an
+// Idempotency-Key. The response of a call made with one is kept, sealed
+// (package idem), in replaysBucket, written in the same transaction as the
+// record it answers for; a retry with the same key, caller and body within
+// 24 hours gets it again, and issues or rotates nothing. The same key with
+// another body is refused (idem.ErrReused, 422 at the gateway).
+// Self-rotation keeps its own in-memory replay (see RotateSelfKey).
+//
+// Creates with one key in this process take turns (a lock on the name) and
+// look the replay up once it is their turn, so that a retry arriving while
+// the first request is still running gets its result; across replicas the
+// store decides: the loser's write fails on the name or the replay key, and
+// it revokes what it issued and answers with the winner's result
+// (createRaced). A rotation cannot be undone, so keyed rotations of one
+// agent take turns everywhere, by a lease in the shared store (takeLease),
+// and look the replay up once they hold it. Should the lease not suffice
+// (it expired, or the store lost a reply), rotateRaced decides.
+
+// Audit actions of replays: the first response was returned again.
+const (
+	actionCreateReplay = actionCreate + "_replay"
+	actionRotateReplay = actionRotate + "_replay"
+)
+
+// replayDetail is the audit detail of every replay.
+const replayDetail = "the first response returned again for a retry with the same Idempotency-Key; no credential issued"
+
+// Scopes of Idempotency-Keys: a key is unique within a workspace and method
+// (and bound to the caller's credential by package idem).
+func createScope(ws string) string { return ws + "|CreateAgent" }
+func rotateScope(ws string) string { return ws + "|RotateAgentKey" }
+
+// createLockKey serialises, within this process, creates of one name made
+// with an Idempotency-Key (agent ids, the other keys of s.locks, never
+// contain '|').
+func createLockKey(ws, name string) string { return "create|" + ws + "|" + foldName(name) }
+
+// lookupReplay reads r's replay into resp; false when there is none,
+// idem.ErrReused when the key was used with another body.
+func (s *Service) lookupReplay(ctx context.Context, r *idem.Request, resp proto.Message) (bool, error) {
+	var found bool
+	err := s.db.View(ctx, func(tx store.ReadTx) error {
+		var err error
+		found, err = idem.Lookup(tx, replaysBucket, r, resp)
+		return err
+	})
+	return found, err
+}
+
+// saveReplay stores resp as r's replay in tx; nothing without a key.
+func (s *Service) saveReplay(tx store.WriteTx, r *idem.Request, resp proto.Message) error {
+	if r == nil {
+		return nil
+	}
+	return idem.Save(tx, replaysBucket, r, resp, s.now())
+}
+
+// recordReplay writes the audit event of a replay. The response is only
+// returned once it is written: every handing out of a credential is in the
+// trail.
+func (s *Service) recordReplay(ctx context.Context, ws, action, id string) error {
+	ev := s.rec.Event(ctx, ws, action, targetAgent, id, audit.Success, replayDetail)
+	if err := audit.Record(ctx, s.db, ev); err != nil {
+		return err
+	}
+	s.lg.Info("agent request replayed for a retry with the same Idempotency-Key",
+		zap.String("agent-id", id), zap.String("workspace-id", ws), zap.String("action", action))
+	return nil
+}
+
+// replayCreate answers a create from its replay, if there is one (nil,
+// nil when there is none).
+func (s *Service) replayCreate(ctx context.Context, ws string, r *idem.Request) (*agentv1.CreateAgentResponse, error) {
+	resp := &agentv1.CreateAgentResponse{}
+	found, err := s.lookupReplay(ctx, r, resp)
+	if err != nil || !found {
+		return nil, err
+	}
+	if err := s.recordReplay(ctx, ws, actionCreateReplay, resp.GetAgent().GetId()); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// replayRotate answers an admin rotation from its replay, if there is one
+// (nil, nil when there is none).
+func (s *Service) replayRotate(ctx context.Context, ws, id string, r *idem.Request) (*agentv1.RotateAgentKeyResponse, error) {
+	resp := &agentv1.RotateAgentKeyResponse{}
+	found, err := s.lookupReplay(ctx, r, resp)
+	if err != nil || !found {
+		return nil, err
+	}
+	if err := s.recordReplay(ctx, ws, actionRotateReplay, id); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// detached is a context for the steps that must happen after the caller
+// gave up (compensation, and finding out whether a commit applied).
+func detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), compensateTimeout)
+}
+
+// errIsRace reports a failed write that another request with the same
+// Idempotency-Key may explain: its Save won (store.ErrExists), it took the
+// name first (ErrNameTaken), or the commit's outcome is unknown (ours may
+// have applied).
+func errIsRace(err error) bool {
+	return errors.Is(err, store.ErrExists) || errors.Is(err, ErrNameTaken) || errors.Is(err, store.ErrOutcomeUnknown)
+}
+
+// sameKey compares two raw API keys in constant time.
+func sameKey(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }
+
+// createRaced decides a keyed create whose write failed in a way another
+// request with the same Idempotency-Key may explain (errIsRace). done is
+// false when none did: the caller fails as any create would.
+//
+//   - Our own commit applied (its reply was lost): our response.
+//   - Another request with the key was recorded first: our credentials are
+//     revoked (nobody saw them) and the winner's response returned, or
+//     idem.ErrReused when the winner had another body.
+func (s *Service) createRaced(ctx context.Context, ws string, r *idem.Request, a *agentv1.Agent,
+	resp *agentv1.CreateAgentResponse) (out *agentv1.CreateAgentResponse, done bool, err error) {
+	dctx, cancel := detached(ctx)
+	defer cancel()
+	won := &agentv1.CreateAgentResponse{}
+	found, err := s.lookupReplay(dctx, r, won)
+	switch {
+	case errors.Is(err, idem.ErrReused):
+		s.revokeSubject(ctx, ws, a.GetId(), "another request with the same Idempotency-Key was recorded first")
+		return nil, true, err
+	case err != nil || !found:
+		return nil, false, nil
+	case won.GetAgent().GetId() == a.GetId():
+		s.lg.Info("agent created (the store's reply was lost; the commit had applied)",
+			zap.String("agent-id", a.GetId()), zap.String("workspace-id", ws))
+		return resp, true, nil
+	}
+	s.revokeSubject(ctx, ws, a.GetId(), "another request with the same Idempotency-Key was recorded first")
+	if err := s.recordReplay(dctx, ws, actionCreateReplay, won.GetAgent().GetId()); err != nil {
+		return nil, true, err
+	}
+	return won, true, nil
+}
+
+// rotateRaced decides a keyed admin rotation whose write failed with
+// store.ErrExists or store.ErrOutcomeUnknown. done is false when no other
+// request with the key explains it: the caller fails as any rotation would.
+//
+// A rotation cannot be undone: when two requests with one key rotated at
+// the same moment (on two replicas), the one the credential service
+// rotated last holds the live pair. If that is ours, the record is moved to
+// it and our response returned (the replay kept under the key holds the
+// pair our rotation killed; a retry would get that one). If it is the
+// winner's, ours is already dead and the winner's response is returned (or
+// idem.ErrReused when the winner had another body).
+func (s *Service) rotateRaced(ctx context.Context, ws, id string, r *idem.Request, pair []*credentialv1.IssuedCredential,
+	resp *agentv1.RotateAgentKeyResponse, ev *auditv1.AuditEvent) (out *agentv1.RotateAgentKeyResponse, done bool, err error) {
+	dctx, cancel := detached(ctx)
+	defer cancel()
+	won := &agentv1.RotateAgentKeyResponse{}
+	found, lerr := s.lookupReplay(dctx, r, won)
+	switch {
+	case lerr != nil && !errors.Is(lerr, idem.ErrReused), lerr == nil && !found:
+		return nil, false, nil
+	case found && sameKey(won.GetApiKey(), resp.GetApiKey()):
+		s.lg.Info("agent credentials rotated by an admin (the store's reply was lost; the commit had applied)",
+			zap.String("agent-id", id), zap.String("workspace-id", ws), zap.String("credential-ids", credIDs(pair)))
+		return resp, true, nil
+	}
+	var live bool
+	err = s.db.Update(dctx, func(tx store.WriteTx) error {
+		var err error
+		if _, live, err = s.noteRotation(tx, ws, id, pair); err != nil || !live {
+			return err // not live: the winner rotated after us, our pair is dead
+		}
+		return audit.Put(tx, ev)
+	})
+	if err != nil {
+		return nil, true, err
+	}
+	if live {
+		s.lg.Warn("two requests with one Idempotency-Key rotated an agent's credentials at the same moment; the later one's pair is live and returned, the key's replay holds the other",
+			zap.String("agent-id", id), zap.String("workspace-id", ws), zap.String("credential-ids", credIDs(pair)))
+		return resp, true, nil
+	}
+	if lerr != nil {
+		return nil, true, lerr
+	}
+	if err := s.recordReplay(dctx, ws, actionRotateReplay, id); err != nil {
+		return nil, true, err
+	}
+	return won, true, nil
+}
+
+// leaseTTL bounds a keyed rotation's lease: a replica that dies holding one
+// delays other keyed rotations of that agent by at most this much.
+const leaseTTL = 30 * time.Second
+
+// leasePoll is how often a keyed rotation looks whether another replica's
+// lease has ended.
+const leasePoll = 20 * time.Millisecond
+
+func leaseKey(ws, id string) []byte { return store.Key(ws, id) }
+
+// takeLease waits until no replica holds the rotation lease of agent id, takes it, and returns its token.
+func (s *Service) takeLease(ctx context.Context, ws, id string) ([]byte, error) {
+	tok := make([]byte, 16)
+	if _, err := rand.Read(tok); err != nil {
+		return nil, err
+	}
+	for {
+		// Read first: waiting costs no write.
+		var held bool
+		err := s.db.View(ctx, func(tx store.ReadTx) error {
+			v, err := tx.Get(leasesBucket, leaseKey(ws, id))
+			held = v != nil && !bytes.Equal(v, tok)
+			return err
+		})
+		if err == nil && !held {
+			err = s.db.Update(ctx, func(tx store.WriteTx) error {
+				v, err := tx.Get(leasesBucket, leaseKey(ws, id))
+				switch {
+				case err != nil:
+					return err
+				case bytes.Equal(v, tok):
+					return errLeaseHeld // an earlier attempt applied, its reply lost
+				case v != nil:
+					return store.ErrExists
+				}
+				return tx.Put(leasesBucket, leaseKey(ws, id), tok, store.IfAbsent(), store.ExpiresAt(s.now().Add(leaseTTL)))
+			})
+		} else if err == nil {
+			err = store.ErrExists
+		}
+		switch {
+		case err == nil, errors.Is(err, errLeaseHeld):
+			return tok, nil
+		case errors.Is(err, store.ErrOutcomeUnknown):
+			continue // the next attempt reads whether it applied
+		case !errors.Is(err, store.ErrExists):
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(leasePoll):
+		}
+	}
+}
+
+// errLeaseHeld: the lease is already ours.
+var errLeaseHeld = errors.New("rotation lease already held")
+
+// dropLease ends the lease tok in tx, if it is still held (it may have
+// expired and been taken by another rotation).
+func dropLease(tx store.WriteTx, ws, id string, tok []byte) error {
+	if tok == nil {
+		return nil
+	}
+	v, err := tx.Get(leasesBucket, leaseKey(ws, id))
+	if err != nil || !bytes.Equal(v, tok) {
+		return err
+	}
+	return tx.Delete(leasesBucket, leaseKey(ws, id))
+}
+
+// releaseLease ends the lease tok in a transaction of its own, for a
+// rotation that did not commit (best effort: it expires anyway).
+func (s *Service) releaseLease(ctx context.Context, ws, id string, tok []byte) {
+	if tok == nil {
+		return
+	}
+	ctx, cancel := detached(ctx)
+	defer cancel()
+	err := s.db.Update(ctx, func(tx store.WriteTx) error { return dropLease(tx, ws, id, tok) })
+	if err != nil && !errors.Is(err, store.ErrOutcomeUnknown) {
+		s.lg.Warn("could not end a rotation lease; it expires by itself", zap.String("agent-id", id), zap.Duration("ttl", leaseTTL), zap.Error(err))
+	}
+}
+
+// clearLeases ends every rotation lease left in db when this process is its
+// one writer (the embedded engine locks its file to one process): a lease
+// there can only have been left by a process that died mid-rotation, and a
+// retry need not wait for it to expire. Best effort: leases expire anyway.
+func clearLeases(ctx context.Context, db store.Backend, lg *zap.Logger) {
+	if db.Info().Engine != "bbolt" {
+		return // replicas may share the store: only expiry ends a lease
+	}
+	for {
+		var keys [][]byte
+		err := db.View(ctx, func(tx store.ReadTx) error {
+			keys = keys[:0]
+			_, err := tx.Scan(leasesBucket, store.ScanOptions{Limit: 100}, func(k, _ []byte) (bool, error) {
+				keys = append(keys, bytes.Clone(k))
+				return true, nil
+			})
+			return err
+		})
+		if err == nil && len(keys) > 0 {
+			err = db.Update(ctx, func(tx store.WriteTx) error {
+				for _, k := range keys {
+					if err := tx.Delete(leasesBucket, k); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		}
+		if err != nil {
+			lg.Warn("could not end the rotation leases left by an earlier process; they expire by themselves", zap.Duration("ttl", leaseTTL), zap.Error(err))
+			return
+		}
+		if len(keys) == 0 {
+			return
+		}
+		lg.Info("ended rotation leases left by an earlier process", zap.Int("leases", len(keys)))
+	}
+}
