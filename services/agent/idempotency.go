@@ -1,9 +1,7 @@
 package agent
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/subtle"
 	"errors"
 	"time"
@@ -221,123 +219,41 @@ func (s *Service) rotateRaced(ctx context.Context, ws, id string, r *idem.Reques
 // delays other keyed rotations of that agent by at most this much.
 const leaseTTL = 30 * time.Second
 
-// leasePoll is how often a keyed rotation looks whether another replica's
-// lease has ended.
-const leasePoll = 20 * time.Millisecond
-
 func leaseKey(ws, id string) []byte { return store.Key(ws, id) }
 
-// takeLease waits until no replica holds the rotation lease of agent id, takes it, and returns its token.
-func (s *Service) takeLease(ctx context.Context, ws, id string) ([]byte, error) {
-	tok := make([]byte, 16)
-	if _, err := rand.Read(tok); err != nil {
-		return nil, err
-	}
-	for {
-		// Read first: waiting costs no write.
-		var held bool
-		err := s.db.View(ctx, func(tx store.ReadTx) error {
-			v, err := tx.Get(leasesBucket, leaseKey(ws, id))
-			held = v != nil && !bytes.Equal(v, tok)
-			return err
-		})
-		if err == nil && !held {
-			err = s.db.Update(ctx, func(tx store.WriteTx) error {
-				v, err := tx.Get(leasesBucket, leaseKey(ws, id))
-				switch {
-				case err != nil:
-					return err
-				case bytes.Equal(v, tok):
-					return errLeaseHeld // an earlier attempt applied, its reply lost
-				case v != nil:
-					return store.ErrExists
-				}
-				return tx.Put(leasesBucket, leaseKey(ws, id), tok, store.IfAbsent(), store.ExpiresAt(s.now().Add(leaseTTL)))
-			})
-		} else if err == nil {
-			err = store.ErrExists
-		}
-		switch {
-		case err == nil, errors.Is(err, errLeaseHeld):
-			return tok, nil
-		case errors.Is(err, store.ErrOutcomeUnknown):
-			continue // the next attempt reads whether it applied
-		case !errors.Is(err, store.ErrExists):
-			return nil, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(leasePoll):
-		}
-	}
+// leases makes keyed rotations of one agent take turns across replicas.
+func (s *Service) leases() store.Leases {
+	return store.Leases{Bucket: leasesBucket, TTL: leaseTTL, Poll: 20 * time.Millisecond, Now: s.now}
 }
 
-// errLeaseHeld: the lease is already ours.
-var errLeaseHeld = errors.New("rotation lease already held")
+// takeLease waits until no replica holds the rotation lease of agent id,
+// takes it, and returns its token.
+func (s *Service) takeLease(ctx context.Context, ws, id string) ([]byte, error) {
+	return s.leases().Take(ctx, s.db, leaseKey(ws, id))
+}
 
-// dropLease ends the lease tok in tx, if it is still held (it may have
-// expired and been taken by another rotation).
+// dropLease ends the lease tok in tx, if it is still held.
 func dropLease(tx store.WriteTx, ws, id string, tok []byte) error {
-	if tok == nil {
-		return nil
-	}
-	v, err := tx.Get(leasesBucket, leaseKey(ws, id))
-	if err != nil || !bytes.Equal(v, tok) {
-		return err
-	}
-	return tx.Delete(leasesBucket, leaseKey(ws, id))
+	return store.Leases{Bucket: leasesBucket}.Drop(tx, leaseKey(ws, id), tok)
 }
 
 // releaseLease ends the lease tok in a transaction of its own, for a
 // rotation that did not commit (best effort: it expires anyway).
 func (s *Service) releaseLease(ctx context.Context, ws, id string, tok []byte) {
-	if tok == nil {
-		return
-	}
 	ctx, cancel := detached(ctx)
 	defer cancel()
-	err := s.db.Update(ctx, func(tx store.WriteTx) error { return dropLease(tx, ws, id, tok) })
-	if err != nil && !errors.Is(err, store.ErrOutcomeUnknown) {
+	if err := s.leases().Release(ctx, s.db, leaseKey(ws, id), tok); err != nil && !errors.Is(err, store.ErrOutcomeUnknown) {
 		s.lg.Warn("could not end a rotation lease; it expires by itself", zap.String("agent-id", id), zap.Duration("ttl", leaseTTL), zap.Error(err))
 	}
 }
 
-// clearLeases ends every rotation lease left in db when this process is its
-// one writer (the embedded engine locks its file to one process): a lease
-// there can only have been left by a process that died mid-rotation, and a
-// retry need not wait for it to expire. Best effort: leases expire anyway.
+// clearLeases ends the rotation leases a process that died mid-rotation
+// left in a store only this process writes (see store.Leases.ClearAll).
 func clearLeases(ctx context.Context, db store.Backend, lg *zap.Logger) {
-	if db.Info().Engine != "bbolt" {
-		return // replicas may share the store: only expiry ends a lease
-	}
-	for {
-		var keys [][]byte
-		err := db.View(ctx, func(tx store.ReadTx) error {
-			keys = keys[:0]
-			_, err := tx.Scan(leasesBucket, store.ScanOptions{Limit: 100}, func(k, _ []byte) (bool, error) {
-				keys = append(keys, bytes.Clone(k))
-				return true, nil
-			})
-			return err
-		})
-		if err == nil && len(keys) > 0 {
-			err = db.Update(ctx, func(tx store.WriteTx) error {
-				for _, k := range keys {
-					if err := tx.Delete(leasesBucket, k); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
-		}
-		if err != nil {
-			lg.Warn("could not end the rotation leases left by an earlier process; they expire by themselves", zap.Duration("ttl", leaseTTL), zap.Error(err))
-			return
-		}
-		if len(keys) == 0 {
-			return
-		}
-		lg.Info("ended rotation leases left by an earlier process", zap.Int("leases", len(keys)))
+	n, err := store.Leases{Bucket: leasesBucket}.ClearAll(ctx, db)
+	if err != nil {
+		lg.Warn("could not end the rotation leases left by an earlier process; they expire by themselves", zap.Duration("ttl", leaseTTL), zap.Error(err))
+	} else if n > 0 {
+		lg.Info("ended rotation leases left by an earlier process", zap.Int("leases", n))
 	}
 }
