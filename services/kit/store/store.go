@@ -193,6 +193,12 @@ func Release(db Backend) error {
 	return db.Close()
 }
 
+// Pinger is implemented by engines that can become unreachable while open
+// (a distributed one): Ping is nil while the store can serve.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
 // Faults is implemented by engines that can simulate failures, for tests.
 type Faults interface {
 	// SetFault installs f, run inside every write transaction before it
@@ -291,4 +297,13 @@ func UpdateOnce(ctx context.Context, b Backend, requestID string, fn func(WriteT
 		return nil, err
 	}
 	return out, nil
+}
+
+// LeaderBucket holds Leadership's keys. Engines create it.
+var LeaderBucket = Bucket("_leader")
+
+// Writable reports whether b, a reserved bucket, takes writes from
+// outside the engine (UpdateOnce's and Leadership's).
+func Writable(b Bucket) bool {
+	return string(b) == string(RequestsBucket) || string(b) == string(LeaderBucket)
 }

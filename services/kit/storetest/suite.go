@@ -48,6 +48,7 @@ func Run(t *testing.T, open Opener) {
 		{"WatchCompactedThenResync", testWatchCompacted},
 		{"AmbiguousCommitRetriedOnce", testUpdateOnce},
 		{"Info", testInfo},
+		{"LeadershipOneAtATime", testLeadership},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -827,5 +828,80 @@ func testInfo(t *testing.T, db store.Backend) {
 	}
 	if !info.Created || info.CreatedAt.IsZero() || time.Since(info.CreatedAt) > time.Minute {
 		t.Fatalf("a store opened empty should say it was created now: %+v", info)
+	}
+}
+
+func testLeadership(t *testing.T, db store.Backend) {
+	const ttl = 600 * time.Millisecond
+	var running, most atomic.Int64
+	var fencedOK, fencedRefused atomic.Int64
+	leaders := make([]*store.Leadership, 3)
+	cancels := make([]context.CancelFunc, 3)
+	stopped := make([]chan struct{}, 3)
+	for i := range leaders {
+		l := &store.Leadership{DB: db, Job: "job", TTL: ttl}
+		leaders[i] = l
+		c, cancel := context.WithCancel(ctx)
+		cancels[i], stopped[i] = cancel, make(chan struct{})
+		go func() {
+			defer close(stopped[i])
+			l.Run(c, func(jc context.Context) {
+				if n := running.Add(1); n > most.Load() {
+					most.Store(n)
+				}
+				defer running.Add(-1)
+				for jc.Err() == nil {
+					err := db.Update(ctx, func(tx store.WriteTx) error {
+						if err := l.Fence(tx); err != nil {
+							return err
+						}
+						return tx.Put(bucketA, []byte("leader-wrote"), []byte{byte(i)})
+					})
+					if err == nil {
+						fencedOK.Add(1)
+					} else if errors.Is(err, store.ErrNotLeader) {
+						fencedRefused.Add(1)
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			})
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for fencedOK.Load() < 5 {
+		if time.Now().After(deadline) {
+			t.Fatal("no replica took the lead")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The leader stops: another takes over.
+	var v []byte
+	must(t, db.View(ctx, func(tx store.ReadTx) (err error) { v, err = tx.Get(bucketA, []byte("leader-wrote")); return err }))
+	first := int(v[0])
+	cancels[first]()
+	<-stopped[first]
+	before := fencedOK.Load()
+	for {
+		must(t, db.View(ctx, func(tx store.ReadTx) (err error) { v, err = tx.Get(bucketA, []byte("leader-wrote")); return err }))
+		if int(v[0]) != first && fencedOK.Load() > before+3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no replica took over from replica %d", first)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for i := range cancels {
+		cancels[i]()
+		<-stopped[i]
+	}
+	if most.Load() != 1 {
+		t.Fatalf("%d replicas ran the job at once", most.Load())
+	}
+	// A replica that does not lead has its writes refused.
+	outsider := &store.Leadership{DB: db, Job: "job", TTL: ttl}
+	err := db.Update(ctx, func(tx store.WriteTx) error { return outsider.Fence(tx) })
+	if !errors.Is(err, store.ErrNotLeader) {
+		t.Fatalf("fence of a replica that never led: %v", err)
 	}
 }

@@ -200,7 +200,7 @@ func (d *DB) init(buckets []store.Bucket, marker string, force bool) error {
 	var created time.Time
 	fresh := false
 	err := d.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range append([]store.Bucket{metaBucket, expiryBucket, expiryAtBucket, store.RequestsBucket}, buckets...) {
+		for _, b := range append([]store.Bucket{metaBucket, expiryBucket, expiryAtBucket, store.RequestsBucket, store.LeaderBucket}, buckets...) {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("bucket %s: %w", b, err)
 			}
@@ -661,7 +661,7 @@ func (w *writeTx) count(n int) error {
 }
 
 func (w *writeTx) Put(b store.Bucket, key, value []byte, opts ...store.PutOption) error {
-	if bytes.HasPrefix(b, []byte("_")) && !bytes.Equal(b, store.RequestsBucket) {
+	if bytes.HasPrefix(b, []byte("_")) && !store.Writable(b) {
 		return fmt.Errorf("store: bucket %q is reserved", b)
 	}
 	bk, err := w.bucket(b)

@@ -1,6 +1,8 @@
 package boltstore
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -100,3 +102,40 @@ func (r *Reader) Keys() (map[string]int, error) {
 
 // Close releases the file.
 func (r *Reader) Close() error { return r.db.Close() }
+
+// Export visits every key the services wrote in the store at path (the
+// engines' own buckets, such as _meta and _requests, are skipped, and so are
+// keys whose expiry has passed), bucket by bucket in key order, with each
+// key's expiry (zero: none). It returns the buckets the file holds, so a
+// restore onto another engine can declare them. The caller owns nothing
+// after fn returns: copy what it keeps.
+func (r *Reader) Export(fn func(b store.Bucket, key, value []byte, expires time.Time) error) ([]store.Bucket, error) {
+	var buckets []store.Bucket
+	now := time.Now().UnixNano()
+	err := r.db.View(func(tx *bolt.Tx) error {
+		exp := tx.Bucket(expiryBucket)
+		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+			if bytes.HasPrefix(name, []byte("_")) {
+				return nil
+			}
+			buckets = append(buckets, store.Bucket(bytes.Clone(name)))
+			return b.ForEach(func(k, v []byte) error {
+				var at time.Time
+				if exp != nil {
+					if d := exp.Get(expiryKey(name, k)); len(d) == 8 {
+						ns := int64(binary.BigEndian.Uint64(d))
+						if ns <= now {
+							return nil
+						}
+						at = time.Unix(0, ns)
+					}
+				}
+				if v == nil {
+					v = []byte{}
+				}
+				return fn(store.Bucket(name), k, v, at)
+			})
+		})
+	})
+	return buckets, err
+}
