@@ -31,14 +31,19 @@ type Remote struct {
 	Forward func(ctx context.Context) []string
 
 	client credentialv1.CredentialInternalServiceClient
-	lg     *zap.Logger
-	now    func() time.Time
+	// watched are the credential replicas whose revocation streams Watch
+	// follows (each replica fans out the revocations made on it); caching
+	// is on only while every one of them is connected.
+	watched []credentialv1.CredentialInternalServiceClient
+	lg      *zap.Logger
+	now     func() time.Time
 
 	mu        sync.Mutex
 	cache     map[[32]byte]cached
 	bySubject map[string][][32]byte // subject id → its cache keys
 	epoch     uint64                // bumped by every invalidation
-	watching  bool
+	watching  bool                  // every watched stream is live
+	live      map[int]bool
 	lastReset time.Time
 }
 
@@ -52,7 +57,19 @@ const maxCacheEntries = 100_000
 // NewRemote returns an authenticator backed by the credential service. Call
 // Watch in a goroutine to enable caching.
 func NewRemote(client credentialv1.CredentialInternalServiceClient, lg *zap.Logger) *Remote {
-	return &Remote{client: client, lg: lg, now: time.Now, cache: map[[32]byte]cached{}, bySubject: map[string][][32]byte{}}
+	return &Remote{client: client, watched: []credentialv1.CredentialInternalServiceClient{client}, lg: lg, now: time.Now,
+		cache: map[[32]byte]cached{}, bySubject: map[string][][32]byte{}, live: map[int]bool{}}
+}
+
+// WatchReplicas makes Watch follow the revocation stream of each of
+// replicas (a connection to each credential replica on its own) instead of
+// the one client: a revocation made on any replica reaches this cache, and
+// the replica that made it waits for this cache's acknowledgement. Call it
+// before Watch.
+func (r *Remote) WatchReplicas(replicas ...credentialv1.CredentialInternalServiceClient) {
+	if len(replicas) > 0 {
+		r.watched = replicas
+	}
 }
 
 // Authenticate implements Authenticator.
@@ -119,22 +136,36 @@ func (r *Remote) invalidate(subjects []string, reset bool) {
 	}
 }
 
-func (r *Remote) setWatching(on bool) {
+func (r *Remote) setWatching(i int, on bool) {
 	r.mu.Lock()
-	r.watching = on
+	if on {
+		r.live[i] = true
+	} else {
+		delete(r.live, i)
+	}
+	r.watching = len(r.live) == len(r.watched)
 	r.epoch++
 	clear(r.cache)
 	clear(r.bySubject)
 	r.mu.Unlock()
 }
 
-// Watch follows the credential service's revocation stream until ctx ends,
-// reconnecting with backoff. While disconnected nothing is cached.
+// Watch follows the credential service's revocation streams (one per
+// watched replica) until ctx ends, reconnecting with backoff. While any is
+// disconnected nothing is cached.
 func (r *Remote) Watch(ctx context.Context) {
+	var wg sync.WaitGroup
+	for i, c := range r.watched {
+		wg.Go(func() { r.watch(ctx, i, c) })
+	}
+	wg.Wait()
+}
+
+func (r *Remote) watch(ctx context.Context, i int, client credentialv1.CredentialInternalServiceClient) {
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
-		err := r.watchOnce(ctx)
-		r.setWatching(false)
+		err := r.watchOnce(ctx, i, client)
+		r.setWatching(i, false)
 		if ctx.Err() != nil {
 			return
 		}
@@ -150,10 +181,10 @@ func (r *Remote) Watch(ctx context.Context) {
 	}
 }
 
-func (r *Remote) watchOnce(ctx context.Context) error {
+func (r *Remote) watchOnce(ctx context.Context, i int, client credentialv1.CredentialInternalServiceClient) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := r.client.WatchRevocations(ctx)
+	stream, err := client.WatchRevocations(ctx)
 	if err != nil {
 		return err
 	}
@@ -164,7 +195,7 @@ func (r *Remote) watchOnce(ctx context.Context) error {
 		}
 		if ev.GetSequence() == 0 {
 			// The opening event: the stream is live, caching may start.
-			r.setWatching(true)
+			r.setWatching(i, true)
 		} else {
 			r.invalidate(ev.GetSubjectIds(), ev.GetDropAll())
 		}

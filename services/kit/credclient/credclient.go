@@ -207,3 +207,47 @@ func checkNewStore(ctx context.Context, c credentialv1.CredentialInternalService
 		}
 	}
 }
+
+// Sweep timing for Keep.
+const (
+	// SweepEvery is how often the leading replica sweeps again.
+	SweepEvery = 10 * time.Minute
+	// SweepGrace: a subject younger than this is never judged by a repeated
+	// sweep (a create in flight on some replica may not have written its
+	// record yet); a create takes milliseconds.
+	SweepGrace = time.Minute
+)
+
+// Keep runs the sweep on the one replica, among those sharing db, that
+// leads the job "orphan-sweep" (store.Leadership), until ctx ends: first
+// with s.Before (the process's start) when db is a store only this process
+// writes, then every SweepEvery judging only subjects older than
+// SweepGrace. On a shared store every sweep uses the grace: other replicas
+// are serving creates while this one starts. firstDone (optional) is
+// called after the first sweep.
+func (s Sweeper) Keep(ctx context.Context, db store.Backend, now func() time.Time, firstDone func()) {
+	after := s.After
+	if after == nil {
+		after = time.After
+	}
+	private := db.Info().Engine == "bbolt" // bbolt: one process owns the file
+	first := true
+	lead := store.Leadership{DB: db, Job: "orphan-sweep", Logger: s.Logger, Sole: private}
+	lead.Run(ctx, func(ctx context.Context) {
+		for ctx.Err() == nil {
+			sw := s
+			if !first || !private {
+				sw.Before = now().Add(-SweepGrace)
+			}
+			sw.Run(ctx)
+			if first && firstDone != nil {
+				firstDone()
+			}
+			first = false
+			select {
+			case <-ctx.Done():
+			case <-after(SweepEvery):
+			}
+		}
+	})
+}

@@ -61,6 +61,9 @@ func New(svc Service, o Options) *server.Server {
 	})
 	svc.Register(srv.GRPC)
 	(&admin.Server{DB: svc.DB()}).Register(srv.GRPC)
+	if p, ok := svc.DB().(store.Pinger); ok {
+		srv.AddCheck(p.Ping) // a shared store that stops answering makes the service not ready
+	}
 	return srv
 }
 

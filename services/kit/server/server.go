@@ -69,6 +69,58 @@ type Server struct {
 	name   string
 	lg     *zap.Logger
 	cdc    *requestCodec
+
+	checks    []func(context.Context) error
+	stopCheck chan struct{}
+}
+
+// CheckEvery is how often readiness checks run while serving.
+const CheckEvery = time.Second
+
+// AddCheck adds a readiness check (e.g. "the store answers"), run every
+// CheckEvery while serving: when one starts failing the server reports
+// NOT_SERVING on grpc.health.v1 (so the gateway's /readyz answers 503), and
+// SERVING again once all pass. Add checks before Serve.
+func (s *Server) AddCheck(check func(context.Context) error) {
+	s.checks = append(s.checks, check)
+}
+
+func (s *Server) runChecks() {
+	t := time.NewTicker(CheckEvery)
+	defer t.Stop()
+	ok := true
+	for {
+		select {
+		case <-s.stopCheck:
+			return
+		case <-t.C:
+		}
+		var failed error
+		for _, c := range s.checks {
+			ctx, cancel := context.WithTimeout(context.Background(), CheckEvery)
+			failed = c(ctx)
+			cancel()
+			if failed != nil {
+				break
+			}
+		}
+		switch {
+		case failed != nil && ok:
+			s.lg.Warn("not ready: a readiness check fails", zap.Error(failed))
+			s.setAll(healthpb.HealthCheckResponse_NOT_SERVING)
+		case failed == nil && !ok:
+			s.lg.Info("ready again: every readiness check passes")
+			s.setAll(healthpb.HealthCheckResponse_SERVING)
+		}
+		ok = failed == nil
+	}
+}
+
+func (s *Server) setAll(st healthpb.HealthCheckResponse_ServingStatus) {
+	s.Health.SetServingStatus("", st)
+	for name := range s.GRPC.GetServiceInfo() {
+		s.Health.SetServingStatus(name, st)
+	}
 }
 
 // New builds the server. Register services on s.GRPC, then Serve.
@@ -183,7 +235,7 @@ func New(cfg Config) *Server {
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
 	metrics.RPC.InitializeMetrics(g)
-	return &Server{GRPC: g, Health: hs, name: cfg.Name, lg: lg, cdc: cdc}
+	return &Server{GRPC: g, Health: hs, name: cfg.Name, lg: lg, cdc: cdc, stopCheck: make(chan struct{})}
 }
 
 // Serve marks the server SERVING and serves lis until Stop.
@@ -193,11 +245,19 @@ func (s *Server) Serve(lis net.Listener) error {
 		s.Health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}
 	s.lg.Info("serving", zap.String("addr", lis.Addr().String()))
+	if len(s.checks) > 0 {
+		go s.runChecks()
+	}
 	return s.GRPC.Serve(lis)
 }
 
 // Stop drains in-flight calls, forcing a stop after the grace period.
 func (s *Server) Stop(grace time.Duration) {
+	select {
+	case <-s.stopCheck:
+	default:
+		close(s.stopCheck)
+	}
 	s.Health.Shutdown()
 	done := make(chan struct{})
 	go func() { s.GRPC.GracefulStop(); close(done) }()
