@@ -84,9 +84,13 @@ func ActorKind(p *auth.Principal) string {
 	return "anonymous"
 }
 
-// Put writes ev inside tx.
+// Put writes ev inside tx, as the next event of the store's hash chain (it
+// sets ev's chain fields; see chain.go). It makes OpsPerEvent writes.
 func Put(tx store.WriteTx, ev *auditv1.AuditEvent) error {
-	return store.Put(tx, Bucket, store.Key(ev.WorkspaceId, ev.Id), ev)
+	if err := link(tx, ev); err != nil {
+		return err
+	}
+	return store.Put(tx, Bucket, eventKey(ev), ev)
 }
 
 // Record writes ev in a transaction of its own (for failures, where there is

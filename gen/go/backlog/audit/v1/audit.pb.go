@@ -42,7 +42,16 @@ type AuditEvent struct {
 	// "credential", "automation", "agent" or "vault".
 	Service string `protobuf:"bytes,12,opt,name=service,proto3" json:"service,omitempty"`
 	// Human-readable detail; never a credential or secret value.
-	Detail        string `protobuf:"bytes,13,opt,name=detail,proto3" json:"detail,omitempty"`
+	Detail string `protobuf:"bytes,13,opt,name=detail,proto3" json:"detail,omitempty"`
+	// Position of the event in its service's hash chain (1, 2, …); 0 for
+	// events written before the chain existed.
+	ChainSeq uint64 `protobuf:"varint,14,opt,name=chain_seq,json=chainSeq,proto3" json:"chain_seq,omitempty"`
+	// Hex SHA-256 chain hash of the previous event of the same service's store
+	// (64 zeros for the first).
+	ChainPrevHash string `protobuf:"bytes,15,opt,name=chain_prev_hash,json=chainPrevHash,proto3" json:"chain_prev_hash,omitempty"`
+	// Hex SHA-256 over chain_prev_hash, chain_seq and every field above (see
+	// docs/operations.md, "Audit integrity").
+	ChainHash     string `protobuf:"bytes,16,opt,name=chain_hash,json=chainHash,proto3" json:"chain_hash,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -164,6 +173,27 @@ func (x *AuditEvent) GetService() string {
 func (x *AuditEvent) GetDetail() string {
 	if x != nil {
 		return x.Detail
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetChainSeq() uint64 {
+	if x != nil {
+		return x.ChainSeq
+	}
+	return 0
+}
+
+func (x *AuditEvent) GetChainPrevHash() string {
+	if x != nil {
+		return x.ChainPrevHash
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetChainHash() string {
+	if x != nil {
+		return x.ChainHash
 	}
 	return ""
 }
@@ -325,7 +355,7 @@ var File_backlog_audit_v1_audit_proto protoreflect.FileDescriptor
 
 const file_backlog_audit_v1_audit_proto_rawDesc = "" +
 	"\n" +
-	"\x1cbacklog/audit/v1/audit.proto\x12\x10backlog.audit.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x03\n" +
+	"\x1cbacklog/audit/v1/audit.proto\x12\x10backlog.audit.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x03\n" +
 	"\n" +
 	"AuditEvent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
@@ -344,7 +374,11 @@ const file_backlog_audit_v1_audit_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\v \x01(\tR\trequestId\x12\x18\n" +
 	"\aservice\x18\f \x01(\tR\aservice\x12\x16\n" +
-	"\x06detail\x18\r \x01(\tR\x06detail\"\xbd\x02\n" +
+	"\x06detail\x18\r \x01(\tR\x06detail\x12\x1b\n" +
+	"\tchain_seq\x18\x0e \x01(\x04R\bchainSeq\x12&\n" +
+	"\x0fchain_prev_hash\x18\x0f \x01(\tR\rchainPrevHash\x12\x1d\n" +
+	"\n" +
+	"chain_hash\x18\x10 \x01(\tR\tchainHash\"\xbd\x02\n" +
 	"\x16ListAuditEventsRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x1b\n" +
