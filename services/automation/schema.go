@@ -41,7 +41,7 @@ var (
 	leasesBucket = store.Bucket("automation_rotation_leases")
 
 	// buckets is every bucket the store is opened with.
-	buckets = []store.Bucket{automationsBucket, namesBucket, replaysBucket, leasesBucket, audit.Bucket}
+	buckets = []store.Bucket{automationsBucket, namesBucket, replaysBucket, leasesBucket, audit.Bucket, audit.ChainBucket}
 )
 
 func automationKey(ws, id string) []byte { return store.Key(ws, id) }

@@ -11,6 +11,7 @@ package automation
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -78,7 +79,8 @@ type Service struct {
 	locks *keylock.Locks
 
 	stopSweep context.CancelFunc
-	sweepDone chan struct{}
+	sweepDone chan struct{} // closed after the first orphan sweep
+	keepDone  chan struct{} // closed when the sweeping goroutine ended
 }
 
 // New opens the store and returns the service.
@@ -131,10 +133,15 @@ func New(cfg Config) (*Service, error) {
 		Store: db.Info(), Before: svc.now(),
 		Recorded: func(sub *credentialv1.SubjectSummary) (bool, error) { return svc.recorded(ctx, sub) },
 	}
+	svc.keepDone = make(chan struct{})
 	go func() {
-		defer close(svc.sweepDone)
+		defer close(svc.keepDone)
+		var once sync.Once
+		first := func() { once.Do(func() { close(svc.sweepDone) }) }
+		defer first()
 		if cfg.SweepOrphans {
-			sweep.Run(ctx)
+			// On one replica at a time; again every credclient.SweepEvery.
+			sweep.Keep(ctx, db, svc.now, first)
 		}
 	}()
 	return svc, nil
@@ -207,7 +214,7 @@ func (s *Service) DB() store.Backend { return s.db }
 // Close closes the store after pending writes.
 func (s *Service) Close() error {
 	s.stopSweep()
-	<-s.sweepDone
+	<-s.keepDone
 	return s.db.Close()
 }
 
