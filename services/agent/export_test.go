@@ -11,7 +11,24 @@ func (s *Service) ForgetRotationSecret(ws, id string) error {
 }
 
 // Replays is the number of self-rotation results held for retries.
-func (s *Service) Replays() int { return s.replays.len() }
+func (s *Service) Replays() int {
+	n, err := s.replays.len(t0())
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// ReplaySealKey is the key a keyed self-rotation's replay is sealed under,
+// derived from the presented pair and Idempotency-Key: a test looks for it
+// in the raw store bytes.
+func ReplaySealKey(idemKey, apiKey, secret string) []byte {
+	_, key, err := derive(idemKey, apiKey, secret)
+	if err != nil {
+		panic(err)
+	}
+	return key
+}
 
 // SweepDone is closed when the service's orphan sweep has ended (at once
 // without SweepOrphans).

@@ -24,7 +24,7 @@ import (
 // record it answers for; a retry with the same key, caller and body within
 // 24 hours gets it again, and issues or rotates nothing. The same key with
 // another body is refused (idem.ErrReused, 422 at the gateway).
-// Self-rotation keeps its own in-memory replay (see RotateSelfKey).
+// Self-rotation keeps replays of its own (see replay.go).
 //
 // Creates with one key in this process take turns (a lock on the name) and
 // look the replay up once it is their turn, so that a retry arriving while

@@ -46,7 +46,14 @@ func TestFailedSelfRotationRecordFailsClosed(t *testing.T) {
 	ws, owner := h.env.NewWorkspace(t, "acme")
 	inst := h.installation(t, ws, owner, "app")
 	created := h.createAgent(t, ws, owner, inst, &agentv1.CreateAgentRequest{Name: "bot"})
-	h.svc.DB().(store.Faults).SetFault(func() error { return errors.New("disk full") })
+	// The store fails once the credential service has rotated (the limits
+	// and turns before it are in the store too).
+	h.svc.DB().(store.Faults).SetFault(func() error {
+		if h.rotated.Load() > 0 {
+			return errors.New("disk full")
+		}
+		return nil
+	})
 	_, err := h.selfRotate(withIdem(fromIP(bg(), "198.51.100.91"), "k"), created.GetApiKey(), created.GetRotationSecret())
 	wantCode(t, err, codes.Unavailable, "STORE_UNAVAILABLE")
 	h.svc.DB().(store.Faults).SetFault(nil)

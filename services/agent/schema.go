@@ -52,7 +52,7 @@ var (
 	// idem under a key derived from the request (the raw credentials in
 	// them are never stored in plaintext). Keys are hashes of the
 	// workspace, method, caller and Idempotency-Key. (Self-rotation keeps
-	// its replays in memory; see replay.go.)
+	// its replays in selfReplaysBucket; see replay.go.)
 	replaysBucket = store.Bucket("agent_replays")
 
 	// leasesBucket holds the lease of an admin rotation made with an
@@ -62,9 +62,34 @@ var (
 	// end (and then finds its replay) instead of rotating too.
 	leasesBucket = store.Bucket("agent_rotation_leases")
 
+	// The self-rotation limits and replays, shared by every replica (see
+	// limits.go and replay.go). Values are small fixed binary records
+	// carrying their own times; each key expires once it no longer matters.
+	//
+	// selfRatesBucket holds each client address's budget of attempts with a
+	// valid API key (a token bucket): key the address (an IPv6 client: its
+	// /64).
+	selfRatesBucket = store.Bucket("agent_self_rotation_rates")
+
+	// selfLockoutsBucket counts wrong rotation secrets per client address
+	// and API key: key address/credential-id (never the key).
+	selfLockoutsBucket = store.Bucket("agent_self_rotation_lockouts")
+
+	// selfReplaysBucket holds the results of keyed self-rotations for
+	// IdempotencyTTL, sealed under a key derived from the presented
+	// credentials and Idempotency-Key: key an id derived from the same
+	// inputs (hex), value version, expiry and the sealed result.
+	selfReplaysBucket = store.Bucket("agent_self_rotation_replays")
+
+	// selfTurnsBucket holds the leases by which self-rotations take turns
+	// across replicas: key agent/workspace/agent-id (attempts of one agent)
+	// or replay/id (a keyed request in flight), expiring after selfTurnTTL.
+	selfTurnsBucket = store.Bucket("agent_self_rotation_turns")
+
 	// buckets is every bucket the store is opened with.
 	buckets = []store.Bucket{installationsBucket, installationNamesBucket, agentsBucket, agentNamesBucket,
-		installationAgentsBucket, agentCredentialsBucket, replaysBucket, leasesBucket, audit.Bucket}
+		installationAgentsBucket, agentCredentialsBucket, replaysBucket, leasesBucket,
+		selfRatesBucket, selfLockoutsBucket, selfReplaysBucket, selfTurnsBucket, audit.Bucket, audit.ChainBucket}
 )
 
 func installationKey(ws, id string) []byte { return store.Key(ws, id) }

@@ -62,13 +62,15 @@ func (s *Service) GetSelf(ctx context.Context, _ *agentv1.GetSelfRequest) (*agen
 //  2. A retry with the same Idempotency-Key and the same presented pair
 //     within the replay window gets the stored result (while its pair is
 //     still live) and counts against no limit; a retry that arrives while
-//     the first request is in flight waits for it.
+//     the first request is in flight waits for it. Replays are kept in the
+//     store, sealed (see replay.go): a retry may land on any replica.
 //  3. 429 when the client IP has spent its budget of attempts whose API key
 //     did not authenticate (UnauthenticatedFailuresPerIP): checked before
 //     any I/O, so that a flood of made-up keys costs nothing. The attempt
 //     takes a token of that budget here and gives it back as soon as its
 //     key authenticates (or the credential service cannot tell), so that
-//     only failures spend it — exactly, however many run at once.
+//     only failures spend it — exactly, however many run at once. This
+//     budget is each replica's own: it exists to cost nothing.
 //  4. The API key is authenticated (uncached): 401 invalid, 403 revoked or
 //     suspended.
 //  5. 429 while this API key is locked out at this client IP after
@@ -76,14 +78,19 @@ func (s *Service) GetSelf(ctx context.Context, _ *agentv1.GetSelfRequest) (*agen
 //  6. 429 when the client IP has made its attempts with a valid API key for
 //     the window (SelfRotationsPerIP: the REST contract's 3 per 15
 //     minutes). Only here, after authentication, is that budget spent: made
-//     up keys cannot spend it for the agents behind an address.
+//     up keys cannot spend it for the agents behind an address. Steps 5
+//     and 6 are one update of the store, so the budget holds across
+//     replicas (see limits.go).
 //  7. 403 when the agent is revoked or has no rotation secret configured.
 //  8. The credential service rotates both as a compare-and-swap on the
 //     presented pair: of concurrent rotations with one pair, exactly one
 //     wins and the others get 401. When the swap fails while the API key is
 //     still live, the rotation secret was wrong: 401, and a failure towards
 //     the lockout of this key at this address. (A lost race is not counted:
-//     its key is dead too.)
+//     its key is dead too.) Attempts for one agent take turns, on every
+//     replica, from step 7 on (after checking the lock again); each is
+//     counted as a failure before the swap and taken back unless it was
+//     one, so that no guess goes uncounted whatever happens to the request.
 //
 // The lockout is keyed by client address and API key, not by agent: a lock
 // of the agent let anyone holding only a leaked API key lock its holder out,
@@ -126,7 +133,7 @@ func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyR
 			return s.replay(ctx, hit)
 		}
 		slot = sl
-		defer slot.abandon() // unless completed
+		defer slot.abandon(ctx) // unless completed
 	}
 
 	ip := server.ClientIP(ctx)
@@ -163,33 +170,57 @@ func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyR
 			zap.String("client-ip", ip), zap.String("reason", reason))
 		return nil, err
 	}
-	lockKey := ipKey + "|" + lockoutCredential(p)
+	lockCred := lockoutCredential(p)
 	lockedOut := func(wait time.Duration) (*agentv1.RotateSelfKeyResponse, error) {
 		metrics.RateLimited.WithLabelValues("agent_lockout").Inc()
 		return refuse(reasonLockedOut, ratelimit.Exhausted(Domain, reasonLockedOut,
 			fmt.Sprintf("self-rotation with this API key from this address is locked for %s after repeated wrong rotation secrets; an owner or admin can rotate the agent's credentials", roundSeconds(wait)), wait))
 	}
 	// A locked-out attempt spends no budget (the lock is checked again once
-	// it is this attempt's turn, below).
-	if locked, wait := s.lockout.Locked(lockKey); locked {
-		return lockedOut(wait)
+	// it is this attempt's turn, below). Both are decided in the store, which
+	// every replica shares.
+	adm, err := s.admitSelfRotation(ctx, ipKey, lockCred)
+	if err != nil {
+		return nil, err
 	}
-	if ok, wait := s.perIP.Allow(ipKey); !ok {
+	if adm.locked {
+		return lockedOut(adm.wait)
+	}
+	if adm.limited {
 		metrics.RateLimited.WithLabelValues("agent_self_rotation_per_ip").Inc()
 		return refuse(reasonRateLimited, ratelimit.Exhausted(Domain, reasonRateLimited,
-			fmt.Sprintf("too many rotation attempts from this address; retry after %s (an owner or admin can rotate the agent's credentials meanwhile)", roundSeconds(wait)), wait))
+			fmt.Sprintf("too many rotation attempts from this address; retry after %s (an owner or admin can rotate the agent's credentials meanwhile)", roundSeconds(adm.wait)), adm.wait))
 	}
 
-	// Attempts for one agent take turns from here, so that the lockout
-	// counts every wrong secret before the next attempt is let through.
+	// Attempts for one agent take turns from here, in this process (a lock)
+	// and across replicas (a lease in the store), so that the lockout counts
+	// every wrong secret before the next attempt is let through.
 	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	if locked, wait := s.lockout.Locked(lockKey); locked {
+	turnKey := selfAgentTurnKey(ws, id)
+	turn, err := s.selfTurns().Take(ctx, s.db, turnKey)
+	if err != nil {
+		return nil, err
+	}
+	defer s.releaseTurn(ctx, turnKey, turn)
+	// The attempt counts as a wrong secret until it is known not to be one:
+	// whatever happens to this request, no guess goes uncounted.
+	reserved, locked, wait, err := s.reserveSelfFailure(ctx, ipKey, lockCred)
+	if err != nil {
+		return nil, err
+	}
+	if locked {
 		return lockedOut(wait)
 	}
+	counted := false // the reservation stands: a wrong secret
+	defer func() {
+		if !counted {
+			s.restoreSelfFailure(ctx, reserved)
+		}
+	}()
 	a, err := s.load(ctx, ws, id)
 	if errors.Is(err, ErrAgentNotFound) {
 		// Live credentials of an agent we have no record of: only a
@@ -225,7 +256,8 @@ func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyR
 		err = ErrAlreadyRotated
 		if _, aerr := s.authenticateKey(rctx, apiKey); aerr == nil {
 			err = ErrInvalidRotationSecret
-			if locked, _ := s.lockout.Fail(lockKey); locked {
+			counted = true
+			if reserved.locksOut() {
 				s.lg.Warn("self-rotation with an API key locked at one address after repeated wrong rotation secrets",
 					zap.String("agent-id", id), zap.String("workspace-id", ws), zap.String("client-ip", ip))
 			}
@@ -237,6 +269,9 @@ func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyR
 	if err != nil {
 		return fail(s.selfCredErr(rctx, "rotate", err, ErrAlreadyRotated))
 	}
+	// Rotated: the key the reservation counts for is dead, so it needs no
+	// taking back.
+	counted = true
 	pair := rotated.GetCredentials()
 	if err := checkPair(pair); err != nil {
 		return nil, err
@@ -247,12 +282,11 @@ func (s *Service) RotateSelfKey(ctx context.Context, req *agentv1.RotateSelfKeyR
 		// out unrecorded; an owner or admin rotates the agent.
 		return fail(err)
 	}
-	s.lockout.Reset(lockKey) // the key is dead: only memory to free
 	out := &agentv1.RotateSelfKeyResponse{
 		Message: rotationMessage, ApiKey: pair[0].GetCredential(), RotationSecret: pair[1].GetCredential(),
 		AgentId: id, AgentName: a.GetName(),
 	}
-	if err := slot.complete(out, ws); err != nil {
+	if err := slot.complete(ctx, out, ws); err != nil {
 		// The rotation stands; only a retry would miss the replay.
 		s.lg.Error("could not keep a self-rotation for replay", zap.String("agent-id", id), zap.Error(err))
 	}
@@ -269,13 +303,13 @@ func (s *Service) replay(ctx context.Context, hit *replayHit) (*agentv1.RotateSe
 	if err != nil {
 		err = s.selfCredErr(ctx, "authenticate", err, ErrInvalidAPIKey)
 		if errors.Is(err, ErrInvalidAPIKey) {
-			s.replays.forget(hit.id) // dead for good; a suspension may be lifted
+			s.forgetReplay(ctx, hit.id) // dead for good; a suspension may be lifted
 		}
 		return nil, err
 	}
 	p := resp.GetPrincipal()
 	if p.GetSubjectId() != hit.agentID || p.GetWorkspaceId() != hit.ws {
-		s.replays.forget(hit.id)
+		s.forgetReplay(ctx, hit.id)
 		return nil, ErrInvalidAPIKey
 	}
 	ctx = auth.WithPrincipal(ctx, p)

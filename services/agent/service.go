@@ -4,21 +4,25 @@
 // agent's API key (blg_agk_…) and rotation secret (blg_rot_…). A raw
 // credential passes through this service only in the responses of
 // CreateAgent, RotateAgentKey and RotateSelfKey, and in the replays kept for
-// a retry with the same Idempotency-Key — for RotateSelfKey an encrypted
-// in-memory entry, for CreateAgent and RotateAgentKey a record in the store
-// sealed under a key derived from the request (see idempotency.go and
-// package idem); it is never logged here, nor stored in plaintext.
+// a retry with the same Idempotency-Key, which are records in the store
+// sealed under a key derived from the request: for RotateSelfKey from the
+// presented credentials (see replay.go), for CreateAgent and RotateAgentKey
+// from the caller's credential and the body (see idempotency.go and package
+// idem). A raw credential is never logged here, nor stored in plaintext.
 //
 // Self-rotation is rate limited per client IP (attempts with a valid API
 // key, and separately failed attempts without one), and locked per client
 // address and API key after repeated wrong rotation secrets (see
-// RotateSelfKey); the limits live in this process's memory.
+// RotateSelfKey). The budget of attempts with a valid API key, the lockout
+// and the replays live in the store, so that they hold across every replica
+// (see limits.go); the budget of failed attempts is a per-process guard
+// against floods of made-up keys.
 package agent
 
 import (
 	"context"
 	"errors"
-	"fmt"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -76,14 +80,17 @@ type Config struct {
 	// SelfRotationsPerIP is how many self-rotation attempts with a valid
 	// API key one client IP (an IPv6 client: its /64) may make in any
 	// SelfRotationWindow (default 3 per 15 minutes, the REST contract's
-	// limit). Admin rotation is not limited by it.
+	// limit), across every replica sharing the store. Admin rotation is
+	// not limited by it.
 	SelfRotationsPerIP int
 	SelfRotationWindow time.Duration
 	// UnauthenticatedFailuresPerIP is how many self-rotation attempts whose
 	// API key does not authenticate one client IP may make in any
 	// SelfRotationWindow (default 30); beyond it, attempts from that
 	// address are refused before any key is looked at. They do not spend
-	// the SelfRotationsPerIP budget.
+	// the SelfRotationsPerIP budget. This budget is each replica's own (it
+	// guards the credential service against floods of made-up keys before
+	// any I/O; the contract states no such limit).
 	UnauthenticatedFailuresPerIP int
 	// LockoutFailures wrong rotation secrets presented with one API key from
 	// one client IP within LockoutDuration lock self-rotation with that key
@@ -119,14 +126,14 @@ type Service struct {
 	audit *audit.Server
 	locks *keylock.Locks
 
-	perIP       *ratelimit.Keyed // attempts with a valid API key
-	unauthPerIP *ratelimit.Keyed // attempts whose API key did not authenticate
-	lockout     *ratelimit.Lockout
-	replays     *replayCache
-	refusals    refusalLog // 429s of self-rotation, coalesced for the trail
+	limits      selfLimits       // attempts with a valid API key, and the lockout (in the store)
+	unauthPerIP *ratelimit.Keyed // attempts whose API key did not authenticate (per process)
+	replays     *replayCache     // keyed self-rotations (in the store)
+	refusals    refusalLog       // 429s of self-rotation, coalesced for the trail
 
 	stopSweep context.CancelFunc
-	sweepDone chan struct{}
+	sweepDone chan struct{} // closed after the first orphan sweep
+	keepDone  chan struct{} // closed when the sweeping goroutine ended
 	flushDone chan struct{}
 }
 
@@ -169,10 +176,6 @@ func New(cfg Config) (*Service, error) {
 		return nil, errors.New("agent: rate limit settings must not be negative")
 	}
 	lg := cfg.Logger.With(zap.String("service", serviceName))
-	replays, err := newReplayCache(cfg.IdempotencyTTL, cfg.Now)
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
 	if cfg.Store == nil {
 		cfg.Store = boltstore.Dir(cfg.DataDir, lg)
 	}
@@ -187,9 +190,8 @@ func New(cfg Config) (*Service, error) {
 	}
 	startCtx, cancelStart := context.WithTimeout(context.Background(), cfg.StartTimeout)
 	clearLeases(startCtx, db, lg)
+	clearSelfTurns(startCtx, db, lg)
 	cancelStart()
-	perIP := ratelimit.AtMost(cfg.SelfRotationsPerIP, cfg.SelfRotationWindow)
-	perIP.Now = cfg.Now
 	unauthPerIP := ratelimit.AtMost(cfg.UnauthenticatedFailuresPerIP, cfg.SelfRotationWindow)
 	unauthPerIP.Now = cfg.Now
 	svc := &Service{
@@ -201,13 +203,11 @@ func New(cfg Config) (*Service, error) {
 		errs:        newErrorTable(),
 		audit:       &audit.Server{DB: db},
 		locks:       keylock.New(),
-		perIP:       ratelimit.NewKeyed(perIP),
 		unauthPerIP: ratelimit.NewKeyed(unauthPerIP),
-		lockout: ratelimit.NewLockout(ratelimit.LockoutConfig{
-			MaxFailures: cfg.LockoutFailures, LockFor: cfg.LockoutDuration, Now: cfg.Now,
-		}),
-		replays: replays,
+		limits: selfLimits{perIP: cfg.SelfRotationsPerIP, window: cfg.SelfRotationWindow,
+			maxFailures: cfg.LockoutFailures, lockFor: cfg.LockoutDuration},
 	}
+	svc.replays = newReplayCache(db, cfg.IdempotencyTTL, cfg.Now, svc.selfTurns())
 	ctx, cancel := context.WithCancel(context.Background())
 	svc.stopSweep, svc.sweepDone, svc.flushDone = cancel, make(chan struct{}), make(chan struct{})
 	go func() {
@@ -219,10 +219,15 @@ func New(cfg Config) (*Service, error) {
 		Store: db.Info(), Before: svc.now(),
 		Recorded: func(sub *credentialv1.SubjectSummary) (bool, error) { return svc.recorded(ctx, sub) },
 	}
+	svc.keepDone = make(chan struct{})
 	go func() {
-		defer close(svc.sweepDone)
+		defer close(svc.keepDone)
+		var once sync.Once
+		first := func() { once.Do(func() { close(svc.sweepDone) }) }
+		defer first()
 		if cfg.SweepOrphans {
-			sweep.Run(ctx)
+			// On one replica at a time; again every credclient.SweepEvery.
+			sweep.Keep(ctx, db, svc.now, first)
 		}
 	}()
 	return svc, nil
@@ -265,7 +270,7 @@ func (s *Service) DB() store.Backend { return s.db }
 // included).
 func (s *Service) Close() error {
 	s.stopSweep()
-	<-s.sweepDone
+	<-s.keepDone
 	<-s.flushDone // pending refusal summaries are written first
 	return s.db.Close()
 }
