@@ -14,7 +14,8 @@ const (
 func (a *app) agentsCommand() *cobra.Command {
 	cmd := a.group("agents", "Manage visible agents under app installations", `  backlog agents list --installation inst_1
   backlog agents create triage-bot --installation inst_1 --role member --team team_1
-  backlog agents rotate-key agt_123`, "agent")
+  backlog agents rotate-key agt_123
+  backlog agents self rotate-key          # as the agent, with its own pair`, "agent")
 	cmd.AddCommand(
 		a.agentsListCommand(),
 		a.agentsGetCommand(),
@@ -22,6 +23,7 @@ func (a *app) agentsCommand() *cobra.Command {
 		a.agentsUpdateCommand(),
 		a.agentsRotateKeyCommand(),
 		a.agentsRevokeCommand(),
+		a.agentsSelfCommand(),
 	)
 	return cmd
 }
@@ -42,7 +44,7 @@ func (a *app) agentsListCommand() *cobra.Command {
 			if installation != "" {
 				q.Set("installationId", installation)
 			}
-			raw, _, err := a.call(cmd.Context(), "GET", agentsPath, nil, q, nil)
+			raw, err := a.listCall(cmd.Context(), &pf, agentsPath, nil, q, "agents")
 			if err != nil {
 				return err
 			}
@@ -130,7 +132,7 @@ and rotation secret (blg_rot_…) are printed once: give both to the agent.`,
 		Example: `  backlog agents create triage-bot --installation inst_1 --role member --team team_1`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if installation == "" {
-				return fmt.Errorf("--installation is required: the installation id the agent belongs to (see backlog installations list)")
+				return usageErrorf("--installation is required: the installation id the agent belongs to (see %s)", a.run("installations list"))
 			}
 			body := map[string]any{"name": name}
 			if len(teams) > 0 {
@@ -198,7 +200,7 @@ func (a *app) agentsUpdateCommand() *cobra.Command {
 				body["suspended"] = suspended
 			}
 			if len(body) == 0 {
-				return fmt.Errorf("nothing to update: pass at least one of --name, --team, --role, --suspended")
+				return usageErrorf("nothing to update: pass at least one of --name, --team, --role, --suspended")
 			}
 			raw, _, err := a.call(cmd.Context(), "PATCH", agentsPath+"/%s", args, nil, body)
 			if err != nil {
@@ -216,7 +218,7 @@ func (a *app) agentsUpdateCommand() *cobra.Command {
 }
 
 func (a *app) agentsRotateKeyCommand() *cobra.Command {
-	return &cobra.Command{
+	return withYes(&cobra.Command{
 		Use:   "rotate-key AGENT_ID",
 		Short: "Rotate an agent's API key and rotation secret (both leaked)",
 		Long: `Rotate both credentials of an agent as an owner or admin: the path for when
@@ -225,6 +227,9 @@ once.`,
 		Example: `  backlog agents rotate-key agt_123`,
 		Args:    exactArgs(1, "an agent id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.confirm(cmd, "Rotate the API key and rotation secret of agent "+args[0]+"? The old pair stops working at once."); err != nil {
+				return err
+			}
 			raw, _, err := a.call(cmd.Context(), "POST", agentsPath+"/%s/rotate-key", args, nil, map[string]any{})
 			if err != nil {
 				return err
@@ -252,16 +257,19 @@ once.`,
 			a.showOnce("API key and rotation secret", "API key", r.APIKey, "Rotation secret", r.RotationSecret)
 			return nil
 		},
-	}
+	})
 }
 
 func (a *app) agentsRevokeCommand() *cobra.Command {
-	return &cobra.Command{
+	return withYes(&cobra.Command{
 		Use:     "revoke AGENT_ID",
 		Short:   "Revoke an agent: its credentials stop working for good",
 		Example: `  backlog agents revoke agt_123`,
 		Args:    exactArgs(1, "an agent id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.confirm(cmd, "Revoke agent "+args[0]+"? Its credentials stop working for good."); err != nil {
+				return err
+			}
 			raw, _, err := a.call(cmd.Context(), "POST", agentsPath+"/%s/revoke", args, nil, map[string]any{})
 			if err != nil {
 				return err
@@ -272,7 +280,7 @@ func (a *app) agentsRevokeCommand() *cobra.Command {
 			fmt.Fprintf(a.stdout(), "Revoked agent %s: its API key and rotation secret stopped working.\n", args[0])
 			return a.printAgent(raw)
 		},
-	}
+	})
 }
 
 func (a *app) installationsCommand() *cobra.Command {
@@ -285,7 +293,7 @@ func (a *app) installationsCommand() *cobra.Command {
 		Example: `  backlog installations list -o json`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			raw, _, err := a.call(cmd.Context(), "GET", installationsPath, nil, pf.query(), nil)
+			raw, err := a.listCall(cmd.Context(), &pf, installationsPath, nil, pf.query(), "installations")
 			if err != nil {
 				return err
 			}

@@ -39,6 +39,9 @@ type Env struct {
 	HTTPClient *http.Client
 	// Now is the clock (access-token expiry checks).
 	Now func() time.Time
+	// Keyring is the OS keyring for profiles that keep their credentials
+	// there (BACKLOG_CREDENTIAL_STORE=keyring); nil: there is none.
+	Keyring Keyring
 }
 
 // SystemEnv is the Env of a real process: os.Stdin/Stdout/Stderr, the process
@@ -56,6 +59,7 @@ func SystemEnv() *Env {
 			fmt.Fprintln(os.Stderr)
 			return string(b), err
 		},
+		Keyring: osKeyring{},
 	}
 }
 
@@ -107,9 +111,9 @@ func Main(ctx context.Context, args []string, env *Env) int {
 		if errors.As(err, &he) && he.Hint() != "" {
 			fmt.Fprintln(env.Stderr, "Hint: "+Redact(he.Hint()))
 		}
-		return 1
+		return ExitCode(err)
 	}
-	return 0
+	return ExitOK
 }
 
 type hinter interface{ Hint() string }
@@ -146,6 +150,7 @@ func NewCommand(env *Env) *cobra.Command {
 	env = env.withDefaults()
 	a := &app{env: env}
 	defProfile := env.Getenv("BACKLOG_PROFILE")
+	envProfile := defProfile != ""
 	if defProfile == "" {
 		defProfile = "default"
 	}
@@ -163,7 +168,9 @@ Resource commands never send a long-lived automation secret: exchange it for a
 short-lived access token first with "backlog auth exchange --save".
 
 Environment: BACKLOG_URL (default ` + DefaultURL + `), BACKLOG_PROFILE,
-BACKLOG_CONFIG_DIR.`,
+BACKLOG_CONFIG_DIR, BACKLOG_CREDENTIAL_STORE (file, the default, or keyring).
+
+` + exitCodesHelp,
 		Example: `  # A fresh server: create a workspace and keep its owner's token
   backlog workspaces create Acme --operator-token-file data/operator-token --save
 
@@ -175,16 +182,25 @@ BACKLOG_CONFIG_DIR.`,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			if a.output != "table" && a.output != "json" {
-				return fmt.Errorf("unknown output format %q: use table or json", a.output)
+				return usageErrorf("unknown output format %q: use table or json", a.output)
 			}
-			return validProfileName(a.profileName)
+			if !envProfile && !cmd.Flags().Changed("profile") {
+				// No --profile and no $BACKLOG_PROFILE: the profile that
+				// `profiles use` made active, else "default".
+				name, err := a.activeProfile()
+				if err != nil {
+					return err
+				}
+				a.profileName = name
+			}
+			return markUsage(validProfileName(a.profileName))
 		},
 	}
 	root.SetIn(env.Stdin)
 	root.SetOut(env.Stdout)
 	root.SetErr(env.Stderr)
 	pf := root.PersistentFlags()
-	pf.StringVar(&a.profileName, "profile", defProfile, "profile to read credentials from and save them to ($BACKLOG_PROFILE)")
+	pf.StringVar(&a.profileName, "profile", defProfile, "profile to read credentials from and save them to ($BACKLOG_PROFILE; else the one that profiles use chose)")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	pf.StringVar(&a.urlFlag, "url", "", "REST API base URL (overrides $BACKLOG_URL and the profile's url; default "+DefaultURL+")")
 
@@ -196,7 +212,13 @@ BACKLOG_CONFIG_DIR.`,
 		a.agentsCommand(),
 		a.installationsCommand(),
 		a.secretsCommand(),
+		a.auditCommand(),
+		a.httpRequestCommand(),
+		a.profilesCommand(),
 	)
+	for _, f := range extraCommands {
+		root.AddCommand(f(a))
+	}
 
 	root.SetHelpCommand(&cobra.Command{
 		Use:     "help [command]",
@@ -218,13 +240,28 @@ BACKLOG_CONFIG_DIR.`,
 		if c.Name() != "completion" {
 			continue
 		}
-		c.Example = "  source <(backlog completion bash)"
+		c.Example = "  source <(./backlog.sh completion bash)"
 		for _, sub := range c.Commands() {
-			sub.Example = "  backlog completion " + sub.Name() + " > backlog-completion." + sub.Name()
+			sub.Example = "  ./backlog.sh completion " + sub.Name() + " > backlog-completion." + sub.Name()
+			if sub.Name() == "bash" {
+				completeWrapperToo(sub)
+			}
 		}
 	}
+	markUsageErrors(root)
 	return root
 }
+
+// extraCommands are top-level commands that files add with
+// registerCommand (from an init function), so that a new command group needs
+// no edit here.
+var extraCommands []func(*app) *cobra.Command
+
+// registerCommand adds a top-level command to every tree NewCommand builds.
+// Call it from an init function:
+//
+//	func init() { registerCommand((*app).connectionsCommand) }
+func registerCommand(f func(*app) *cobra.Command) { extraCommands = append(extraCommands, f) }
 
 func (a *app) stdout() io.Writer { return a.env.Stdout }
 func (a *app) stderr() io.Writer { return a.env.Stderr }
@@ -234,8 +271,24 @@ func (a *app) jsonOut() bool     { return a.output == "json" }
 func exactArgs(n int, what string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) != n {
-			return fmt.Errorf("%s expects %s (got %d arguments); see %s --help", cmd.CommandPath(), what, len(args), cmd.CommandPath())
+			return fmt.Errorf("%s expects %s (got %d arguments); see %s --help", cmd.CommandPath(), what, len(args), helpPath(cmd))
 		}
 		return nil
+	}
+}
+
+// completeWrapperToo makes the bash completion script complete ./backlog.sh
+// (the wrapper people run) as well as backlog.
+func completeWrapperToo(bash *cobra.Command) {
+	gen := bash.RunE
+	if gen == nil {
+		return
+	}
+	bash.RunE = func(cmd *cobra.Command, args []string) error {
+		if err := gen(cmd, args); err != nil {
+			return err
+		}
+		_, err := fmt.Fprintf(cmd.OutOrStdout(), "\n# The wrapper at the repository root.\ncomplete -o default -F __start_%s %s\n", cmd.Root().Name(), progName)
+		return err
 	}
 }

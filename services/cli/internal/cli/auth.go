@@ -20,7 +20,7 @@ func (a *app) authCommand() *cobra.Command {
 		Args: cobra.ArbitraryArgs,
 		RunE: groupRun,
 	}
-	cmd.AddCommand(a.authSetTokenCommand(), a.authExchangeCommand(), a.authUseCommand(), a.authStatusCommand())
+	cmd.AddCommand(a.authSetTokenCommand(), a.authExchangeCommand(), a.authUseCommand(), a.authStatusCommand(), a.authLogoutCommand())
 	return cmd
 }
 
@@ -31,7 +31,7 @@ func kindFlag(v string) (credfmt.Kind, error) {
 			return s.kind, nil
 		}
 	}
-	return "", fmt.Errorf("unknown --kind %q: use auto, at, pat, agk or op", v)
+	return "", usageErrorf("unknown --kind %q: use auto, at, pat, agk or op", v)
 }
 
 func (a *app) authSetTokenCommand() *cobra.Command {
@@ -46,6 +46,8 @@ func (a *app) authSetTokenCommand() *cobra.Command {
   blg_pat_…   personal access token
   blg_agk_…   agent API key
   blg_op_…    operator token
+  blg_rot_…   agent rotation secret (never sent as a bearer credential: only
+              "agents self rotate-key" sends it, with the agent API key)
 
 The checksum is verified first, so a mistyped or truncated credential is
 rejected. With TOKEN "-" or omitted, the credential is read from stdin when it
@@ -79,7 +81,7 @@ secret switches the profile to its access token: run "backlog auth exchange
 				return fmt.Errorf("expected %s, but this is %s: not storing it", article(kindNoun(want)), article(kindNoun(parsed.Kind)))
 			}
 			if parsed.Kind == credfmt.RotationSecret {
-				return fmt.Errorf("this is an agent rotation secret (blg_rot_…), not a bearer credential: it is only ever sent in the body of POST /v1/agents/self/rotate-key. Store the agent's API key (blg_agk_…) instead")
+				return a.storeRotationSecret(tok)
 			}
 			s, ok := slotByKind(parsed.Kind)
 			if !ok {
@@ -118,11 +120,11 @@ secret switches the profile to its access token: run "backlog auth exchange
 			}
 			switch s.use {
 			case UseSecret:
-				fmt.Fprintf(out, "Stored an automation secret in profile %s. Next: backlog auth exchange --save\n", a.profileName)
+				fmt.Fprintf(out, "Stored an automation secret in profile %s. Next: %s\n", a.profileName, a.cmdLine("auth exchange --save"))
 			case UseAccess:
-				fmt.Fprintf(out, "Stored an access token in profile %s; resource commands now send it (use=access). Its expiry is unknown until `backlog auth status --check`.\n", a.profileName)
+				fmt.Fprintf(out, "Stored an access token in profile %s; resource commands now send it (use=access). Its expiry is unknown until %s.\n", a.profileName, a.run("auth status --check"))
 			case UseOperator:
-				fmt.Fprintf(out, "Stored an operator token in profile %s (use=operator). It can only create workspaces: backlog workspaces create NAME --save\n", a.profileName)
+				fmt.Fprintf(out, "Stored an operator token in profile %s (use=operator). It can only create workspaces: %s\n", a.profileName, a.cmdLine("workspaces create NAME --save"))
 			default:
 				fmt.Fprintf(out, "Stored %s in profile %s; resource commands now send it (use=%s).\n", article(s.noun), a.profileName, s.use)
 			}
@@ -178,12 +180,12 @@ a subset of the automation's scopes.`,
 				return err
 			}
 			if p.Secret == "" {
-				return fmt.Errorf("no automation secret in profile %s: run backlog auth set-token blg_auto_…", a.profileName)
+				return authErrorf("no automation secret in profile %s: run %s", a.profileName, a.cmdLine("auth set-token blg_auto_…"))
 			}
 			body := map[string]any{}
 			if cmd.Flags().Changed("ttl") {
 				if ttl < time.Second {
-					return fmt.Errorf("--ttl must be at least 1s (got %s)", ttl)
+					return usageErrorf("--ttl must be at least 1s (got %s)", ttl)
 				}
 				body["ttlSeconds"] = int64(ttl / time.Second)
 			}
@@ -280,14 +282,14 @@ automation secret: only "backlog auth exchange" ever does.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, ok := slotByUse(args[0])
 			if !ok {
-				return fmt.Errorf("unknown credential %q: use access, secret, personal, agent or operator", args[0])
+				return usageErrorf("unknown credential %q: use access, secret, personal, agent or operator", args[0])
 			}
 			p, err := a.loadProfile()
 			if err != nil {
 				return err
 			}
 			if *s.get(p) == "" && (s.use != UseAccess || p.Secret == "") {
-				return fmt.Errorf("profile %s holds no %s: run backlog auth set-token blg_%s_…", a.profileName, s.noun, s.kind)
+				return authErrorf("profile %s holds no %s: run %s", a.profileName, s.noun, a.cmdLine("auth set-token blg_"+string(s.kind)+"_…"))
 			}
 			p.Use = s.use
 			if err := a.saveProfile(p); err != nil {
@@ -299,9 +301,9 @@ automation secret: only "backlog auth exchange" ever does.`,
 			fmt.Fprintf(a.stdout(), "Profile %s now uses its %s.\n", a.profileName, s.noun)
 			switch {
 			case s.use == UseSecret:
-				fmt.Fprintln(a.stdout(), "Resource commands refuse to send it: run `backlog auth exchange --save` to work with an access token.")
+				fmt.Fprintln(a.stdout(), "Resource commands refuse to send it: run "+a.run("auth exchange --save")+" to work with an access token.")
 			case s.use == UseAccess && p.AccessToken == "":
-				fmt.Fprintln(a.stdout(), "It holds no access token yet: run `backlog auth exchange --save`.")
+				fmt.Fprintln(a.stdout(), "It holds no access token yet: run "+a.run("auth exchange --save")+".")
 			}
 			return nil
 		},
@@ -350,7 +352,11 @@ func (a *app) authStatusCommand() *cobra.Command {
 which credentials it holds (only their first 12 characters).
 
 With --check, ask the server too (GET /v1/auth/whoami) and remember the
-credential's workspace as the profile's default.`,
+credential's workspace as the profile's default.
+
+Exits 3 when the credential in use cannot work: none is stored, it is an
+automation secret, the saved access token has expired, or (with --check) the
+server refuses it (expired, revoked, rotated away, suspended).`,
 		Example: `  backlog auth status
   backlog auth status --check
   backlog --profile ci auth status -o json`,
@@ -414,7 +420,16 @@ credential's workspace as the profile's default.`,
 					rep.Credentials = append(rep.Credentials, statusCredential{Kind: string(s.kind), Name: s.noun, Prefix: Shorten(tok)})
 				}
 			}
+			if p.RotationSecret != "" {
+				rep.Credentials = append(rep.Credentials, statusCredential{Kind: string(credfmt.RotationSecret), Name: "agent rotation secret", Prefix: Shorten(p.RotationSecret)})
+			}
 
+			// Non-zero (3) when what the profile would send cannot work:
+			// nothing stored, an automation secret, an expired token, or
+			// (with --check) a credential the server refused.
+			if checkErr == nil {
+				checkErr = a.statusProblem(p, rep)
+			}
 			if a.jsonOut() {
 				if err := a.printValue(rep); err != nil {
 					return err
@@ -426,14 +441,14 @@ credential's workspace as the profile's default.`,
 			w.field("API URL", rep.URL)
 			switch {
 			case use == "":
-				w.field("In use", "nothing: run `backlog auth set-token` with a credential")
+				w.field("In use", "nothing: run "+a.run("auth set-token")+" with a credential")
 			case use == UseAccess && p.AccessToken == "":
-				w.field("In use", "access token (none yet: run `backlog auth exchange --save`)")
+				w.field("In use", "access token (none yet: run "+a.run("auth exchange --save")+")")
 			default:
 				w.field("In use", rep.InUse+", use="+use)
 			}
 			if use == UseSecret {
-				w.field("Note", "resource commands refuse to send an automation secret: run `backlog auth exchange --save`")
+				w.field("Note", "resource commands refuse to send an automation secret: run "+a.run("auth exchange --save"))
 			}
 			w.field("Workspace", showStr(rep.WorkspaceID))
 			if rep.AutomationID != "" {
@@ -445,9 +460,9 @@ credential's workspace as the profile's default.`,
 			if use == UseAccess && p.AccessToken != "" {
 				switch {
 				case p.AccessTokenExpiresAt == nil:
-					w.field("Expires", "unknown (`backlog auth status --check` asks the server)")
+					w.field("Expires", "unknown ("+a.run("auth status --check")+" asks the server)")
 				case *rep.Expired:
-					w.field("Expires", "EXPIRED at "+rep.ExpiresAt+" ("+until(*p.AccessTokenExpiresAt, now)+"): run `backlog auth exchange --save`")
+					w.field("Expires", "EXPIRED at "+rep.ExpiresAt+" ("+until(*p.AccessTokenExpiresAt, now)+"): run "+a.run("auth exchange --save"))
 				default:
 					w.field("Expires", rep.ExpiresAt+" ("+until(*p.AccessTokenExpiresAt, now)+")")
 				}
@@ -507,4 +522,45 @@ func (a *app) whoami(cmd *cobra.Command, p *Profile) ([]byte, error) {
 		return nil, err
 	}
 	return a.send(cmd.Context(), p, request{method: "GET", path: "/v1/auth/whoami", token: token})
+}
+
+// statusProblem is the error `auth status` exits with when the credential in
+// use cannot work, or nil.
+func (a *app) statusProblem(p *Profile, rep statusReport) error {
+	use := effectiveUse(p)
+	switch {
+	case use == "":
+		return authErrorf("profile %s holds no credential: run %s", a.profileName, a.run("auth set-token"))
+	case use == UseSecret:
+		return authErrorf("profile %s uses its automation secret, which resource commands refuse to send: run %s", a.profileName, a.run("auth exchange --save"))
+	case use == UseAccess && p.AccessToken == "":
+		return authErrorf("profile %s holds no access token: run %s", a.profileName, a.run("auth exchange --save"))
+	case rep.Expired != nil && *rep.Expired:
+		return authErrorf("the access token of profile %s expired at %s: run %s", a.profileName, rep.ExpiresAt, a.run("auth exchange --save"))
+	}
+	if s, ok := slotByUse(use); ok && use != UseAccess && *s.get(p) == "" {
+		return authErrorf("profile %s is set to use its %s but holds none: run %s", a.profileName, s.noun, a.run("auth set-token"))
+	}
+	return nil
+}
+
+// storeRotationSecret keeps an agent's rotation secret in the profile,
+// beside its API key. It never changes what resource commands send.
+func (a *app) storeRotationSecret(tok string) error {
+	p, err := a.loadProfile()
+	if err != nil {
+		return err
+	}
+	p.RotationSecret = tok
+	if err := a.saveProfile(p); err != nil {
+		return err
+	}
+	if a.jsonOut() {
+		return a.printValue(map[string]string{"profile": a.profileName, "stored": "agent rotation secret", "kind": string(credfmt.RotationSecret), "use": effectiveUse(p)})
+	}
+	fmt.Fprintf(a.stdout(), "Stored an agent rotation secret in profile %s. It is never sent as a bearer credential; %s sends it with the agent API key.\n", a.profileName, a.run("agents self rotate-key"))
+	if p.AgentKey == "" {
+		fmt.Fprintf(a.stdout(), "Store the agent's API key too: %s\n", a.cmdLine("auth set-token blg_agk_…"))
+	}
+	return nil
 }

@@ -32,7 +32,7 @@ func (a *app) automationsListCommand() *cobra.Command {
   backlog automations list --page-size 50 -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			raw, _, err := a.call(cmd.Context(), "GET", automationsPath, nil, pf.query(), nil)
+			raw, err := a.listCall(cmd.Context(), &pf, automationsPath, nil, pf.query(), "automations")
 			if err != nil {
 				return err
 			}
@@ -158,7 +158,7 @@ where the automation runs (or in a profile with "backlog auth set-token").`,
 				return err
 			}
 			a.showOnce("automation secret", "Automation secret", r.Secret)
-			fmt.Fprintln(a.stderr(), "To act as it here: backlog auth set-token - (paste the secret), then backlog auth exchange --save")
+			fmt.Fprintln(a.stderr(), "To act as it here: "+a.cmdLine("auth set-token -")+" (paste the secret), then "+a.cmdLine("auth exchange --save"))
 			return nil
 		},
 	}
@@ -205,7 +205,7 @@ is. --team "" or --scope "" clears the list.`,
 				body["suspended"] = suspended
 			}
 			if len(body) == 0 {
-				return fmt.Errorf("nothing to update: pass at least one of --name, --description, --team, --scope, --suspended")
+				return usageErrorf("nothing to update: pass at least one of --name, --description, --team, --scope, --suspended")
 			}
 			raw, _, err := a.call(cmd.Context(), "PATCH", automationsPath+"/%s", args, nil, body)
 			if err != nil {
@@ -239,6 +239,9 @@ func (a *app) automationsRotateCommand() *cobra.Command {
   backlog automations rotate-secret auto_123 --label ci-2025`,
 		Args: exactArgs(1, "an automation id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.confirm(cmd, "Rotate the secret of automation "+args[0]+"? The old secret and its access tokens stop working at once."); err != nil {
+				return err
+			}
 			body := map[string]any{}
 			if label != "" {
 				body["credentialLabel"] = label
@@ -271,22 +274,26 @@ func (a *app) automationsRotateCommand() *cobra.Command {
 				a.showOnce("automation secret", "Automation secret", r.Secret)
 			}
 			if p != nil && p.Secret != "" && p.AutomationID == args[0] {
-				fmt.Fprintf(a.stderr(), "Profile %s holds this automation's old secret: store the new one with backlog auth set-token -\n", a.profileName)
+				fmt.Fprintf(a.stderr(), "Profile %s holds this automation's old secret: store the new one with %s\n", a.profileName, a.cmdLine("auth set-token -"))
 			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&label, "label", "", "label of the new secret (credentialLabel)")
+	addYesFlag(cmd)
 	return cmd
 }
 
 func (a *app) automationsDeleteCommand() *cobra.Command {
-	return &cobra.Command{
+	return withYes(&cobra.Command{
 		Use:     "delete AUTOMATION_ID",
 		Short:   "Delete an automation; its secret and tokens stop working",
 		Example: `  backlog automations delete auto_123`,
 		Args:    exactArgs(1, "an automation id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.confirm(cmd, "Delete automation "+args[0]+"? Its secret and access tokens stop working."); err != nil {
+				return err
+			}
 			raw, _, err := a.call(cmd.Context(), "DELETE", automationsPath+"/%s", args, nil, nil)
 			if err != nil {
 				return err
@@ -297,5 +304,5 @@ func (a *app) automationsDeleteCommand() *cobra.Command {
 			_, err = fmt.Fprintf(a.stdout(), "Deleted automation %s.\n", args[0])
 			return err
 		},
-	}
+	})
 }

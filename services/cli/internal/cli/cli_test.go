@@ -24,7 +24,7 @@ func TestSetTokenStoresByKind(t *testing.T) {
 		wantUse string
 		wantOut string
 	}{
-		{credfmt.Automation, func(p *Profile) string { return p.Secret }, UseAccess, "Stored an automation secret in profile default. Next: backlog auth exchange --save"},
+		{credfmt.Automation, func(p *Profile) string { return p.Secret }, UseAccess, "Stored an automation secret in profile default. Next: ./backlog.sh auth exchange --save"},
 		{credfmt.Personal, func(p *Profile) string { return p.PersonalToken }, UsePersonal, "Stored a personal access token in profile default"},
 		{credfmt.AccessToken, func(p *Profile) string { return p.AccessToken }, UseAccess, "Stored an access token in profile default"},
 		{credfmt.AgentKey, func(p *Profile) string { return p.AgentKey }, UseAgent, "Stored an agent API key in profile default"},
@@ -68,7 +68,6 @@ func TestSetTokenRejectsBadCredentials(t *testing.T) {
 		{"checksum", badChecksum, "checksum does not match"},
 		{"format", "ghp_notabacklogtoken", "not a Backlog credential"},
 		{"kind", "blg_zzz_abcdefghijk", "unknown kind"},
-		{"rotation secret", credfmt.New(credfmt.RotationSecret), "rotation secret (blg_rot_…), not a bearer credential"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -272,8 +271,8 @@ func TestExchangeNeedsASecret(t *testing.T) {
 	h := newHarness(t)
 	h.mustRun("auth", "set-token", h.personal)
 	r := h.run("auth", "exchange", "--save")
-	want := "no automation secret in profile default: run backlog auth set-token blg_auto_…"
-	if r.code != 1 || !strings.Contains(r.stderr, want) {
+	want := "no automation secret in profile default: run ./backlog.sh auth set-token blg_auto_…"
+	if r.code != ExitAuth || !strings.Contains(r.stderr, want) {
 		t.Errorf("exit %d, stderr %q", r.code, r.stderr)
 	}
 	if len(h.api.requests()) != 0 {
@@ -290,22 +289,22 @@ func TestResourceCommandsRefuseAutomationSecret(t *testing.T) {
 		{"automations", "list", "-w", "ws_1"},
 		{"automations", "create", "x", "-w", "ws_1"},
 		{"secrets", "list"}, // no workspace known yet: still refused first
-		{"agents", "revoke", "agt_1", "-w", "ws_1"},
+		{"agents", "revoke", "agt_1", "-w", "ws_1", "--yes"},
 		{"auth", "status", "--check"},
 	}
 	for _, args := range cmds {
 		r := h.run(args...)
-		if r.code != 1 {
-			t.Errorf("%v: exit %d, want 1", args, r.code)
+		if r.code != ExitAuth {
+			t.Errorf("%v: exit %d, want %d", args, r.code, ExitAuth)
 		}
 		if !strings.Contains(r.stderr, "refusing to send a long-lived automation secret to ") ||
-			!strings.Contains(r.stderr, "run `backlog auth exchange --save` first") {
+			!strings.Contains(r.stderr, "run `./backlog.sh auth exchange --save` first") {
 			t.Errorf("%v: stderr = %q", args, r.stderr)
 		}
 		assertNoToken(t, "stderr", r.stdout+r.stderr, h.secret)
 	}
 	r := h.run("automations", "list", "-w", "ws_1")
-	if want := "refusing to send a long-lived automation secret to GET /v1/workspaces/ws_1/automations: run `backlog auth exchange --save` first"; !strings.Contains(r.stderr, want) {
+	if want := "refusing to send a long-lived automation secret to GET /v1/workspaces/ws_1/automations: run `./backlog.sh auth exchange --save` first"; !strings.Contains(r.stderr, want) {
 		t.Errorf("stderr = %q, want %q", r.stderr, want)
 	}
 	// A secret sent anyway fails with a refusal from the server too, but it
@@ -315,7 +314,7 @@ func TestResourceCommandsRefuseAutomationSecret(t *testing.T) {
 	}
 	// A secrets create must not even prompt for the value.
 	r = h.runWith(runOpts{terminal: true, typed: "never-asked"}, "secrets", "create", "db", "-w", "ws_1")
-	if r.code != 1 || !strings.Contains(r.stderr, "refusing") {
+	if r.code != ExitAuth || !strings.Contains(r.stderr, "refusing") {
 		t.Errorf("secrets create with use=secret: exit %d, %q", r.code, r.stderr)
 	}
 }
@@ -326,17 +325,17 @@ func TestExpiredAccessTokenIsReported(t *testing.T) {
 	h.saveProfile("default", &Profile{Use: UseAccess, AccessToken: h.accessToken, AccessTokenExpiresAt: &exp, WorkspaceID: "ws_1", Secret: h.secret})
 
 	r := h.run("automations", "list")
-	want := "the saved access token expired at " + fmtTime(exp) + ": run `backlog auth exchange --save` to get a new one"
-	if r.code != 1 || !strings.Contains(r.stderr, want) {
+	want := "the saved access token expired at " + fmtTime(exp) + ": run `./backlog.sh auth exchange --save` to get a new one"
+	if r.code != ExitAuth || !strings.Contains(r.stderr, want) {
 		t.Errorf("exit %d, stderr %q, want %q", r.code, r.stderr, want)
 	}
 	if n := len(h.api.requests()); n != 0 {
 		t.Errorf("%d requests sent with an expired token", n)
 	}
-	// auth status says so too, and the renewal works.
-	r = h.mustRun("auth", "status")
-	if !strings.Contains(r.stdout, "EXPIRED at "+fmtTime(exp)) {
-		t.Errorf("status = %q", r.stdout)
+	// auth status says so too, exits 3, and the renewal works.
+	r = h.run("auth", "status")
+	if r.code != ExitAuth || !strings.Contains(r.stdout, "EXPIRED at "+fmtTime(exp)) {
+		t.Errorf("status: exit %d, %q", r.code, r.stdout)
 	}
 	h.mustRun("auth", "exchange", "--save")
 	h.mustRun("automations", "list")
@@ -389,7 +388,7 @@ func TestAutomationsCreate(t *testing.T) {
 		{"automations", "create", "a", "--name", "b"},
 		{"automations", "create", "a", "b"},
 	} {
-		if r := h.run(args...); r.code != 1 || !strings.Contains(r.stderr, "NAME") {
+		if r := h.run(args...); r.code != ExitUsage || !strings.Contains(r.stderr, "NAME") {
 			t.Errorf("%v: exit %d, %q", args, r.code, r.stderr)
 		}
 	}
@@ -426,7 +425,7 @@ func TestAutomationsUpdateSendsOnlyChangedFlags(t *testing.T) {
 	}
 	n := len(h.api.requests())
 	r := h.run("automations", "update", "auto_1")
-	if r.code != 1 || !strings.Contains(r.stderr, "nothing to update") {
+	if r.code != ExitUsage || !strings.Contains(r.stderr, "nothing to update") {
 		t.Errorf("update without flags: exit %d, %q", r.code, r.stderr)
 	}
 	if len(h.api.requests()) != n {
@@ -438,7 +437,7 @@ func TestAutomationsRotateSecret(t *testing.T) {
 	h := newHarness(t)
 	h.saveProfile("default", &Profile{Use: UsePersonal, PersonalToken: h.personal, WorkspaceID: "ws_1"})
 
-	r := h.mustRun("automations", "rotate-secret", "auto_1", "--label", "ci")
+	r := h.mustRun("automations", "rotate-secret", "auto_1", "--label", "ci", "--yes")
 	req := h.api.last(t)
 	if req.Method != "POST" || req.Path != "/v1/workspaces/ws_1/automations/auto_1/rotate-secret" {
 		t.Fatalf("sent %s %s", req.Method, req.Path)
@@ -453,7 +452,7 @@ func TestAutomationsRotateSecret(t *testing.T) {
 		t.Errorf("stderr = %q", r.stderr)
 	}
 
-	h.mustRun("automations", "rotate-secret", "auto_1", "-w", "ws_other")
+	h.mustRun("automations", "rotate-secret", "auto_1", "-w", "ws_other", "-y")
 	req = h.api.last(t)
 	if req.Path != "/v1/workspaces/ws_other/automations/auto_1/rotate-secret" || len(req.bodyMap(t)) != 0 {
 		t.Errorf("sent %s with body %s", req.Path, req.Body)
@@ -503,7 +502,7 @@ func TestAPIErrorsAreReported(t *testing.T) {
 	h := newHarness(t)
 	h.saveProfile("default", &Profile{Use: UsePersonal, PersonalToken: h.personal, WorkspaceID: "ws_1"})
 	r := h.run("automations", "get", "nope")
-	if r.code != 1 || !strings.Contains(r.stderr, "Error: automation not found (HTTP 404)") {
+	if r.code != ExitNotFound || !strings.Contains(r.stderr, "Error: automation not found (HTTP 404)") {
 		t.Errorf("exit %d, stderr %q", r.code, r.stderr)
 	}
 
@@ -514,7 +513,7 @@ func TestAPIErrorsAreReported(t *testing.T) {
 	future := h.now.Add(time.Hour)
 	h.saveProfile("default", &Profile{Use: UseAccess, AccessToken: h.accessToken, AccessTokenExpiresAt: &future, WorkspaceID: "ws_1"})
 	r = h.run("agents", "list")
-	if r.code != 1 || !strings.Contains(r.stderr, "Error: access token revoked (HTTP 401)") || !strings.Contains(r.stderr, "backlog auth exchange --save") {
+	if r.code != ExitAuth || !strings.Contains(r.stderr, "Error: access token revoked (HTTP 401)") || !strings.Contains(r.stderr, "`./backlog.sh auth exchange --save`") {
 		t.Errorf("exit %d, stderr %q", r.code, r.stderr)
 	}
 	assertNoToken(t, "stderr", r.stderr, h.accessToken)
@@ -576,7 +575,7 @@ func TestAuthUse(t *testing.T) {
 	h := newHarness(t)
 	h.mustRun("auth", "set-token", h.personal)
 	r := h.run("auth", "use", "agent")
-	if r.code != 1 || !strings.Contains(r.stderr, "holds no agent API key") {
+	if r.code != ExitAuth || !strings.Contains(r.stderr, "holds no agent API key") {
 		t.Errorf("use agent without one: exit %d, %q", r.code, r.stderr)
 	}
 	h.mustRun("auth", "set-token", h.secret) // use becomes access
@@ -592,7 +591,7 @@ func TestAuthUse(t *testing.T) {
 		t.Errorf("use secret: %q", r.stdout)
 	}
 	r = h.run("auth", "use", "bogus")
-	if r.code != 1 {
+	if r.code != ExitUsage {
 		t.Errorf("use bogus: exit %d", r.code)
 	}
 }
@@ -628,7 +627,7 @@ func TestSecretValueComesFromStdinAndIsNeverShown(t *testing.T) {
 
 	// There is no --value flag.
 	r = h.run("secrets", "create", "db4", "--value", value)
-	if r.code != 1 || strings.Contains(r.stdout+r.stderr, value) {
+	if r.code != ExitUsage || strings.Contains(r.stdout+r.stderr, value) {
 		t.Errorf("--value: exit %d, output %q", r.code, r.stdout+r.stderr)
 	}
 
@@ -694,7 +693,7 @@ func TestErrorOutputRedactsCredentials(t *testing.T) {
 	h := newHarness(t)
 	tok := credfmt.New(credfmt.Personal)
 	r := h.run(tok) // an unknown command, which cobra quotes
-	if r.code != 1 {
+	if r.code != ExitUsage {
 		t.Fatalf("exit %d", r.code)
 	}
 	assertNoToken(t, "stderr", r.stderr, tok)
@@ -706,7 +705,7 @@ func TestErrorOutputRedactsCredentials(t *testing.T) {
 func TestUnknownSubcommandFails(t *testing.T) {
 	h := newHarness(t)
 	r := h.run("automations", "lst")
-	if r.code != 1 || !strings.Contains(r.stderr, `unknown command "lst" for "backlog automations"`) || !strings.Contains(r.stderr, "did you mean list") {
+	if r.code != ExitUsage || !strings.Contains(r.stderr, `unknown command "lst" for "backlog automations"`) || !strings.Contains(r.stderr, "did you mean") || !strings.Contains(r.stderr, " list?") {
 		t.Errorf("exit %d, %q", r.code, r.stderr)
 	}
 	if r := h.run("auth"); r.code != 0 || !strings.Contains(r.stdout, "set-token") {
@@ -738,7 +737,7 @@ func TestWorkspaceIsRequired(t *testing.T) {
 	h := newHarness(t)
 	h.saveProfile("default", &Profile{Use: UsePersonal, PersonalToken: h.personal})
 	r := h.run("automations", "list")
-	if r.code != 1 || !strings.Contains(r.stderr, "no workspace") {
+	if r.code != ExitUsage || !strings.Contains(r.stderr, "no workspace") {
 		t.Errorf("exit %d, %q", r.code, r.stderr)
 	}
 	// whoami teaches it.

@@ -34,6 +34,12 @@ func (e *APIError) Error() string {
 // Hint says what to do about the error, if anything useful is known.
 func (e *APIError) Hint() string { return e.hint }
 
+// transportError: the request may or may not have reached the server, and
+// no answer came back (a refused or broken connection, a timeout).
+type transportError struct{ error }
+
+func (e *transportError) Unwrap() error { return e.error }
+
 // hintError is an error with a suggestion printed on its own line.
 type hintError struct {
 	err  error
@@ -70,6 +76,8 @@ type request struct {
 	query  url.Values
 	body   any // nil: no body
 	token  string
+	// header holds extra request headers (Idempotency-Key).
+	header map[string]string
 }
 
 // send performs r against the API and returns the raw JSON of a 2xx answer.
@@ -99,6 +107,9 @@ func (a *app) send(ctx context.Context, p *Profile, r request) ([]byte, error) {
 	if r.body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	for k, v := range r.header {
+		req.Header.Set(k, v)
+	}
 	if r.token != "" {
 		req.Header.Set("Authorization", "Bearer "+r.token)
 		a.warnPlainHTTP(req.URL)
@@ -109,14 +120,17 @@ func (a *app) send(ctx context.Context, p *Profile, r request) ([]byte, error) {
 			return nil, ctx.Err()
 		}
 		return nil, &hintError{
-			err:  fmt.Errorf("cannot reach the Backlog API at %s: %v", base, unwrapURLError(err)),
+			err:  &transportError{fmt.Errorf("cannot reach the Backlog API at %s: %v", base, unwrapURLError(err))},
 			hint: "is the server running? Start it with `make run`, or point the CLI elsewhere with --url or BACKLOG_URL",
 		}
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return nil, fmt.Errorf("read answer of %s %s: %w", r.method, r.path, err)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &transportError{fmt.Errorf("read answer of %s %s: %w", r.method, r.path, err)}
 	}
 	if resp.StatusCode/100 == 2 {
 		return raw, nil
@@ -144,10 +158,12 @@ func (a *app) apiError(resp *http.Response, raw []byte, p *Profile) error {
 	switch resp.StatusCode {
 	case http.StatusUnauthorized:
 		if p != nil && effectiveUse(p) == UseAccess {
-			e.hint = "an access token stops working when it expires or its automation is suspended, deleted or given a new secret: run `backlog auth exchange --save` for a new one"
+			e.hint = "an access token stops working when it expires or its automation is suspended, deleted or given a new secret: run " + a.run("auth exchange --save") + " for a new one"
 		} else {
-			e.hint = "check the credential of profile " + a.profileName + " with `backlog auth status --check`"
+			e.hint = "check the credential of profile " + a.profileName + " with " + a.run("auth status --check")
 		}
+	case http.StatusForbidden:
+		e.hint = a.forbiddenHint(p)
 	case http.StatusTooManyRequests:
 		if e.RetryAfter != "" {
 			e.hint = "rate limited: retry after " + e.RetryAfter + " seconds"
@@ -179,31 +195,31 @@ func (a *app) bearer(p *Profile, route string) (string, error) {
 	use := effectiveUse(p)
 	switch use {
 	case "":
-		return "", &hintError{
+		return "", withExit(ExitAuth, &hintError{
 			err:  fmt.Errorf("profile %s holds no credential", a.profileName),
-			hint: "run `backlog auth set-token` with a Backlog credential, or on a fresh server `backlog workspaces create NAME --operator-token-file data/operator-token --save`",
-		}
+			hint: "run " + a.run("auth set-token") + " with a Backlog credential, or on a fresh server " + a.run("workspaces create NAME --operator-token-file data/operator-token --save"),
+		})
 	case UseSecret:
-		return "", fmt.Errorf("refusing to send a long-lived automation secret to %s: run `backlog auth exchange --save` first", route)
+		return "", authErrorf("refusing to send a long-lived automation secret to %s: run %s first", route, a.run("auth exchange --save"))
 	case UseAccess:
 		if p.AccessToken == "" {
 			if p.Secret != "" {
-				return "", fmt.Errorf("no access token in profile %s: run `backlog auth exchange --save` to exchange its automation secret for one", a.profileName)
+				return "", authErrorf("no access token in profile %s: run %s to exchange its automation secret for one", a.profileName, a.run("auth exchange --save"))
 			}
-			return "", fmt.Errorf("no access token in profile %s: run `backlog auth set-token blg_auto_…` and `backlog auth exchange --save`", a.profileName)
+			return "", authErrorf("no access token in profile %s: run %s and %s", a.profileName, a.run("auth set-token blg_auto_…"), a.run("auth exchange --save"))
 		}
 		if p.AccessTokenExpiresAt != nil && !a.env.Now().Before(*p.AccessTokenExpiresAt) {
-			return "", fmt.Errorf("the saved access token expired at %s: run `backlog auth exchange --save` to get a new one", fmtTime(*p.AccessTokenExpiresAt))
+			return "", authErrorf("the saved access token expired at %s: run %s to get a new one", fmtTime(*p.AccessTokenExpiresAt), a.run("auth exchange --save"))
 		}
 		return p.AccessToken, nil
 	}
 	s, ok := slotByUse(use)
 	if !ok {
-		return "", fmt.Errorf("profile %s uses unknown credential %q: run `backlog auth use access|personal|agent|operator`", a.profileName, use)
+		return "", authErrorf("profile %s uses unknown credential %q: run %s", a.profileName, use, a.run("auth use access|personal|agent|operator"))
 	}
 	tok := *s.get(p)
 	if tok == "" {
-		return "", fmt.Errorf("profile %s is set to use its %s but holds none: run `backlog auth set-token blg_%s_…` or `backlog auth use` another one", a.profileName, s.noun, s.kind)
+		return "", authErrorf("profile %s is set to use its %s but holds none: run %s or %s another one", a.profileName, s.noun, a.run("auth set-token blg_"+string(s.kind)+"_…"), a.run("auth use"))
 	}
 	return tok, nil
 }
@@ -236,10 +252,10 @@ func (a *app) call(ctx context.Context, method, pathf string, args []string, que
 		return nil, p, err
 	}
 	if ws == "" {
-		return nil, p, &hintError{
+		return nil, p, withExit(ExitUsage, &hintError{
 			err:  fmt.Errorf("no workspace: pass --workspace/-w, or let profile %s learn it", a.profileName),
-			hint: "`backlog auth exchange --save` and `backlog auth status --check` save the credential's workspace in the profile",
-		}
+			hint: a.run("auth exchange --save") + " and " + a.run("auth status --check") + " save the credential's workspace in the profile",
+		})
 	}
 	if lb, ok := body.(lazyBody); ok {
 		// Only now, with the credential and workspace settled, ask for
@@ -260,4 +276,24 @@ type lazyBody func() (map[string]any, error)
 // fmtTime formats t for people and tests alike: RFC 3339, UTC, seconds.
 func fmtTime(t time.Time) string {
 	return t.UTC().Truncate(time.Second).Format(time.RFC3339)
+}
+
+// forbiddenHint says what may help after a 403: another credential of the
+// same profile, or asking for more.
+func (a *app) forbiddenHint(p *Profile) string {
+	if p == nil {
+		return ""
+	}
+	use := effectiveUse(p)
+	switch {
+	case use != UsePersonal && p.PersonalToken != "":
+		return "profile " + a.profileName + " also holds a personal access token, which acts with your role: " + a.run("auth use personal")
+	case use == UseAccess || use == UseSecret:
+		return "the access token lacks the scope or team this needs (" + a.run("auth status") + " shows its scopes); an owner or admin can widen the automation's scopes, or act as a person with " + a.run("auth set-token blg_pat_…")
+	case use == UseAgent:
+		return "the agent's role, scopes or team scope do not allow this, or it is suspended or revoked; act as a person with " + a.run("auth set-token blg_pat_…") + " and " + a.run("auth use personal")
+	case use == UsePersonal:
+		return "your role does not allow this (members read; owners and admins manage): ask an owner or admin"
+	}
+	return ""
 }

@@ -259,6 +259,7 @@ func (h *harness) runWith(o runOpts, args ...string) result {
 		},
 		HTTPClient: h.srv.Client(),
 		Now:        func() time.Time { return h.now },
+		Keyring:    testKeyring,
 	}
 	code := Main(context.Background(), args, env)
 	return result{stdout: stdout.String(), stderr: stderr.String(), code: code}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/backlog/controlplane/services/kit/credfmt"
@@ -42,6 +43,19 @@ type Profile struct {
 	AgentKey string `json:"agentKey,omitempty"`
 	// OperatorToken is the operator token (blg_op_…): creates workspaces.
 	OperatorToken string `json:"operatorToken,omitempty"`
+	// RotationSecret is a visible agent's rotation secret (blg_rot_…):
+	// never a bearer credential, only ever sent in the body of
+	// POST /v1/agents/self/rotate-key with AgentKey.
+	RotationSecret string `json:"rotationSecret,omitempty"`
+	// PendingRotation is the Idempotency-Key of a self-rotation of AgentKey
+	// whose answer was not saved yet (the reply was lost, or the CLI was
+	// stopped): the next `agents self rotate-key` retries with it and gets
+	// the same new pair.
+	PendingRotation string `json:"pendingRotation,omitempty"`
+
+	// CredentialStore is where the credentials above are kept: "" (this
+	// file) or "keyring" (the OS keyring; the file then holds none).
+	CredentialStore string `json:"credentialStore,omitempty"`
 }
 
 // Values of Profile.Use.
@@ -117,9 +131,15 @@ func validProfileName(name string) error {
 }
 
 // Store keeps profiles as one JSON file each in Dir (mode 0700), files
-// 0600, written atomically.
+// 0600, written atomically. A profile's credentials are in its file, or,
+// when the profile chose it, in the OS keyring (see keyring.go).
 type Store struct {
 	Dir string
+	// Keyring is the OS keyring, nil where there is none.
+	Keyring Keyring
+	// Mode is where Save puts credentials: "" keeps each profile's choice,
+	// "file" or "keyring" ($BACKLOG_CREDENTIAL_STORE) moves them there.
+	Mode string
 }
 
 // Path is the file of profile name.
@@ -146,6 +166,11 @@ func (s Store) Load(name string) (*Profile, error) {
 		// The message of a syntax error never quotes the input.
 		return nil, fmt.Errorf("profile file %s is not valid JSON: %v", path, err)
 	}
+	if p.CredentialStore == storeKeyring {
+		if err := s.loadFromKeyring(name, &p); err != nil {
+			return nil, err
+		}
+	}
 	return &p, nil
 }
 
@@ -158,7 +183,11 @@ func (s Store) Save(name string, p *Profile) error {
 	if err := os.Chmod(s.Dir, 0o700); err != nil {
 		return fmt.Errorf("make config directory private: %w", err)
 	}
-	b, err := json.MarshalIndent(p, "", "  ")
+	onDisk, err := s.placeCredentials(name, p)
+	if err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(onDisk, "", "  ")
 	if err != nil {
 		return err
 	}
@@ -200,14 +229,23 @@ func (s Store) Save(name string, p *Profile) error {
 }
 
 func (a *app) store() (Store, error) {
+	mode := a.env.Getenv("BACKLOG_CREDENTIAL_STORE")
+	switch mode {
+	case "", storeFile, storeKeyring:
+	default:
+		return Store{}, usageErrorf("BACKLOG_CREDENTIAL_STORE=%q: use file (the default) or keyring", mode)
+	}
+	st := Store{Keyring: a.env.Keyring, Mode: mode}
 	if d := a.env.Getenv("BACKLOG_CONFIG_DIR"); d != "" {
-		return Store{Dir: d}, nil
+		st.Dir = d
+		return st, nil
 	}
 	d, err := os.UserConfigDir()
 	if err != nil {
 		return Store{}, fmt.Errorf("no config directory (set BACKLOG_CONFIG_DIR): %w", err)
 	}
-	return Store{Dir: filepath.Join(d, "backlog")}, nil
+	st.Dir = filepath.Join(d, "backlog")
+	return st, nil
 }
 
 func (a *app) loadProfile() (*Profile, error) {
@@ -243,4 +281,121 @@ func effectiveUse(p *Profile) string {
 		return UseOperator
 	}
 	return ""
+}
+
+// activeFile names the file that holds the name of the active profile (the
+// one `profiles use` chose). It is not a profile: those end in ".json".
+const activeFile = "active-profile"
+
+// List returns the names of the saved profiles, sorted.
+func (s Store) List() ([]string, error) {
+	entries, err := os.ReadDir(s.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read config directory: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		n := e.Name()
+		if e.IsDir() || filepath.Ext(n) != ".json" {
+			continue
+		}
+		n = n[:len(n)-len(".json")]
+		if validProfileName(n) == nil {
+			names = append(names, n)
+		}
+	}
+	return names, nil // ReadDir sorts by name
+}
+
+// Exists reports whether profile name was saved.
+func (s Store) Exists(name string) bool {
+	_, err := os.Stat(s.Path(name))
+	return err == nil
+}
+
+// Delete removes profile name: its file and its keyring item.
+func (s Store) Delete(name string) error {
+	p, err := s.readFile(name)
+	if err != nil {
+		return err
+	}
+	if p.CredentialStore == storeKeyring {
+		if err := s.deleteKeyringItem(name); err != nil {
+			return err
+		}
+	}
+	if err := os.Remove(s.Path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delete profile %s: %w", name, err)
+	}
+	if act, _ := s.Active(); act == name {
+		if err := os.Remove(filepath.Join(s.Dir, activeFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("forget the active profile: %w", err)
+		}
+	}
+	return nil
+}
+
+// readFile reads profile name's file only (not its keyring item).
+func (s Store) readFile(name string) (*Profile, error) {
+	b, err := os.ReadFile(s.Path(name))
+	if err != nil {
+		return nil, fmt.Errorf("read profile %s: %w", name, err)
+	}
+	var p Profile
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("profile file %s is not valid JSON: %v", s.Path(name), err)
+	}
+	return &p, nil
+}
+
+// Active is the profile `profiles use` chose, or "default".
+func (s Store) Active() (string, error) {
+	b, err := os.ReadFile(filepath.Join(s.Dir, activeFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "default", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read the active profile: %w", err)
+	}
+	name := strings.TrimSpace(string(b))
+	if err := validProfileName(name); err != nil {
+		return "", fmt.Errorf("%s: %v", filepath.Join(s.Dir, activeFile), err)
+	}
+	return name, nil
+}
+
+// SetActive makes profile name the one commands use without --profile.
+func (s Store) SetActive(name string) error {
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return fmt.Errorf("create config directory: %w", err)
+	}
+	tmp, err := os.CreateTemp(s.Dir, "."+activeFile+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("save the active profile: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.WriteString(name + "\n"); err != nil {
+		tmp.Close()
+		return fmt.Errorf("save the active profile: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("save the active profile: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(s.Dir, activeFile)); err != nil {
+		return fmt.Errorf("save the active profile: %w", err)
+	}
+	return nil
+}
+
+// activeProfile is the profile of commands run without --profile and
+// $BACKLOG_PROFILE.
+func (a *app) activeProfile() (string, error) {
+	s, err := a.store()
+	if err != nil {
+		return "", err
+	}
+	return s.Active()
 }

@@ -27,11 +27,13 @@ func (a *app) group(use, short, example string, aliases ...string) *cobra.Comman
 type pageFlags struct {
 	size  int
 	token string
+	all   bool
 }
 
 func (pf *pageFlags) add(cmd *cobra.Command) {
 	cmd.Flags().IntVar(&pf.size, "page-size", 0, "results per page (default: the server's)")
 	cmd.Flags().StringVar(&pf.token, "page-token", "", "page to read: the nextPageToken of the previous page")
+	cmd.Flags().BoolVar(&pf.all, "all", false, "fetch every page, following nextPageToken (--page-size sets the page size)")
 }
 
 func (pf *pageFlags) query() url.Values {
@@ -104,5 +106,5 @@ func groupRun(cmd *cobra.Command, args []string) error {
 	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
 		msg += "; did you mean " + strings.Join(s, " or ") + "?"
 	}
-	return fmt.Errorf("%s (see %s --help)", msg, cmd.CommandPath())
+	return fmt.Errorf("%s (see %s --help)", msg, helpPath(cmd))
 }

@@ -23,6 +23,7 @@ func (a *app) secretsCommand() *cobra.Command {
 		a.secretsRevokeCommand(),
 		a.secretsDeleteCommand(),
 	)
+	a.secretsInUseCommands(cmd) // versions, rollback, --force (cmd_secret_versions.go)
 	return cmd
 }
 
@@ -46,11 +47,11 @@ func (a *app) secretsListCommand() *cobra.Command {
 			}
 			if changed(cmd, "expiring-within") {
 				if expiring < time.Second {
-					return fmt.Errorf("--expiring-within must be at least 1s (got %s)", expiring)
+					return usageErrorf("--expiring-within must be at least 1s (got %s)", expiring)
 				}
 				q.Set("expiringWithin", strconv.FormatInt(int64(expiring/time.Second), 10)+"s")
 			}
-			raw, _, err := a.call(cmd.Context(), "GET", secretsPath, nil, q, nil)
+			raw, err := a.listCall(cmd.Context(), &pf, secretsPath, nil, q, "secrets")
 			if err != nil {
 				return err
 			}
@@ -131,7 +132,7 @@ func expiryFlag(v string, now time.Time) (string, error) {
 	if d, err := time.ParseDuration(v); err == nil && d > 0 {
 		return now.Add(d).UTC().Truncate(time.Second).Format(time.RFC3339), nil
 	}
-	return "", fmt.Errorf("--expires-at %q is neither an RFC 3339 time (2026-01-31T00:00:00Z) nor a duration from now (720h)", v)
+	return "", usageErrorf("--expires-at %q is neither an RFC 3339 time (2026-01-31T00:00:00Z) nor a duration from now (720h)", v)
 }
 
 const valueHelp = `The value is read from stdin when it is piped, or else at a prompt that does
@@ -239,12 +240,15 @@ A new value is set when you pass --new-value, or when you pass no other flag
 }
 
 func (a *app) secretsRevokeCommand() *cobra.Command {
-	return &cobra.Command{
+	return withYes(&cobra.Command{
 		Use:     "revoke NAME",
 		Short:   "Disable a secret at once and keep its record",
 		Example: `  backlog secrets revoke github-token`,
 		Args:    exactArgs(1, "a secret name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.confirm(cmd, "Revoke secret "+args[0]+"? Every use of it fails from now on."); err != nil {
+				return err
+			}
 			raw, _, err := a.call(cmd.Context(), "POST", secretsPath+"/%s/revoke", args, nil, map[string]any{})
 			if err != nil {
 				return err
@@ -254,16 +258,19 @@ func (a *app) secretsRevokeCommand() *cobra.Command {
 			}
 			return a.printSecret(raw)
 		},
-	}
+	})
 }
 
 func (a *app) secretsDeleteCommand() *cobra.Command {
-	return &cobra.Command{
+	return withYes(&cobra.Command{
 		Use:     "delete NAME",
 		Short:   "Remove a secret; every use of it fails from then on",
 		Example: `  backlog secrets delete github-token`,
 		Args:    exactArgs(1, "a secret name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.confirm(cmd, "Delete secret "+args[0]+"? Every use of it fails from then on."); err != nil {
+				return err
+			}
 			raw, _, err := a.call(cmd.Context(), "DELETE", secretsPath+"/%s", args, nil, nil)
 			if err != nil {
 				return err
@@ -274,5 +281,5 @@ func (a *app) secretsDeleteCommand() *cobra.Command {
 			_, err = fmt.Fprintf(a.stdout(), "Deleted secret %s.\n", args[0])
 			return err
 		},
-	}
+	})
 }

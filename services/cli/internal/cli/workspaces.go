@@ -30,10 +30,10 @@ func (a *app) workspacesCommand() *cobra.Command {
 func (a *app) operatorToken(file string, p *Profile) (string, error) {
 	if file == "" {
 		if p.OperatorToken == "" {
-			return "", &hintError{
+			return "", withExit(ExitAuth, &hintError{
 				err:  fmt.Errorf("creating a workspace needs the operator token, and profile %s holds none", a.profileName),
-				hint: "pass --operator-token-file data/operator-token (backlogd writes it there on first start) or run `backlog auth set-token` with it",
-			}
+				hint: "pass --operator-token-file data/operator-token (backlogd writes it there on first start) or run " + a.run("auth set-token") + " with it",
+			})
 		}
 		return p.OperatorToken, nil
 	}
@@ -185,7 +185,7 @@ func (a *app) membersCommand() *cobra.Command {
 		Example: `  backlog members list -o json`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			raw, _, err := a.call(cmd.Context(), "GET", membersPath, nil, pf.query(), nil)
+			raw, err := a.listCall(cmd.Context(), &pf, membersPath, nil, pf.query(), "members")
 			if err != nil {
 				return err
 			}
@@ -270,7 +270,7 @@ func (a *app) membersCommand() *cobra.Command {
 				body["role"] = uRole
 			}
 			if len(body) == 0 {
-				return fmt.Errorf("nothing to update: pass at least one of --name, --email, --role")
+				return usageErrorf("nothing to update: pass at least one of --name, --email, --role")
 			}
 			raw, _, err := a.call(cmd.Context(), "PATCH", membersPath+"/%s", args, nil, body)
 			if err != nil {
@@ -298,6 +298,9 @@ func (a *app) membersCommand() *cobra.Command {
 		Example: `  backlog members delete mem_123`,
 		Args:    exactArgs(1, "a member id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.confirm(cmd, "Remove member "+args[0]+"? Their personal access tokens stop working."); err != nil {
+				return err
+			}
 			raw, _, err := a.call(cmd.Context(), "DELETE", membersPath+"/%s", args, nil, nil)
 			if err != nil {
 				return err
@@ -309,6 +312,7 @@ func (a *app) membersCommand() *cobra.Command {
 			return err
 		},
 	}
+	addYesFlag(del)
 	cmd.AddCommand(list, create, update, del)
 	return cmd
 }
