@@ -62,11 +62,12 @@ type DB struct {
 	info        store.Info
 	marker      string // marker file path, "" when none
 
-	serial sync.Mutex // held by retrying updates: see Update
-	fault  atomic.Pointer[func() error]
-	lose   atomic.Bool
-	closed atomic.Bool
-	leases leaseCache
+	serial   sync.Mutex   // held by updates taking turns: see Update
+	hotUntil atomic.Int64 // unix ns until which updates take turns
+	fault    atomic.Pointer[func() error]
+	lose     atomic.Bool
+	closed   atomic.Bool
+	leases   leaseCache
 }
 
 var (
@@ -414,7 +415,7 @@ func (d *DB) Update(ctx context.Context, fn func(store.WriteTx) error) error {
 		// hot key (an audit chain head, a counter) take turns here instead
 		// of failing against each other in etcd. What still conflicts then
 		// comes from other replicas: back off before trying again.
-		serial := attempt > 1
+		serial := attempt > 1 || time.Now().UnixNano() < d.hotUntil.Load()
 		if serial {
 			d.serial.Lock()
 		}
@@ -432,6 +433,10 @@ func (d *DB) Update(ctx context.Context, fn func(store.WriteTx) error) error {
 		if !errors.Is(err, errConflict) && !errors.Is(err, errStale) {
 			return err
 		}
+		// While this store's updates conflict, every update takes its turn
+		// from the first attempt: parallel first attempts would only keep
+		// invalidating the one whose turn it is.
+		d.hotUntil.Store(time.Now().Add(hotFor).UnixNano())
 		if attempt >= d.maxAttempts {
 			return fmt.Errorf("%w: the update lost to concurrent writers %d times", store.ErrUnavailable, attempt)
 		}
@@ -442,6 +447,9 @@ func (d *DB) Update(ctx context.Context, fn func(store.WriteTx) error) error {
 		}
 	}
 }
+
+// hotFor is how long updates take turns after a conflict.
+const hotFor = time.Second
 
 // OpTimeout bounds a transaction whose context has no deadline: with the
 // cluster unreachable a caller gets ErrUnavailable (or ErrOutcomeUnknown)
