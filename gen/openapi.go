@@ -3,7 +3,8 @@ package gen
 
 import _ "embed"
 
-// OpenAPI is the merged OpenAPI (Swagger 2.0) document for every REST route.
+// OpenAPI is the OpenAPI 3 document for every REST route, served at
+// /openapi.json (made by make generate: protoc-gen-openapiv2, then tools/openapi).
 //
-//go:embed openapi/backlog.swagger.json
+//go:embed openapi/openapi.json
 var OpenAPI []byte

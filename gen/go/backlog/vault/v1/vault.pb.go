@@ -45,7 +45,16 @@ type Secret struct {
 	// resolved; unset if never.
 	LastUsedAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=last_used_at,json=lastUsedAt,proto3" json:"last_used_at,omitempty"`
 	// When the secret was revoked; unset unless state is "revoked".
-	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	RevokedAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	// Webhook secrets only: the hosts ("host" — any port — or "host:port")
+	// HTTP Request steps may send the secret to; empty: any public host.
+	// Changing them requires value in the same update.
+	AllowedHosts []string `protobuf:"bytes,13,rep,name=allowed_hosts,json=allowedHosts,proto3" json:"allowed_hosts,omitempty"`
+	// Output only (GetSecret): the actions and connections that reference
+	// the secret by name.
+	UsedBy []*SecretUsage `protobuf:"bytes,14,rep,name=used_by,json=usedBy,proto3" json:"used_by,omitempty"`
+	// Output only (GetSecret): the kept versions, newest first.
+	Versions      []*SecretVersion `protobuf:"bytes,15,rep,name=versions,proto3" json:"versions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -164,6 +173,169 @@ func (x *Secret) GetRevokedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Secret) GetAllowedHosts() []string {
+	if x != nil {
+		return x.AllowedHosts
+	}
+	return nil
+}
+
+func (x *Secret) GetUsedBy() []*SecretUsage {
+	if x != nil {
+		return x.UsedBy
+	}
+	return nil
+}
+
+func (x *Secret) GetVersions() []*SecretVersion {
+	if x != nil {
+		return x.Versions
+	}
+	return nil
+}
+
+// SecretUsage is one dependent of a secret.
+type SecretUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "action" or "connection".
+	Kind          string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretUsage) Reset() {
+	*x = SecretUsage{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretUsage) ProtoMessage() {}
+
+func (x *SecretUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretUsage.ProtoReflect.Descriptor instead.
+func (*SecretUsage) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SecretUsage) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *SecretUsage) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SecretUsage) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// SecretVersion is a kept version's metadata; its value is never readable.
+type SecretVersion struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Version   int64                  `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// Who made it (a member, automation or agent id).
+	CreatedBy string `protobuf:"bytes,3,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// It is the secret's current value.
+	Current bool `protobuf:"varint,4,opt,name=current,proto3" json:"current,omitempty"`
+	// For a rollback: the version whose value it restored.
+	RestoredFrom  int64 `protobuf:"varint,5,opt,name=restored_from,json=restoredFrom,proto3" json:"restored_from,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretVersion) Reset() {
+	*x = SecretVersion{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretVersion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretVersion) ProtoMessage() {}
+
+func (x *SecretVersion) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretVersion.ProtoReflect.Descriptor instead.
+func (*SecretVersion) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SecretVersion) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *SecretVersion) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *SecretVersion) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *SecretVersion) GetCurrent() bool {
+	if x != nil {
+		return x.Current
+	}
+	return false
+}
+
+func (x *SecretVersion) GetRestoredFrom() int64 {
+	if x != nil {
+		return x.RestoredFrom
+	}
+	return 0
+}
+
 type ListSecretsRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	WorkspaceId string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
@@ -180,7 +352,7 @@ type ListSecretsRequest struct {
 
 func (x *ListSecretsRequest) Reset() {
 	*x = ListSecretsRequest{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[1]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -192,7 +364,7 @@ func (x *ListSecretsRequest) String() string {
 func (*ListSecretsRequest) ProtoMessage() {}
 
 func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[1]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -205,7 +377,7 @@ func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{1}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListSecretsRequest) GetWorkspaceId() string {
@@ -253,7 +425,7 @@ type ListSecretsResponse struct {
 
 func (x *ListSecretsResponse) Reset() {
 	*x = ListSecretsResponse{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[2]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -265,7 +437,7 @@ func (x *ListSecretsResponse) String() string {
 func (*ListSecretsResponse) ProtoMessage() {}
 
 func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[2]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -278,7 +450,7 @@ func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{2}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListSecretsResponse) GetSecrets() []*Secret {
@@ -298,8 +470,9 @@ func (x *ListSecretsResponse) GetNextPageToken() string {
 type CreateSecretRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	WorkspaceId string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
-	// 1 to 128 letters, digits, '_', '-' or '.'; unique in the workspace
-	// regardless of case.
+	// 1 to 100 printable characters (spaces and punctuation allowed; no '{',
+	// '}', '/', control or bidi-formatting characters); unique in the
+	// workspace regardless of case.
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// "integration" or "webhook".
 	Kind string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
@@ -309,14 +482,16 @@ type CreateSecretRequest struct {
 	Value string `protobuf:"bytes,5,opt,name=value,proto3" json:"value,omitempty"`
 	// Optional; must be in the future. The secret stops working at that time
 	// (state "expired") until its expiry is extended or its value updated.
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// Webhook secrets only: see Secret.allowed_hosts.
+	AllowedHosts  []string `protobuf:"bytes,7,rep,name=allowed_hosts,json=allowedHosts,proto3" json:"allowed_hosts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateSecretRequest) Reset() {
 	*x = CreateSecretRequest{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[3]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -328,7 +503,7 @@ func (x *CreateSecretRequest) String() string {
 func (*CreateSecretRequest) ProtoMessage() {}
 
 func (x *CreateSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[3]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -341,7 +516,7 @@ func (x *CreateSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSecretRequest.ProtoReflect.Descriptor instead.
 func (*CreateSecretRequest) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{3}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateSecretRequest) GetWorkspaceId() string {
@@ -386,6 +561,13 @@ func (x *CreateSecretRequest) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *CreateSecretRequest) GetAllowedHosts() []string {
+	if x != nil {
+		return x.AllowedHosts
+	}
+	return nil
+}
+
 type CreateSecretResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Secret        *Secret                `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
@@ -395,7 +577,7 @@ type CreateSecretResponse struct {
 
 func (x *CreateSecretResponse) Reset() {
 	*x = CreateSecretResponse{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[4]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +589,7 @@ func (x *CreateSecretResponse) String() string {
 func (*CreateSecretResponse) ProtoMessage() {}
 
 func (x *CreateSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[4]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +602,7 @@ func (x *CreateSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSecretResponse.ProtoReflect.Descriptor instead.
 func (*CreateSecretResponse) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{4}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateSecretResponse) GetSecret() *Secret {
@@ -440,7 +622,7 @@ type GetSecretRequest struct {
 
 func (x *GetSecretRequest) Reset() {
 	*x = GetSecretRequest{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[5]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -452,7 +634,7 @@ func (x *GetSecretRequest) String() string {
 func (*GetSecretRequest) ProtoMessage() {}
 
 func (x *GetSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[5]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -465,7 +647,7 @@ func (x *GetSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretRequest) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{5}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetSecretRequest) GetWorkspaceId() string {
@@ -491,7 +673,7 @@ type GetSecretResponse struct {
 
 func (x *GetSecretResponse) Reset() {
 	*x = GetSecretResponse{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[6]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -503,7 +685,7 @@ func (x *GetSecretResponse) String() string {
 func (*GetSecretResponse) ProtoMessage() {}
 
 func (x *GetSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[6]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -516,7 +698,7 @@ func (x *GetSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretResponse.ProtoReflect.Descriptor instead.
 func (*GetSecretResponse) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{6}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetSecretResponse) GetSecret() *Secret {
@@ -538,7 +720,7 @@ type UpdateSecretRequest struct {
 
 func (x *UpdateSecretRequest) Reset() {
 	*x = UpdateSecretRequest{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[7]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -550,7 +732,7 @@ func (x *UpdateSecretRequest) String() string {
 func (*UpdateSecretRequest) ProtoMessage() {}
 
 func (x *UpdateSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[7]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -563,7 +745,7 @@ func (x *UpdateSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSecretRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSecretRequest) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{7}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UpdateSecretRequest) GetWorkspaceId() string {
@@ -603,7 +785,7 @@ type UpdateSecretResponse struct {
 
 func (x *UpdateSecretResponse) Reset() {
 	*x = UpdateSecretResponse{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[8]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -615,7 +797,7 @@ func (x *UpdateSecretResponse) String() string {
 func (*UpdateSecretResponse) ProtoMessage() {}
 
 func (x *UpdateSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[8]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -628,7 +810,7 @@ func (x *UpdateSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSecretResponse.ProtoReflect.Descriptor instead.
 func (*UpdateSecretResponse) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{8}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *UpdateSecretResponse) GetSecret() *Secret {
@@ -639,16 +821,18 @@ func (x *UpdateSecretResponse) GetSecret() *Secret {
 }
 
 type RevokeSecretRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	Name        string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Revoke even though actions or connections use the secret.
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RevokeSecretRequest) Reset() {
 	*x = RevokeSecretRequest{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[9]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +844,7 @@ func (x *RevokeSecretRequest) String() string {
 func (*RevokeSecretRequest) ProtoMessage() {}
 
 func (x *RevokeSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[9]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +857,7 @@ func (x *RevokeSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeSecretRequest.ProtoReflect.Descriptor instead.
 func (*RevokeSecretRequest) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{9}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RevokeSecretRequest) GetWorkspaceId() string {
@@ -690,6 +874,13 @@ func (x *RevokeSecretRequest) GetName() string {
 	return ""
 }
 
+func (x *RevokeSecretRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
 type RevokeSecretResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Secret        *Secret                `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
@@ -699,7 +890,7 @@ type RevokeSecretResponse struct {
 
 func (x *RevokeSecretResponse) Reset() {
 	*x = RevokeSecretResponse{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[10]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +902,7 @@ func (x *RevokeSecretResponse) String() string {
 func (*RevokeSecretResponse) ProtoMessage() {}
 
 func (x *RevokeSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[10]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +915,7 @@ func (x *RevokeSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeSecretResponse.ProtoReflect.Descriptor instead.
 func (*RevokeSecretResponse) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{10}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RevokeSecretResponse) GetSecret() *Secret {
@@ -735,16 +926,18 @@ func (x *RevokeSecretResponse) GetSecret() *Secret {
 }
 
 type DeleteSecretRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	Name        string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Delete even though actions or connections use the secret.
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteSecretRequest) Reset() {
 	*x = DeleteSecretRequest{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[11]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +949,7 @@ func (x *DeleteSecretRequest) String() string {
 func (*DeleteSecretRequest) ProtoMessage() {}
 
 func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[11]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +962,7 @@ func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSecretRequest) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{11}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteSecretRequest) GetWorkspaceId() string {
@@ -786,6 +979,13 @@ func (x *DeleteSecretRequest) GetName() string {
 	return ""
 }
 
+func (x *DeleteSecretRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
 type DeleteSecretResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -794,7 +994,7 @@ type DeleteSecretResponse struct {
 
 func (x *DeleteSecretResponse) Reset() {
 	*x = DeleteSecretResponse{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[12]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +1006,7 @@ func (x *DeleteSecretResponse) String() string {
 func (*DeleteSecretResponse) ProtoMessage() {}
 
 func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[12]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +1019,7 @@ func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSecretResponse) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{12}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{14}
 }
 
 type RunHttpRequestRequest struct {
@@ -842,7 +1042,7 @@ type RunHttpRequestRequest struct {
 
 func (x *RunHttpRequestRequest) Reset() {
 	*x = RunHttpRequestRequest{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[13]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +1054,7 @@ func (x *RunHttpRequestRequest) String() string {
 func (*RunHttpRequestRequest) ProtoMessage() {}
 
 func (x *RunHttpRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[13]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +1067,7 @@ func (x *RunHttpRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunHttpRequestRequest.ProtoReflect.Descriptor instead.
 func (*RunHttpRequestRequest) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{13}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RunHttpRequestRequest) GetWorkspaceId() string {
@@ -923,14 +1123,18 @@ type RunHttpRequestResponse struct {
 	// not valid UTF-8), or "withheld" (the target compressed the body with an
 	// encoding the vault did not ask for, so it could not be checked for
 	// secret values; body is empty).
-	BodyEncoding  string `protobuf:"bytes,6,opt,name=body_encoding,json=bodyEncoding,proto3" json:"body_encoding,omitempty"`
+	BodyEncoding string `protobuf:"bytes,6,opt,name=body_encoding,json=bodyEncoding,proto3" json:"body_encoding,omitempty"`
+	// The body was not returned because it could not be redacted safely: a
+	// substituted value short enough to be ambiguous appears in it, or it is
+	// compressed without saying so. Status and headers are still returned.
+	BodyWithheld  bool `protobuf:"varint,7,opt,name=body_withheld,json=bodyWithheld,proto3" json:"body_withheld,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunHttpRequestResponse) Reset() {
 	*x = RunHttpRequestResponse{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[14]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -942,7 +1146,7 @@ func (x *RunHttpRequestResponse) String() string {
 func (*RunHttpRequestResponse) ProtoMessage() {}
 
 func (x *RunHttpRequestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[14]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -955,7 +1159,7 @@ func (x *RunHttpRequestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunHttpRequestResponse.ProtoReflect.Descriptor instead.
 func (*RunHttpRequestResponse) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{14}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RunHttpRequestResponse) GetStatusCode() int32 {
@@ -1000,6 +1204,13 @@ func (x *RunHttpRequestResponse) GetBodyEncoding() string {
 	return ""
 }
 
+func (x *RunHttpRequestResponse) GetBodyWithheld() bool {
+	if x != nil {
+		return x.BodyWithheld
+	}
+	return false
+}
+
 type ResolveRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	WorkspaceId string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
@@ -1015,7 +1226,7 @@ type ResolveRequest struct {
 
 func (x *ResolveRequest) Reset() {
 	*x = ResolveRequest{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[15]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1238,7 @@ func (x *ResolveRequest) String() string {
 func (*ResolveRequest) ProtoMessage() {}
 
 func (x *ResolveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[15]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1251,7 @@ func (x *ResolveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveRequest.ProtoReflect.Descriptor instead.
 func (*ResolveRequest) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{15}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ResolveRequest) GetWorkspaceId() string {
@@ -1083,7 +1294,7 @@ type ResolveResponse struct {
 
 func (x *ResolveResponse) Reset() {
 	*x = ResolveResponse{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[16]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1306,7 @@ func (x *ResolveResponse) String() string {
 func (*ResolveResponse) ProtoMessage() {}
 
 func (x *ResolveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[16]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1319,7 @@ func (x *ResolveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveResponse.ProtoReflect.Descriptor instead.
 func (*ResolveResponse) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{16}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ResolveResponse) GetSecret() *Secret {
@@ -1129,14 +1340,16 @@ type RotateKekRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Absolute path, on the vault's host, of the new key-encryption key file
 	// (32 random bytes, raw or as 64 hex digits; mode 0600 or stricter).
-	KekFile       string `protobuf:"bytes,1,opt,name=kek_file,json=kekFile,proto3" json:"kek_file,omitempty"`
+	KekFile string `protobuf:"bytes,1,opt,name=kek_file,json=kekFile,proto3" json:"kek_file,omitempty"`
+	// Instead of kek_file: a key-encryption key kept in a PKCS#11 token.
+	Pkcs11        *Pkcs11Kek `protobuf:"bytes,2,opt,name=pkcs11,proto3" json:"pkcs11,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RotateKekRequest) Reset() {
 	*x = RotateKekRequest{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[17]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1361,7 @@ func (x *RotateKekRequest) String() string {
 func (*RotateKekRequest) ProtoMessage() {}
 
 func (x *RotateKekRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[17]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,12 +1374,92 @@ func (x *RotateKekRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKekRequest.ProtoReflect.Descriptor instead.
 func (*RotateKekRequest) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{17}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RotateKekRequest) GetKekFile() string {
 	if x != nil {
 		return x.KekFile
+	}
+	return ""
+}
+
+func (x *RotateKekRequest) GetPkcs11() *Pkcs11Kek {
+	if x != nil {
+		return x.Pkcs11
+	}
+	return nil
+}
+
+// Pkcs11Kek names an AES-256 key in a PKCS#11 token, as the vault's host sees it.
+type Pkcs11Kek struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Absolute path of the PKCS#11 module (shared library).
+	Module string `protobuf:"bytes,1,opt,name=module,proto3" json:"module,omitempty"`
+	// Label of the token.
+	Token string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// Label of the key in the token.
+	Key string `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	// Absolute path of a file holding the token's user PIN.
+	PinFile       string `protobuf:"bytes,4,opt,name=pin_file,json=pinFile,proto3" json:"pin_file,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Pkcs11Kek) Reset() {
+	*x = Pkcs11Kek{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Pkcs11Kek) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Pkcs11Kek) ProtoMessage() {}
+
+func (x *Pkcs11Kek) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Pkcs11Kek.ProtoReflect.Descriptor instead.
+func (*Pkcs11Kek) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Pkcs11Kek) GetModule() string {
+	if x != nil {
+		return x.Module
+	}
+	return ""
+}
+
+func (x *Pkcs11Kek) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *Pkcs11Kek) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Pkcs11Kek) GetPinFile() string {
+	if x != nil {
+		return x.PinFile
 	}
 	return ""
 }
@@ -1185,7 +1478,7 @@ type RotateKekResponse struct {
 
 func (x *RotateKekResponse) Reset() {
 	*x = RotateKekResponse{}
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[18]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1197,7 +1490,7 @@ func (x *RotateKekResponse) String() string {
 func (*RotateKekResponse) ProtoMessage() {}
 
 func (x *RotateKekResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_vault_v1_vault_proto_msgTypes[18]
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1210,7 +1503,7 @@ func (x *RotateKekResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKekResponse.ProtoReflect.Descriptor instead.
 func (*RotateKekResponse) Descriptor() ([]byte, []int) {
-	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{18}
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RotateKekResponse) GetKekId() string {
@@ -1234,11 +1527,2829 @@ func (x *RotateKekResponse) GetDataKeysRewrapped() int32 {
 	return 0
 }
 
+type ListSecretVersionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSecretVersionsRequest) Reset() {
+	*x = ListSecretVersionsRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSecretVersionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSecretVersionsRequest) ProtoMessage() {}
+
+func (x *ListSecretVersionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSecretVersionsRequest.ProtoReflect.Descriptor instead.
+func (*ListSecretVersionsRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListSecretVersionsRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *ListSecretVersionsRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListSecretVersionsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Versions      []*SecretVersion       `protobuf:"bytes,1,rep,name=versions,proto3" json:"versions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSecretVersionsResponse) Reset() {
+	*x = ListSecretVersionsResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSecretVersionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSecretVersionsResponse) ProtoMessage() {}
+
+func (x *ListSecretVersionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSecretVersionsResponse.ProtoReflect.Descriptor instead.
+func (*ListSecretVersionsResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListSecretVersionsResponse) GetVersions() []*SecretVersion {
+	if x != nil {
+		return x.Versions
+	}
+	return nil
+}
+
+type RollbackSecretRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	Name        string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// A kept version number (see ListSecretVersions).
+	Version       int64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackSecretRequest) Reset() {
+	*x = RollbackSecretRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackSecretRequest) ProtoMessage() {}
+
+func (x *RollbackSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackSecretRequest.ProtoReflect.Descriptor instead.
+func (*RollbackSecretRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RollbackSecretRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *RollbackSecretRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RollbackSecretRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type RollbackSecretResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Secret        *Secret                `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackSecretResponse) Reset() {
+	*x = RollbackSecretResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackSecretResponse) ProtoMessage() {}
+
+func (x *RollbackSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackSecretResponse.ProtoReflect.Descriptor instead.
+func (*RollbackSecretResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RollbackSecretResponse) GetSecret() *Secret {
+	if x != nil {
+		return x.Secret
+	}
+	return nil
+}
+
+// Connection is a configured integration that authenticates with an
+// integration secret, chosen by name.
+type Connection struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	// Output only.
+	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// 1 to 100 characters.
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// The integration, e.g. "hubspot": 1 to 64 letters, digits, '_', '-' or
+	// '.'.
+	Integration string `protobuf:"bytes,4,opt,name=integration,proto3" json:"integration,omitempty"`
+	Description string `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
+	// Name of an integration secret of the workspace.
+	SecretName string                 `protobuf:"bytes,6,opt,name=secret_name,json=secretName,proto3" json:"secret_name,omitempty"`
+	CreatedAt  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// Who created it.
+	CreatedBy     string `protobuf:"bytes,9,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Connection) Reset() {
+	*x = Connection{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Connection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Connection) ProtoMessage() {}
+
+func (x *Connection) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Connection.ProtoReflect.Descriptor instead.
+func (*Connection) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *Connection) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *Connection) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Connection) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Connection) GetIntegration() string {
+	if x != nil {
+		return x.Integration
+	}
+	return ""
+}
+
+func (x *Connection) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Connection) GetSecretName() string {
+	if x != nil {
+		return x.SecretName
+	}
+	return ""
+}
+
+func (x *Connection) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Connection) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+func (x *Connection) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+type ListConnectionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConnectionsRequest) Reset() {
+	*x = ListConnectionsRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConnectionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConnectionsRequest) ProtoMessage() {}
+
+func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConnectionsRequest.ProtoReflect.Descriptor instead.
+func (*ListConnectionsRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ListConnectionsRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *ListConnectionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListConnectionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListConnectionsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Connections   []*Connection          `protobuf:"bytes,1,rep,name=connections,proto3" json:"connections,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConnectionsResponse) Reset() {
+	*x = ListConnectionsResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConnectionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConnectionsResponse) ProtoMessage() {}
+
+func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConnectionsResponse.ProtoReflect.Descriptor instead.
+func (*ListConnectionsResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListConnectionsResponse) GetConnections() []*Connection {
+	if x != nil {
+		return x.Connections
+	}
+	return nil
+}
+
+func (x *ListConnectionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type CreateConnectionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Integration   string                 `protobuf:"bytes,3,opt,name=integration,proto3" json:"integration,omitempty"`
+	Description   string                 `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	SecretName    string                 `protobuf:"bytes,5,opt,name=secret_name,json=secretName,proto3" json:"secret_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConnectionRequest) Reset() {
+	*x = CreateConnectionRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConnectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConnectionRequest) ProtoMessage() {}
+
+func (x *CreateConnectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConnectionRequest.ProtoReflect.Descriptor instead.
+func (*CreateConnectionRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *CreateConnectionRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *CreateConnectionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateConnectionRequest) GetIntegration() string {
+	if x != nil {
+		return x.Integration
+	}
+	return ""
+}
+
+func (x *CreateConnectionRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *CreateConnectionRequest) GetSecretName() string {
+	if x != nil {
+		return x.SecretName
+	}
+	return ""
+}
+
+type CreateConnectionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Connection    *Connection            `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConnectionResponse) Reset() {
+	*x = CreateConnectionResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConnectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConnectionResponse) ProtoMessage() {}
+
+func (x *CreateConnectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConnectionResponse.ProtoReflect.Descriptor instead.
+func (*CreateConnectionResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CreateConnectionResponse) GetConnection() *Connection {
+	if x != nil {
+		return x.Connection
+	}
+	return nil
+}
+
+type GetConnectionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	ConnectionId  string                 `protobuf:"bytes,2,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConnectionRequest) Reset() {
+	*x = GetConnectionRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConnectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConnectionRequest) ProtoMessage() {}
+
+func (x *GetConnectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConnectionRequest.ProtoReflect.Descriptor instead.
+func (*GetConnectionRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *GetConnectionRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *GetConnectionRequest) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+type GetConnectionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Connection    *Connection            `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConnectionResponse) Reset() {
+	*x = GetConnectionResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConnectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConnectionResponse) ProtoMessage() {}
+
+func (x *GetConnectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConnectionResponse.ProtoReflect.Descriptor instead.
+func (*GetConnectionResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *GetConnectionResponse) GetConnection() *Connection {
+	if x != nil {
+		return x.Connection
+	}
+	return nil
+}
+
+type UpdateConnectionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	ConnectionId  string                 `protobuf:"bytes,2,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	Connection    *Connection            `protobuf:"bytes,3,opt,name=connection,proto3" json:"connection,omitempty"`
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,4,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateConnectionRequest) Reset() {
+	*x = UpdateConnectionRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateConnectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateConnectionRequest) ProtoMessage() {}
+
+func (x *UpdateConnectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateConnectionRequest.ProtoReflect.Descriptor instead.
+func (*UpdateConnectionRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *UpdateConnectionRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *UpdateConnectionRequest) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *UpdateConnectionRequest) GetConnection() *Connection {
+	if x != nil {
+		return x.Connection
+	}
+	return nil
+}
+
+func (x *UpdateConnectionRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+type UpdateConnectionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Connection    *Connection            `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateConnectionResponse) Reset() {
+	*x = UpdateConnectionResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateConnectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateConnectionResponse) ProtoMessage() {}
+
+func (x *UpdateConnectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateConnectionResponse.ProtoReflect.Descriptor instead.
+func (*UpdateConnectionResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *UpdateConnectionResponse) GetConnection() *Connection {
+	if x != nil {
+		return x.Connection
+	}
+	return nil
+}
+
+type DeleteConnectionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	ConnectionId  string                 `protobuf:"bytes,2,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteConnectionRequest) Reset() {
+	*x = DeleteConnectionRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteConnectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteConnectionRequest) ProtoMessage() {}
+
+func (x *DeleteConnectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteConnectionRequest.ProtoReflect.Descriptor instead.
+func (*DeleteConnectionRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *DeleteConnectionRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *DeleteConnectionRequest) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+type DeleteConnectionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteConnectionResponse) Reset() {
+	*x = DeleteConnectionResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteConnectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteConnectionResponse) ProtoMessage() {}
+
+func (x *DeleteConnectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteConnectionResponse.ProtoReflect.Descriptor instead.
+func (*DeleteConnectionResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{36}
+}
+
+// Action is a saved HTTP Request step: its headers reference webhook
+// secrets by name ({secret:name}), resolved to their current values each
+// time it runs.
+type Action struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	// Output only.
+	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// 1 to 100 characters.
+	Name        string            `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	Description string            `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	Method      string            `protobuf:"bytes,5,opt,name=method,proto3" json:"method,omitempty"`
+	Url         string            `protobuf:"bytes,6,opt,name=url,proto3" json:"url,omitempty"`
+	Headers     map[string]string `protobuf:"bytes,7,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Body        string            `protobuf:"bytes,8,opt,name=body,proto3" json:"body,omitempty"`
+	// Output only: the secrets the headers reference.
+	SecretNames []string               `protobuf:"bytes,9,rep,name=secret_names,json=secretNames,proto3" json:"secret_names,omitempty"`
+	CreatedAt   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt   *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// Who created it.
+	CreatedBy     string `protobuf:"bytes,12,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Action) Reset() {
+	*x = Action{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Action) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Action) ProtoMessage() {}
+
+func (x *Action) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Action.ProtoReflect.Descriptor instead.
+func (*Action) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *Action) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *Action) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Action) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Action) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Action) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *Action) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *Action) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *Action) GetBody() string {
+	if x != nil {
+		return x.Body
+	}
+	return ""
+}
+
+func (x *Action) GetSecretNames() []string {
+	if x != nil {
+		return x.SecretNames
+	}
+	return nil
+}
+
+func (x *Action) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Action) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+func (x *Action) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+type ListActionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListActionsRequest) Reset() {
+	*x = ListActionsRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListActionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListActionsRequest) ProtoMessage() {}
+
+func (x *ListActionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListActionsRequest.ProtoReflect.Descriptor instead.
+func (*ListActionsRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *ListActionsRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *ListActionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListActionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListActionsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Actions       []*Action              `protobuf:"bytes,1,rep,name=actions,proto3" json:"actions,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListActionsResponse) Reset() {
+	*x = ListActionsResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListActionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListActionsResponse) ProtoMessage() {}
+
+func (x *ListActionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListActionsResponse.ProtoReflect.Descriptor instead.
+func (*ListActionsResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ListActionsResponse) GetActions() []*Action {
+	if x != nil {
+		return x.Actions
+	}
+	return nil
+}
+
+func (x *ListActionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type CreateActionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Description   string                 `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	Method        string                 `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
+	Url           string                 `protobuf:"bytes,5,opt,name=url,proto3" json:"url,omitempty"`
+	Headers       map[string]string      `protobuf:"bytes,6,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Body          string                 `protobuf:"bytes,7,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateActionRequest) Reset() {
+	*x = CreateActionRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateActionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateActionRequest) ProtoMessage() {}
+
+func (x *CreateActionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateActionRequest.ProtoReflect.Descriptor instead.
+func (*CreateActionRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *CreateActionRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *CreateActionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateActionRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *CreateActionRequest) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *CreateActionRequest) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *CreateActionRequest) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *CreateActionRequest) GetBody() string {
+	if x != nil {
+		return x.Body
+	}
+	return ""
+}
+
+type CreateActionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Action        *Action                `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateActionResponse) Reset() {
+	*x = CreateActionResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateActionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateActionResponse) ProtoMessage() {}
+
+func (x *CreateActionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateActionResponse.ProtoReflect.Descriptor instead.
+func (*CreateActionResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *CreateActionResponse) GetAction() *Action {
+	if x != nil {
+		return x.Action
+	}
+	return nil
+}
+
+type GetActionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	ActionId      string                 `protobuf:"bytes,2,opt,name=action_id,json=actionId,proto3" json:"action_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetActionRequest) Reset() {
+	*x = GetActionRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetActionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetActionRequest) ProtoMessage() {}
+
+func (x *GetActionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetActionRequest.ProtoReflect.Descriptor instead.
+func (*GetActionRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *GetActionRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *GetActionRequest) GetActionId() string {
+	if x != nil {
+		return x.ActionId
+	}
+	return ""
+}
+
+type GetActionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Action        *Action                `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetActionResponse) Reset() {
+	*x = GetActionResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetActionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetActionResponse) ProtoMessage() {}
+
+func (x *GetActionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetActionResponse.ProtoReflect.Descriptor instead.
+func (*GetActionResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *GetActionResponse) GetAction() *Action {
+	if x != nil {
+		return x.Action
+	}
+	return nil
+}
+
+type UpdateActionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	ActionId      string                 `protobuf:"bytes,2,opt,name=action_id,json=actionId,proto3" json:"action_id,omitempty"`
+	Action        *Action                `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,4,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateActionRequest) Reset() {
+	*x = UpdateActionRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateActionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateActionRequest) ProtoMessage() {}
+
+func (x *UpdateActionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateActionRequest.ProtoReflect.Descriptor instead.
+func (*UpdateActionRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *UpdateActionRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *UpdateActionRequest) GetActionId() string {
+	if x != nil {
+		return x.ActionId
+	}
+	return ""
+}
+
+func (x *UpdateActionRequest) GetAction() *Action {
+	if x != nil {
+		return x.Action
+	}
+	return nil
+}
+
+func (x *UpdateActionRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+type UpdateActionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Action        *Action                `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateActionResponse) Reset() {
+	*x = UpdateActionResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateActionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateActionResponse) ProtoMessage() {}
+
+func (x *UpdateActionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateActionResponse.ProtoReflect.Descriptor instead.
+func (*UpdateActionResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *UpdateActionResponse) GetAction() *Action {
+	if x != nil {
+		return x.Action
+	}
+	return nil
+}
+
+type DeleteActionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	ActionId      string                 `protobuf:"bytes,2,opt,name=action_id,json=actionId,proto3" json:"action_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteActionRequest) Reset() {
+	*x = DeleteActionRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteActionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteActionRequest) ProtoMessage() {}
+
+func (x *DeleteActionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteActionRequest.ProtoReflect.Descriptor instead.
+func (*DeleteActionRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *DeleteActionRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *DeleteActionRequest) GetActionId() string {
+	if x != nil {
+		return x.ActionId
+	}
+	return ""
+}
+
+type DeleteActionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteActionResponse) Reset() {
+	*x = DeleteActionResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteActionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteActionResponse) ProtoMessage() {}
+
+func (x *DeleteActionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteActionResponse.ProtoReflect.Descriptor instead.
+func (*DeleteActionResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{47}
+}
+
+type RunActionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	ActionId      string                 `protobuf:"bytes,2,opt,name=action_id,json=actionId,proto3" json:"action_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunActionRequest) Reset() {
+	*x = RunActionRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunActionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunActionRequest) ProtoMessage() {}
+
+func (x *RunActionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunActionRequest.ProtoReflect.Descriptor instead.
+func (*RunActionRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *RunActionRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *RunActionRequest) GetActionId() string {
+	if x != nil {
+		return x.ActionId
+	}
+	return ""
+}
+
+// RunActionResponse is RunHttpRequestResponse, field for field.
+type RunActionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StatusCode    int32                  `protobuf:"varint,1,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	Headers       map[string]string      `protobuf:"bytes,2,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Body          string                 `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`
+	SecretsUsed   []string               `protobuf:"bytes,4,rep,name=secrets_used,json=secretsUsed,proto3" json:"secrets_used,omitempty"`
+	BodyTruncated bool                   `protobuf:"varint,5,opt,name=body_truncated,json=bodyTruncated,proto3" json:"body_truncated,omitempty"`
+	BodyEncoding  string                 `protobuf:"bytes,6,opt,name=body_encoding,json=bodyEncoding,proto3" json:"body_encoding,omitempty"`
+	BodyWithheld  bool                   `protobuf:"varint,7,opt,name=body_withheld,json=bodyWithheld,proto3" json:"body_withheld,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunActionResponse) Reset() {
+	*x = RunActionResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunActionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunActionResponse) ProtoMessage() {}
+
+func (x *RunActionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunActionResponse.ProtoReflect.Descriptor instead.
+func (*RunActionResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *RunActionResponse) GetStatusCode() int32 {
+	if x != nil {
+		return x.StatusCode
+	}
+	return 0
+}
+
+func (x *RunActionResponse) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *RunActionResponse) GetBody() string {
+	if x != nil {
+		return x.Body
+	}
+	return ""
+}
+
+func (x *RunActionResponse) GetSecretsUsed() []string {
+	if x != nil {
+		return x.SecretsUsed
+	}
+	return nil
+}
+
+func (x *RunActionResponse) GetBodyTruncated() bool {
+	if x != nil {
+		return x.BodyTruncated
+	}
+	return false
+}
+
+func (x *RunActionResponse) GetBodyEncoding() string {
+	if x != nil {
+		return x.BodyEncoding
+	}
+	return ""
+}
+
+func (x *RunActionResponse) GetBodyWithheld() bool {
+	if x != nil {
+		return x.BodyWithheld
+	}
+	return false
+}
+
+type ResolveConnectionRequest struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId  string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	ConnectionId string                 `protobuf:"bytes,2,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// The calling service, for the audit trail.
+	Caller string `protobuf:"bytes,3,opt,name=caller,proto3" json:"caller,omitempty"`
+	// Why the credential is needed, for the audit trail.
+	Purpose       string `protobuf:"bytes,4,opt,name=purpose,proto3" json:"purpose,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResolveConnectionRequest) Reset() {
+	*x = ResolveConnectionRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolveConnectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolveConnectionRequest) ProtoMessage() {}
+
+func (x *ResolveConnectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolveConnectionRequest.ProtoReflect.Descriptor instead.
+func (*ResolveConnectionRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *ResolveConnectionRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *ResolveConnectionRequest) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *ResolveConnectionRequest) GetCaller() string {
+	if x != nil {
+		return x.Caller
+	}
+	return ""
+}
+
+func (x *ResolveConnectionRequest) GetPurpose() string {
+	if x != nil {
+		return x.Purpose
+	}
+	return ""
+}
+
+type ResolveConnectionResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Connection *Connection            `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	// The integration secret's metadata (value unset).
+	Secret *Secret `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	// The integration secret's current value.
+	Value         string `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResolveConnectionResponse) Reset() {
+	*x = ResolveConnectionResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolveConnectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolveConnectionResponse) ProtoMessage() {}
+
+func (x *ResolveConnectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolveConnectionResponse.ProtoReflect.Descriptor instead.
+func (*ResolveConnectionResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *ResolveConnectionResponse) GetConnection() *Connection {
+	if x != nil {
+		return x.Connection
+	}
+	return nil
+}
+
+func (x *ResolveConnectionResponse) GetSecret() *Secret {
+	if x != nil {
+		return x.Secret
+	}
+	return nil
+}
+
+func (x *ResolveConnectionResponse) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// Event is something that happened in a workspace, as deliveries and
+// followers receive it: names and ids, never values or credentials.
+type Event struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// secret.created, secret.updated, secret.revoked, secret.deleted,
+	// secret.expiring, secret.expired, automation.secret_rotated,
+	// agent.key_rotated, credential.revoked.
+	Type        string                 `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	WorkspaceId string                 `protobuf:"bytes,3,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	OccurredAt  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=occurred_at,json=occurredAt,proto3" json:"occurred_at,omitempty"`
+	// Type-specific attributes (e.g. "name", "kind", "threshold").
+	Data          map[string]string `protobuf:"bytes,5,rep,name=data,proto3" json:"data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *Event) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Event) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Event) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *Event) GetOccurredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OccurredAt
+	}
+	return nil
+}
+
+func (x *Event) GetData() map[string]string {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// EventSubscription is an HTTPS endpoint receiving signed deliveries.
+type EventSubscription struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	// Output only.
+	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// https:// URL; the egress guard applies.
+	Url string `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	// Event types, or ["*"] for all.
+	Events        []string               `protobuf:"bytes,4,rep,name=events,proto3" json:"events,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	CreatedBy     string                 `protobuf:"bytes,6,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventSubscription) Reset() {
+	*x = EventSubscription{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventSubscription) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventSubscription) ProtoMessage() {}
+
+func (x *EventSubscription) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventSubscription.ProtoReflect.Descriptor instead.
+func (*EventSubscription) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *EventSubscription) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *EventSubscription) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *EventSubscription) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *EventSubscription) GetEvents() []string {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *EventSubscription) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *EventSubscription) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+type ListEventSubscriptionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventSubscriptionsRequest) Reset() {
+	*x = ListEventSubscriptionsRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventSubscriptionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventSubscriptionsRequest) ProtoMessage() {}
+
+func (x *ListEventSubscriptionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventSubscriptionsRequest.ProtoReflect.Descriptor instead.
+func (*ListEventSubscriptionsRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *ListEventSubscriptionsRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *ListEventSubscriptionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListEventSubscriptionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListEventSubscriptionsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Subscriptions []*EventSubscription   `protobuf:"bytes,1,rep,name=subscriptions,proto3" json:"subscriptions,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventSubscriptionsResponse) Reset() {
+	*x = ListEventSubscriptionsResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventSubscriptionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventSubscriptionsResponse) ProtoMessage() {}
+
+func (x *ListEventSubscriptionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventSubscriptionsResponse.ProtoReflect.Descriptor instead.
+func (*ListEventSubscriptionsResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *ListEventSubscriptionsResponse) GetSubscriptions() []*EventSubscription {
+	if x != nil {
+		return x.Subscriptions
+	}
+	return nil
+}
+
+func (x *ListEventSubscriptionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type CreateEventSubscriptionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	Url           string                 `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	Events        []string               `protobuf:"bytes,3,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateEventSubscriptionRequest) Reset() {
+	*x = CreateEventSubscriptionRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateEventSubscriptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateEventSubscriptionRequest) ProtoMessage() {}
+
+func (x *CreateEventSubscriptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateEventSubscriptionRequest.ProtoReflect.Descriptor instead.
+func (*CreateEventSubscriptionRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *CreateEventSubscriptionRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *CreateEventSubscriptionRequest) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *CreateEventSubscriptionRequest) GetEvents() []string {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+type CreateEventSubscriptionResponse struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Subscription *EventSubscription     `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	// blg_whsec_…: keys the HMAC-SHA256 of every delivery. Shown once.
+	SigningSecret string `protobuf:"bytes,2,opt,name=signing_secret,json=signingSecret,proto3" json:"signing_secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateEventSubscriptionResponse) Reset() {
+	*x = CreateEventSubscriptionResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateEventSubscriptionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateEventSubscriptionResponse) ProtoMessage() {}
+
+func (x *CreateEventSubscriptionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateEventSubscriptionResponse.ProtoReflect.Descriptor instead.
+func (*CreateEventSubscriptionResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *CreateEventSubscriptionResponse) GetSubscription() *EventSubscription {
+	if x != nil {
+		return x.Subscription
+	}
+	return nil
+}
+
+func (x *CreateEventSubscriptionResponse) GetSigningSecret() string {
+	if x != nil {
+		return x.SigningSecret
+	}
+	return ""
+}
+
+type GetEventSubscriptionRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId    string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	SubscriptionId string                 `protobuf:"bytes,2,opt,name=subscription_id,json=subscriptionId,proto3" json:"subscription_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *GetEventSubscriptionRequest) Reset() {
+	*x = GetEventSubscriptionRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetEventSubscriptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetEventSubscriptionRequest) ProtoMessage() {}
+
+func (x *GetEventSubscriptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetEventSubscriptionRequest.ProtoReflect.Descriptor instead.
+func (*GetEventSubscriptionRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *GetEventSubscriptionRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *GetEventSubscriptionRequest) GetSubscriptionId() string {
+	if x != nil {
+		return x.SubscriptionId
+	}
+	return ""
+}
+
+type GetEventSubscriptionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Subscription  *EventSubscription     `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetEventSubscriptionResponse) Reset() {
+	*x = GetEventSubscriptionResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetEventSubscriptionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetEventSubscriptionResponse) ProtoMessage() {}
+
+func (x *GetEventSubscriptionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetEventSubscriptionResponse.ProtoReflect.Descriptor instead.
+func (*GetEventSubscriptionResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *GetEventSubscriptionResponse) GetSubscription() *EventSubscription {
+	if x != nil {
+		return x.Subscription
+	}
+	return nil
+}
+
+type DeleteEventSubscriptionRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId    string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	SubscriptionId string                 `protobuf:"bytes,2,opt,name=subscription_id,json=subscriptionId,proto3" json:"subscription_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DeleteEventSubscriptionRequest) Reset() {
+	*x = DeleteEventSubscriptionRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteEventSubscriptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteEventSubscriptionRequest) ProtoMessage() {}
+
+func (x *DeleteEventSubscriptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteEventSubscriptionRequest.ProtoReflect.Descriptor instead.
+func (*DeleteEventSubscriptionRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *DeleteEventSubscriptionRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *DeleteEventSubscriptionRequest) GetSubscriptionId() string {
+	if x != nil {
+		return x.SubscriptionId
+	}
+	return ""
+}
+
+type DeleteEventSubscriptionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteEventSubscriptionResponse) Reset() {
+	*x = DeleteEventSubscriptionResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteEventSubscriptionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteEventSubscriptionResponse) ProtoMessage() {}
+
+func (x *DeleteEventSubscriptionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteEventSubscriptionResponse.ProtoReflect.Descriptor instead.
+func (*DeleteEventSubscriptionResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{61}
+}
+
+// EventDelivery is one event's delivery to one subscription.
+type EventDelivery struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	EventId   string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	EventType string                 `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	// "pending", "delivered" or "failed" (gave up after the last retry).
+	Status   string `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	Attempts int32  `protobuf:"varint,4,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// HTTP status of the last attempt; 0 when it got no answer.
+	LastStatusCode int32                  `protobuf:"varint,5,opt,name=last_status_code,json=lastStatusCode,proto3" json:"last_status_code,omitempty"`
+	LastError      string                 `protobuf:"bytes,6,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	CreatedAt      *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	NextAttemptAt  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=next_attempt_at,json=nextAttemptAt,proto3" json:"next_attempt_at,omitempty"`
+	DeliveredAt    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=delivered_at,json=deliveredAt,proto3" json:"delivered_at,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *EventDelivery) Reset() {
+	*x = EventDelivery{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventDelivery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventDelivery) ProtoMessage() {}
+
+func (x *EventDelivery) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventDelivery.ProtoReflect.Descriptor instead.
+func (*EventDelivery) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *EventDelivery) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *EventDelivery) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *EventDelivery) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *EventDelivery) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *EventDelivery) GetLastStatusCode() int32 {
+	if x != nil {
+		return x.LastStatusCode
+	}
+	return 0
+}
+
+func (x *EventDelivery) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *EventDelivery) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *EventDelivery) GetNextAttemptAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextAttemptAt
+	}
+	return nil
+}
+
+func (x *EventDelivery) GetDeliveredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeliveredAt
+	}
+	return nil
+}
+
+type ListEventDeliveriesRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId    string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	SubscriptionId string                 `protobuf:"bytes,2,opt,name=subscription_id,json=subscriptionId,proto3" json:"subscription_id,omitempty"`
+	PageSize       int32                  `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken      string                 `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ListEventDeliveriesRequest) Reset() {
+	*x = ListEventDeliveriesRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventDeliveriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventDeliveriesRequest) ProtoMessage() {}
+
+func (x *ListEventDeliveriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventDeliveriesRequest.ProtoReflect.Descriptor instead.
+func (*ListEventDeliveriesRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *ListEventDeliveriesRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *ListEventDeliveriesRequest) GetSubscriptionId() string {
+	if x != nil {
+		return x.SubscriptionId
+	}
+	return ""
+}
+
+func (x *ListEventDeliveriesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListEventDeliveriesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListEventDeliveriesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Deliveries    []*EventDelivery       `protobuf:"bytes,1,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventDeliveriesResponse) Reset() {
+	*x = ListEventDeliveriesResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventDeliveriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventDeliveriesResponse) ProtoMessage() {}
+
+func (x *ListEventDeliveriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventDeliveriesResponse.ProtoReflect.Descriptor instead.
+func (*ListEventDeliveriesResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *ListEventDeliveriesResponse) GetDeliveries() []*EventDelivery {
+	if x != nil {
+		return x.Deliveries
+	}
+	return nil
+}
+
+func (x *ListEventDeliveriesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type PublishEventRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	// automation.secret_rotated, agent.key_rotated or credential.revoked.
+	Type string            `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	Data map[string]string `protobuf:"bytes,3,rep,name=data,proto3" json:"data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The publishing service, for the audit trail.
+	Caller        string `protobuf:"bytes,4,opt,name=caller,proto3" json:"caller,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishEventRequest) Reset() {
+	*x = PublishEventRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishEventRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishEventRequest) ProtoMessage() {}
+
+func (x *PublishEventRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishEventRequest.ProtoReflect.Descriptor instead.
+func (*PublishEventRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *PublishEventRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *PublishEventRequest) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *PublishEventRequest) GetData() map[string]string {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *PublishEventRequest) GetCaller() string {
+	if x != nil {
+		return x.Caller
+	}
+	return ""
+}
+
+type PublishEventResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishEventResponse) Reset() {
+	*x = PublishEventResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishEventResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishEventResponse) ProtoMessage() {}
+
+func (x *PublishEventResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishEventResponse.ProtoReflect.Descriptor instead.
+func (*PublishEventResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *PublishEventResponse) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+type WatchEventsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsResponse) Reset() {
+	*x = WatchEventsResponse{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsResponse) ProtoMessage() {}
+
+func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
+func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *WatchEventsResponse) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+type WatchEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this workspace's events; empty: every workspace.
+	WorkspaceId   string `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsRequest) Reset() {
+	*x = WatchEventsRequest{}
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsRequest) ProtoMessage() {}
+
+func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vault_v1_vault_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
+func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_vault_v1_vault_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *WatchEventsRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
 var File_backlog_vault_v1_vault_proto protoreflect.FileDescriptor
 
 const file_backlog_vault_v1_vault_proto_rawDesc = "" +
 	"\n" +
-	"\x1cbacklog/vault/v1/vault.proto\x12\x10backlog.vault.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x03\n" +
+	"\x1cbacklog/vault/v1/vault.proto\x12\x10backlog.vault.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x04\n" +
 	"\x06Secret\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -1257,7 +4368,22 @@ const file_backlog_vault_v1_vault_proto_rawDesc = "" +
 	"\flast_used_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"lastUsedAt\x129\n" +
 	"\n" +
-	"revoked_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\"\xcb\x01\n" +
+	"revoked_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12#\n" +
+	"\rallowed_hosts\x18\r \x03(\tR\fallowedHosts\x126\n" +
+	"\aused_by\x18\x0e \x03(\v2\x1d.backlog.vault.v1.SecretUsageR\x06usedBy\x12;\n" +
+	"\bversions\x18\x0f \x03(\v2\x1f.backlog.vault.v1.SecretVersionR\bversions\"E\n" +
+	"\vSecretUsage\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\"\xc2\x01\n" +
+	"\rSecretVersion\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x03R\aversion\x129\n" +
+	"\n" +
+	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x03 \x01(\tR\tcreatedBy\x12\x18\n" +
+	"\acurrent\x18\x04 \x01(\bR\acurrent\x12#\n" +
+	"\rrestored_from\x18\x05 \x01(\x03R\frestoredFrom\"\xcb\x01\n" +
 	"\x12ListSecretsRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12B\n" +
@@ -1267,7 +4393,7 @@ const file_backlog_vault_v1_vault_proto_rawDesc = "" +
 	"page_token\x18\x05 \x01(\tR\tpageToken\"q\n" +
 	"\x13ListSecretsResponse\x122\n" +
 	"\asecrets\x18\x01 \x03(\v2\x18.backlog.vault.v1.SecretR\asecrets\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd3\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xf8\x01\n" +
 	"\x13CreateSecretRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -1275,7 +4401,8 @@ const file_backlog_vault_v1_vault_proto_rawDesc = "" +
 	"\vdescription\x18\x04 \x01(\tR\vdescription\x12\x14\n" +
 	"\x05value\x18\x05 \x01(\tR\x05value\x129\n" +
 	"\n" +
-	"expires_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"H\n" +
+	"expires_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12#\n" +
+	"\rallowed_hosts\x18\a \x03(\tR\fallowedHosts\"H\n" +
 	"\x14CreateSecretResponse\x120\n" +
 	"\x06secret\x18\x01 \x01(\v2\x18.backlog.vault.v1.SecretR\x06secret\"I\n" +
 	"\x10GetSecretRequest\x12!\n" +
@@ -1290,15 +4417,17 @@ const file_backlog_vault_v1_vault_proto_rawDesc = "" +
 	"\vupdate_mask\x18\x04 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
 	"updateMask\"H\n" +
 	"\x14UpdateSecretResponse\x120\n" +
-	"\x06secret\x18\x01 \x01(\v2\x18.backlog.vault.v1.SecretR\x06secret\"L\n" +
+	"\x06secret\x18\x01 \x01(\v2\x18.backlog.vault.v1.SecretR\x06secret\"b\n" +
 	"\x13RevokeSecretRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"H\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"H\n" +
 	"\x14RevokeSecretResponse\x120\n" +
-	"\x06secret\x18\x01 \x01(\v2\x18.backlog.vault.v1.SecretR\x06secret\"L\n" +
+	"\x06secret\x18\x01 \x01(\v2\x18.backlog.vault.v1.SecretR\x06secret\"b\n" +
 	"\x13DeleteSecretRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\x16\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"\x16\n" +
 	"\x14DeleteSecretResponse\"\x84\x02\n" +
 	"\x15RunHttpRequestRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x16\n" +
@@ -1308,7 +4437,7 @@ const file_backlog_vault_v1_vault_proto_rawDesc = "" +
 	"\x04body\x18\x05 \x01(\tR\x04body\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc9\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xee\x02\n" +
 	"\x16RunHttpRequestResponse\x12\x1f\n" +
 	"\vstatus_code\x18\x01 \x01(\x05R\n" +
 	"statusCode\x12O\n" +
@@ -1316,7 +4445,8 @@ const file_backlog_vault_v1_vault_proto_rawDesc = "" +
 	"\x04body\x18\x03 \x01(\tR\x04body\x12!\n" +
 	"\fsecrets_used\x18\x04 \x03(\tR\vsecretsUsed\x12%\n" +
 	"\x0ebody_truncated\x18\x05 \x01(\bR\rbodyTruncated\x12#\n" +
-	"\rbody_encoding\x18\x06 \x01(\tR\fbodyEncoding\x1a:\n" +
+	"\rbody_encoding\x18\x06 \x01(\tR\fbodyEncoding\x12#\n" +
+	"\rbody_withheld\x18\a \x01(\bR\fbodyWithheld\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"y\n" +
@@ -1327,22 +4457,283 @@ const file_backlog_vault_v1_vault_proto_rawDesc = "" +
 	"\apurpose\x18\x04 \x01(\tR\apurpose\"Y\n" +
 	"\x0fResolveResponse\x120\n" +
 	"\x06secret\x18\x01 \x01(\v2\x18.backlog.vault.v1.SecretR\x06secret\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"-\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"b\n" +
 	"\x10RotateKekRequest\x12\x19\n" +
-	"\bkek_file\x18\x01 \x01(\tR\akekFile\"\x82\x01\n" +
+	"\bkek_file\x18\x01 \x01(\tR\akekFile\x123\n" +
+	"\x06pkcs11\x18\x02 \x01(\v2\x1b.backlog.vault.v1.Pkcs11KekR\x06pkcs11\"f\n" +
+	"\tPkcs11Kek\x12\x16\n" +
+	"\x06module\x18\x01 \x01(\tR\x06module\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\tR\x03key\x12\x19\n" +
+	"\bpin_file\x18\x04 \x01(\tR\apinFile\"\x82\x01\n" +
 	"\x11RotateKekResponse\x12\x15\n" +
 	"\x06kek_id\x18\x01 \x01(\tR\x05kekId\x12&\n" +
 	"\x0fretired_kek_ids\x18\x02 \x03(\tR\rretiredKekIds\x12.\n" +
-	"\x13data_keys_rewrapped\x18\x03 \x01(\x05R\x11dataKeysRewrapped2\xab\b\n" +
+	"\x13data_keys_rewrapped\x18\x03 \x01(\x05R\x11dataKeysRewrapped\"R\n" +
+	"\x19ListSecretVersionsRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"Y\n" +
+	"\x1aListSecretVersionsResponse\x12;\n" +
+	"\bversions\x18\x01 \x03(\v2\x1f.backlog.vault.v1.SecretVersionR\bversions\"h\n" +
+	"\x15RollbackSecretRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x03R\aversion\"J\n" +
+	"\x16RollbackSecretResponse\x120\n" +
+	"\x06secret\x18\x01 \x01(\v2\x18.backlog.vault.v1.SecretR\x06secret\"\xcd\x02\n" +
+	"\n" +
+	"Connection\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12 \n" +
+	"\vintegration\x18\x04 \x01(\tR\vintegration\x12 \n" +
+	"\vdescription\x18\x05 \x01(\tR\vdescription\x12\x1f\n" +
+	"\vsecret_name\x18\x06 \x01(\tR\n" +
+	"secretName\x129\n" +
+	"\n" +
+	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"updated_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\t \x01(\tR\tcreatedBy\"w\n" +
+	"\x16ListConnectionsRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x81\x01\n" +
+	"\x17ListConnectionsResponse\x12>\n" +
+	"\vconnections\x18\x01 \x03(\v2\x1c.backlog.vault.v1.ConnectionR\vconnections\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb5\x01\n" +
+	"\x17CreateConnectionRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
+	"\vintegration\x18\x03 \x01(\tR\vintegration\x12 \n" +
+	"\vdescription\x18\x04 \x01(\tR\vdescription\x12\x1f\n" +
+	"\vsecret_name\x18\x05 \x01(\tR\n" +
+	"secretName\"X\n" +
+	"\x18CreateConnectionResponse\x12<\n" +
+	"\n" +
+	"connection\x18\x01 \x01(\v2\x1c.backlog.vault.v1.ConnectionR\n" +
+	"connection\"^\n" +
+	"\x14GetConnectionRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12#\n" +
+	"\rconnection_id\x18\x02 \x01(\tR\fconnectionId\"U\n" +
+	"\x15GetConnectionResponse\x12<\n" +
+	"\n" +
+	"connection\x18\x01 \x01(\v2\x1c.backlog.vault.v1.ConnectionR\n" +
+	"connection\"\xdc\x01\n" +
+	"\x17UpdateConnectionRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12#\n" +
+	"\rconnection_id\x18\x02 \x01(\tR\fconnectionId\x12<\n" +
+	"\n" +
+	"connection\x18\x03 \x01(\v2\x1c.backlog.vault.v1.ConnectionR\n" +
+	"connection\x12;\n" +
+	"\vupdate_mask\x18\x04 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"X\n" +
+	"\x18UpdateConnectionResponse\x12<\n" +
+	"\n" +
+	"connection\x18\x01 \x01(\v2\x1c.backlog.vault.v1.ConnectionR\n" +
+	"connection\"a\n" +
+	"\x17DeleteConnectionRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12#\n" +
+	"\rconnection_id\x18\x02 \x01(\tR\fconnectionId\"\x1a\n" +
+	"\x18DeleteConnectionResponse\"\xe4\x03\n" +
+	"\x06Action\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x04 \x01(\tR\vdescription\x12\x16\n" +
+	"\x06method\x18\x05 \x01(\tR\x06method\x12\x10\n" +
+	"\x03url\x18\x06 \x01(\tR\x03url\x12?\n" +
+	"\aheaders\x18\a \x03(\v2%.backlog.vault.v1.Action.HeadersEntryR\aheaders\x12\x12\n" +
+	"\x04body\x18\b \x01(\tR\x04body\x12!\n" +
+	"\fsecret_names\x18\t \x03(\tR\vsecretNames\x129\n" +
+	"\n" +
+	"created_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"updated_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\f \x01(\tR\tcreatedBy\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"s\n" +
+	"\x12ListActionsRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"q\n" +
+	"\x13ListActionsResponse\x122\n" +
+	"\aactions\x18\x01 \x03(\v2\x18.backlog.vault.v1.ActionR\aactions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb6\x02\n" +
+	"\x13CreateActionRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\x12\x10\n" +
+	"\x03url\x18\x05 \x01(\tR\x03url\x12L\n" +
+	"\aheaders\x18\x06 \x03(\v22.backlog.vault.v1.CreateActionRequest.HeadersEntryR\aheaders\x12\x12\n" +
+	"\x04body\x18\a \x01(\tR\x04body\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"H\n" +
+	"\x14CreateActionResponse\x120\n" +
+	"\x06action\x18\x01 \x01(\v2\x18.backlog.vault.v1.ActionR\x06action\"R\n" +
+	"\x10GetActionRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x1b\n" +
+	"\taction_id\x18\x02 \x01(\tR\bactionId\"E\n" +
+	"\x11GetActionResponse\x120\n" +
+	"\x06action\x18\x01 \x01(\v2\x18.backlog.vault.v1.ActionR\x06action\"\xc4\x01\n" +
+	"\x13UpdateActionRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x1b\n" +
+	"\taction_id\x18\x02 \x01(\tR\bactionId\x120\n" +
+	"\x06action\x18\x03 \x01(\v2\x18.backlog.vault.v1.ActionR\x06action\x12;\n" +
+	"\vupdate_mask\x18\x04 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"H\n" +
+	"\x14UpdateActionResponse\x120\n" +
+	"\x06action\x18\x01 \x01(\v2\x18.backlog.vault.v1.ActionR\x06action\"U\n" +
+	"\x13DeleteActionRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x1b\n" +
+	"\taction_id\x18\x02 \x01(\tR\bactionId\"\x16\n" +
+	"\x14DeleteActionResponse\"R\n" +
+	"\x10RunActionRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x1b\n" +
+	"\taction_id\x18\x02 \x01(\tR\bactionId\"\xe4\x02\n" +
+	"\x11RunActionResponse\x12\x1f\n" +
+	"\vstatus_code\x18\x01 \x01(\x05R\n" +
+	"statusCode\x12J\n" +
+	"\aheaders\x18\x02 \x03(\v20.backlog.vault.v1.RunActionResponse.HeadersEntryR\aheaders\x12\x12\n" +
+	"\x04body\x18\x03 \x01(\tR\x04body\x12!\n" +
+	"\fsecrets_used\x18\x04 \x03(\tR\vsecretsUsed\x12%\n" +
+	"\x0ebody_truncated\x18\x05 \x01(\bR\rbodyTruncated\x12#\n" +
+	"\rbody_encoding\x18\x06 \x01(\tR\fbodyEncoding\x12#\n" +
+	"\rbody_withheld\x18\a \x01(\bR\fbodyWithheld\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x94\x01\n" +
+	"\x18ResolveConnectionRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12#\n" +
+	"\rconnection_id\x18\x02 \x01(\tR\fconnectionId\x12\x16\n" +
+	"\x06caller\x18\x03 \x01(\tR\x06caller\x12\x18\n" +
+	"\apurpose\x18\x04 \x01(\tR\apurpose\"\xa1\x01\n" +
+	"\x19ResolveConnectionResponse\x12<\n" +
+	"\n" +
+	"connection\x18\x01 \x01(\v2\x1c.backlog.vault.v1.ConnectionR\n" +
+	"connection\x120\n" +
+	"\x06secret\x18\x02 \x01(\v2\x18.backlog.vault.v1.SecretR\x06secret\x12\x14\n" +
+	"\x05value\x18\x03 \x01(\tR\x05value\"\xfb\x01\n" +
+	"\x05Event\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12!\n" +
+	"\fworkspace_id\x18\x03 \x01(\tR\vworkspaceId\x12;\n" +
+	"\voccurred_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"occurredAt\x125\n" +
+	"\x04data\x18\x05 \x03(\v2!.backlog.vault.v1.Event.DataEntryR\x04data\x1a7\n" +
+	"\tDataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xca\x01\n" +
+	"\x11EventSubscription\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x10\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\x12\x16\n" +
+	"\x06events\x18\x04 \x03(\tR\x06events\x129\n" +
+	"\n" +
+	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x06 \x01(\tR\tcreatedBy\"~\n" +
+	"\x1dListEventSubscriptionsRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x93\x01\n" +
+	"\x1eListEventSubscriptionsResponse\x12I\n" +
+	"\rsubscriptions\x18\x01 \x03(\v2#.backlog.vault.v1.EventSubscriptionR\rsubscriptions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"m\n" +
+	"\x1eCreateEventSubscriptionRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x10\n" +
+	"\x03url\x18\x02 \x01(\tR\x03url\x12\x16\n" +
+	"\x06events\x18\x03 \x03(\tR\x06events\"\x91\x01\n" +
+	"\x1fCreateEventSubscriptionResponse\x12G\n" +
+	"\fsubscription\x18\x01 \x01(\v2#.backlog.vault.v1.EventSubscriptionR\fsubscription\x12%\n" +
+	"\x0esigning_secret\x18\x02 \x01(\tR\rsigningSecret\"i\n" +
+	"\x1bGetEventSubscriptionRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12'\n" +
+	"\x0fsubscription_id\x18\x02 \x01(\tR\x0esubscriptionId\"g\n" +
+	"\x1cGetEventSubscriptionResponse\x12G\n" +
+	"\fsubscription\x18\x01 \x01(\v2#.backlog.vault.v1.EventSubscriptionR\fsubscription\"l\n" +
+	"\x1eDeleteEventSubscriptionRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12'\n" +
+	"\x0fsubscription_id\x18\x02 \x01(\tR\x0esubscriptionId\"!\n" +
+	"\x1fDeleteEventSubscriptionResponse\"\x84\x03\n" +
+	"\rEventDelivery\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x02 \x01(\tR\teventType\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\tR\x06status\x12\x1a\n" +
+	"\battempts\x18\x04 \x01(\x05R\battempts\x12(\n" +
+	"\x10last_status_code\x18\x05 \x01(\x05R\x0elastStatusCode\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x06 \x01(\tR\tlastError\x129\n" +
+	"\n" +
+	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12B\n" +
+	"\x0fnext_attempt_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12=\n" +
+	"\fdelivered_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vdeliveredAt\"\xa4\x01\n" +
+	"\x1aListEventDeliveriesRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12'\n" +
+	"\x0fsubscription_id\x18\x02 \x01(\tR\x0esubscriptionId\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"\x86\x01\n" +
+	"\x1bListEventDeliveriesResponse\x12?\n" +
+	"\n" +
+	"deliveries\x18\x01 \x03(\v2\x1f.backlog.vault.v1.EventDeliveryR\n" +
+	"deliveries\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xe2\x01\n" +
+	"\x13PublishEventRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12C\n" +
+	"\x04data\x18\x03 \x03(\v2/.backlog.vault.v1.PublishEventRequest.DataEntryR\x04data\x12\x16\n" +
+	"\x06caller\x18\x04 \x01(\tR\x06caller\x1a7\n" +
+	"\tDataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"E\n" +
+	"\x14PublishEventResponse\x12-\n" +
+	"\x05event\x18\x01 \x01(\v2\x17.backlog.vault.v1.EventR\x05event\"D\n" +
+	"\x13WatchEventsResponse\x12-\n" +
+	"\x05event\x18\x01 \x01(\v2\x17.backlog.vault.v1.EventR\x05event\"7\n" +
+	"\x12WatchEventsRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId2\xae \n" +
 	"\fVaultService\x12\x89\x01\n" +
 	"\vListSecrets\x12$.backlog.vault.v1.ListSecretsRequest\x1a%.backlog.vault.v1.ListSecretsResponse\"-\x82\xd3\xe4\x93\x02'\x12%/v1/workspaces/{workspace_id}/secrets\x12\x8f\x01\n" +
 	"\fCreateSecret\x12%.backlog.vault.v1.CreateSecretRequest\x1a&.backlog.vault.v1.CreateSecretResponse\"0\x82\xd3\xe4\x93\x02*:\x01*\"%/v1/workspaces/{workspace_id}/secrets\x12\x8a\x01\n" +
 	"\tGetSecret\x12\".backlog.vault.v1.GetSecretRequest\x1a#.backlog.vault.v1.GetSecretResponse\"4\x82\xd3\xe4\x93\x02.\x12,/v1/workspaces/{workspace_id}/secrets/{name}\x12\x9b\x01\n" +
-	"\fUpdateSecret\x12%.backlog.vault.v1.UpdateSecretRequest\x1a&.backlog.vault.v1.UpdateSecretResponse\"<\x82\xd3\xe4\x93\x026:\x06secret2,/v1/workspaces/{workspace_id}/secrets/{name}\x12\x9d\x01\n" +
-	"\fRevokeSecret\x12%.backlog.vault.v1.RevokeSecretRequest\x1a&.backlog.vault.v1.RevokeSecretResponse\">\x82\xd3\xe4\x93\x028:\x01*\"3/v1/workspaces/{workspace_id}/secrets/{name}/revoke\x12\x93\x01\n" +
+	"\fUpdateSecret\x12%.backlog.vault.v1.UpdateSecretRequest\x1a&.backlog.vault.v1.UpdateSecretResponse\"<\x82\xd3\xe4\x93\x026:\x06secret2,/v1/workspaces/{workspace_id}/secrets/{name}\x12\x9a\x01\n" +
+	"\fRevokeSecret\x12%.backlog.vault.v1.RevokeSecretRequest\x1a&.backlog.vault.v1.RevokeSecretResponse\";\x82\xd3\xe4\x93\x025\"3/v1/workspaces/{workspace_id}/secrets/{name}/revoke\x12\x93\x01\n" +
 	"\fDeleteSecret\x12%.backlog.vault.v1.DeleteSecretRequest\x1a&.backlog.vault.v1.DeleteSecretResponse\"4\x82\xd3\xe4\x93\x02.*,/v1/workspaces/{workspace_id}/secrets/{name}\x12\x9b\x01\n" +
-	"\x0eRunHttpRequest\x12'.backlog.vault.v1.RunHttpRequestRequest\x1a(.backlog.vault.v1.RunHttpRequestResponse\"6\x82\xd3\xe4\x93\x020:\x01*\"+/v1/workspaces/{workspace_id}/http-requests2\xbc\x01\n" +
-	"\x14VaultInternalService\x12N\n" +
+	"\x0eRunHttpRequest\x12'.backlog.vault.v1.RunHttpRequestRequest\x1a(.backlog.vault.v1.RunHttpRequestResponse\"6\x82\xd3\xe4\x93\x020:\x01*\"+/v1/workspaces/{workspace_id}/http-requests\x12\xae\x01\n" +
+	"\x12ListSecretVersions\x12+.backlog.vault.v1.ListSecretVersionsRequest\x1a,.backlog.vault.v1.ListSecretVersionsResponse\"=\x82\xd3\xe4\x93\x027\x125/v1/workspaces/{workspace_id}/secrets/{name}/versions\x12\xa5\x01\n" +
+	"\x0eRollbackSecret\x12'.backlog.vault.v1.RollbackSecretRequest\x1a(.backlog.vault.v1.RollbackSecretResponse\"@\x82\xd3\xe4\x93\x02::\x01*\"5/v1/workspaces/{workspace_id}/secrets/{name}/rollback\x12\x99\x01\n" +
+	"\x0fListConnections\x12(.backlog.vault.v1.ListConnectionsRequest\x1a).backlog.vault.v1.ListConnectionsResponse\"1\x82\xd3\xe4\x93\x02+\x12)/v1/workspaces/{workspace_id}/connections\x12\x9f\x01\n" +
+	"\x10CreateConnection\x12).backlog.vault.v1.CreateConnectionRequest\x1a*.backlog.vault.v1.CreateConnectionResponse\"4\x82\xd3\xe4\x93\x02.:\x01*\")/v1/workspaces/{workspace_id}/connections\x12\xa3\x01\n" +
+	"\rGetConnection\x12&.backlog.vault.v1.GetConnectionRequest\x1a'.backlog.vault.v1.GetConnectionResponse\"A\x82\xd3\xe4\x93\x02;\x129/v1/workspaces/{workspace_id}/connections/{connection_id}\x12\xb8\x01\n" +
+	"\x10UpdateConnection\x12).backlog.vault.v1.UpdateConnectionRequest\x1a*.backlog.vault.v1.UpdateConnectionResponse\"M\x82\xd3\xe4\x93\x02G:\n" +
+	"connection29/v1/workspaces/{workspace_id}/connections/{connection_id}\x12\xac\x01\n" +
+	"\x10DeleteConnection\x12).backlog.vault.v1.DeleteConnectionRequest\x1a*.backlog.vault.v1.DeleteConnectionResponse\"A\x82\xd3\xe4\x93\x02;*9/v1/workspaces/{workspace_id}/connections/{connection_id}\x12\x89\x01\n" +
+	"\vListActions\x12$.backlog.vault.v1.ListActionsRequest\x1a%.backlog.vault.v1.ListActionsResponse\"-\x82\xd3\xe4\x93\x02'\x12%/v1/workspaces/{workspace_id}/actions\x12\x8f\x01\n" +
+	"\fCreateAction\x12%.backlog.vault.v1.CreateActionRequest\x1a&.backlog.vault.v1.CreateActionResponse\"0\x82\xd3\xe4\x93\x02*:\x01*\"%/v1/workspaces/{workspace_id}/actions\x12\x8f\x01\n" +
+	"\tGetAction\x12\".backlog.vault.v1.GetActionRequest\x1a#.backlog.vault.v1.GetActionResponse\"9\x82\xd3\xe4\x93\x023\x121/v1/workspaces/{workspace_id}/actions/{action_id}\x12\xa0\x01\n" +
+	"\fUpdateAction\x12%.backlog.vault.v1.UpdateActionRequest\x1a&.backlog.vault.v1.UpdateActionResponse\"A\x82\xd3\xe4\x93\x02;:\x06action21/v1/workspaces/{workspace_id}/actions/{action_id}\x12\x98\x01\n" +
+	"\fDeleteAction\x12%.backlog.vault.v1.DeleteActionRequest\x1a&.backlog.vault.v1.DeleteActionResponse\"9\x82\xd3\xe4\x93\x023*1/v1/workspaces/{workspace_id}/actions/{action_id}\x12\xb6\x01\n" +
+	"\x16ListEventSubscriptions\x12/.backlog.vault.v1.ListEventSubscriptionsRequest\x1a0.backlog.vault.v1.ListEventSubscriptionsResponse\"9\x82\xd3\xe4\x93\x023\x121/v1/workspaces/{workspace_id}/event-subscriptions\x12\xbc\x01\n" +
+	"\x17CreateEventSubscription\x120.backlog.vault.v1.CreateEventSubscriptionRequest\x1a1.backlog.vault.v1.CreateEventSubscriptionResponse\"<\x82\xd3\xe4\x93\x026:\x01*\"1/v1/workspaces/{workspace_id}/event-subscriptions\x12\xc2\x01\n" +
+	"\x14GetEventSubscription\x12-.backlog.vault.v1.GetEventSubscriptionRequest\x1a..backlog.vault.v1.GetEventSubscriptionResponse\"K\x82\xd3\xe4\x93\x02E\x12C/v1/workspaces/{workspace_id}/event-subscriptions/{subscription_id}\x12\xcb\x01\n" +
+	"\x17DeleteEventSubscription\x120.backlog.vault.v1.DeleteEventSubscriptionRequest\x1a1.backlog.vault.v1.DeleteEventSubscriptionResponse\"K\x82\xd3\xe4\x93\x02E*C/v1/workspaces/{workspace_id}/event-subscriptions/{subscription_id}\x12\xca\x01\n" +
+	"\x13ListEventDeliveries\x12,.backlog.vault.v1.ListEventDeliveriesRequest\x1a-.backlog.vault.v1.ListEventDeliveriesResponse\"V\x82\xd3\xe4\x93\x02P\x12N/v1/workspaces/{workspace_id}/event-subscriptions/{subscription_id}/deliveries\x12\x96\x01\n" +
+	"\tRunAction\x12\".backlog.vault.v1.RunActionRequest\x1a#.backlog.vault.v1.RunActionResponse\"@\x82\xd3\xe4\x93\x02::\x01*\"5/v1/workspaces/{workspace_id}/actions/{action_id}/run2\xe7\x03\n" +
+	"\x14VaultInternalService\x12]\n" +
+	"\fPublishEvent\x12%.backlog.vault.v1.PublishEventRequest\x1a&.backlog.vault.v1.PublishEventResponse\x12\\\n" +
+	"\vWatchEvents\x12$.backlog.vault.v1.WatchEventsRequest\x1a%.backlog.vault.v1.WatchEventsResponse0\x01\x12l\n" +
+	"\x11ResolveConnection\x12*.backlog.vault.v1.ResolveConnectionRequest\x1a+.backlog.vault.v1.ResolveConnectionResponse\x12N\n" +
 	"\aResolve\x12 .backlog.vault.v1.ResolveRequest\x1a!.backlog.vault.v1.ResolveResponse\x12T\n" +
 	"\tRotateKek\x12\".backlog.vault.v1.RotateKekRequest\x1a#.backlog.vault.v1.RotateKekResponseBAZ?github.com/backlog/controlplane/gen/go/backlog/vault/v1;vaultv1b\x06proto3"
 
@@ -1358,74 +4749,211 @@ func file_backlog_vault_v1_vault_proto_rawDescGZIP() []byte {
 	return file_backlog_vault_v1_vault_proto_rawDescData
 }
 
-var file_backlog_vault_v1_vault_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_backlog_vault_v1_vault_proto_msgTypes = make([]protoimpl.MessageInfo, 76)
 var file_backlog_vault_v1_vault_proto_goTypes = []any{
-	(*Secret)(nil),                 // 0: backlog.vault.v1.Secret
-	(*ListSecretsRequest)(nil),     // 1: backlog.vault.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),    // 2: backlog.vault.v1.ListSecretsResponse
-	(*CreateSecretRequest)(nil),    // 3: backlog.vault.v1.CreateSecretRequest
-	(*CreateSecretResponse)(nil),   // 4: backlog.vault.v1.CreateSecretResponse
-	(*GetSecretRequest)(nil),       // 5: backlog.vault.v1.GetSecretRequest
-	(*GetSecretResponse)(nil),      // 6: backlog.vault.v1.GetSecretResponse
-	(*UpdateSecretRequest)(nil),    // 7: backlog.vault.v1.UpdateSecretRequest
-	(*UpdateSecretResponse)(nil),   // 8: backlog.vault.v1.UpdateSecretResponse
-	(*RevokeSecretRequest)(nil),    // 9: backlog.vault.v1.RevokeSecretRequest
-	(*RevokeSecretResponse)(nil),   // 10: backlog.vault.v1.RevokeSecretResponse
-	(*DeleteSecretRequest)(nil),    // 11: backlog.vault.v1.DeleteSecretRequest
-	(*DeleteSecretResponse)(nil),   // 12: backlog.vault.v1.DeleteSecretResponse
-	(*RunHttpRequestRequest)(nil),  // 13: backlog.vault.v1.RunHttpRequestRequest
-	(*RunHttpRequestResponse)(nil), // 14: backlog.vault.v1.RunHttpRequestResponse
-	(*ResolveRequest)(nil),         // 15: backlog.vault.v1.ResolveRequest
-	(*ResolveResponse)(nil),        // 16: backlog.vault.v1.ResolveResponse
-	(*RotateKekRequest)(nil),       // 17: backlog.vault.v1.RotateKekRequest
-	(*RotateKekResponse)(nil),      // 18: backlog.vault.v1.RotateKekResponse
-	nil,                            // 19: backlog.vault.v1.RunHttpRequestRequest.HeadersEntry
-	nil,                            // 20: backlog.vault.v1.RunHttpRequestResponse.HeadersEntry
-	(*timestamppb.Timestamp)(nil),  // 21: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 22: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),  // 23: google.protobuf.FieldMask
+	(*Secret)(nil),                          // 0: backlog.vault.v1.Secret
+	(*SecretUsage)(nil),                     // 1: backlog.vault.v1.SecretUsage
+	(*SecretVersion)(nil),                   // 2: backlog.vault.v1.SecretVersion
+	(*ListSecretsRequest)(nil),              // 3: backlog.vault.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),             // 4: backlog.vault.v1.ListSecretsResponse
+	(*CreateSecretRequest)(nil),             // 5: backlog.vault.v1.CreateSecretRequest
+	(*CreateSecretResponse)(nil),            // 6: backlog.vault.v1.CreateSecretResponse
+	(*GetSecretRequest)(nil),                // 7: backlog.vault.v1.GetSecretRequest
+	(*GetSecretResponse)(nil),               // 8: backlog.vault.v1.GetSecretResponse
+	(*UpdateSecretRequest)(nil),             // 9: backlog.vault.v1.UpdateSecretRequest
+	(*UpdateSecretResponse)(nil),            // 10: backlog.vault.v1.UpdateSecretResponse
+	(*RevokeSecretRequest)(nil),             // 11: backlog.vault.v1.RevokeSecretRequest
+	(*RevokeSecretResponse)(nil),            // 12: backlog.vault.v1.RevokeSecretResponse
+	(*DeleteSecretRequest)(nil),             // 13: backlog.vault.v1.DeleteSecretRequest
+	(*DeleteSecretResponse)(nil),            // 14: backlog.vault.v1.DeleteSecretResponse
+	(*RunHttpRequestRequest)(nil),           // 15: backlog.vault.v1.RunHttpRequestRequest
+	(*RunHttpRequestResponse)(nil),          // 16: backlog.vault.v1.RunHttpRequestResponse
+	(*ResolveRequest)(nil),                  // 17: backlog.vault.v1.ResolveRequest
+	(*ResolveResponse)(nil),                 // 18: backlog.vault.v1.ResolveResponse
+	(*RotateKekRequest)(nil),                // 19: backlog.vault.v1.RotateKekRequest
+	(*Pkcs11Kek)(nil),                       // 20: backlog.vault.v1.Pkcs11Kek
+	(*RotateKekResponse)(nil),               // 21: backlog.vault.v1.RotateKekResponse
+	(*ListSecretVersionsRequest)(nil),       // 22: backlog.vault.v1.ListSecretVersionsRequest
+	(*ListSecretVersionsResponse)(nil),      // 23: backlog.vault.v1.ListSecretVersionsResponse
+	(*RollbackSecretRequest)(nil),           // 24: backlog.vault.v1.RollbackSecretRequest
+	(*RollbackSecretResponse)(nil),          // 25: backlog.vault.v1.RollbackSecretResponse
+	(*Connection)(nil),                      // 26: backlog.vault.v1.Connection
+	(*ListConnectionsRequest)(nil),          // 27: backlog.vault.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil),         // 28: backlog.vault.v1.ListConnectionsResponse
+	(*CreateConnectionRequest)(nil),         // 29: backlog.vault.v1.CreateConnectionRequest
+	(*CreateConnectionResponse)(nil),        // 30: backlog.vault.v1.CreateConnectionResponse
+	(*GetConnectionRequest)(nil),            // 31: backlog.vault.v1.GetConnectionRequest
+	(*GetConnectionResponse)(nil),           // 32: backlog.vault.v1.GetConnectionResponse
+	(*UpdateConnectionRequest)(nil),         // 33: backlog.vault.v1.UpdateConnectionRequest
+	(*UpdateConnectionResponse)(nil),        // 34: backlog.vault.v1.UpdateConnectionResponse
+	(*DeleteConnectionRequest)(nil),         // 35: backlog.vault.v1.DeleteConnectionRequest
+	(*DeleteConnectionResponse)(nil),        // 36: backlog.vault.v1.DeleteConnectionResponse
+	(*Action)(nil),                          // 37: backlog.vault.v1.Action
+	(*ListActionsRequest)(nil),              // 38: backlog.vault.v1.ListActionsRequest
+	(*ListActionsResponse)(nil),             // 39: backlog.vault.v1.ListActionsResponse
+	(*CreateActionRequest)(nil),             // 40: backlog.vault.v1.CreateActionRequest
+	(*CreateActionResponse)(nil),            // 41: backlog.vault.v1.CreateActionResponse
+	(*GetActionRequest)(nil),                // 42: backlog.vault.v1.GetActionRequest
+	(*GetActionResponse)(nil),               // 43: backlog.vault.v1.GetActionResponse
+	(*UpdateActionRequest)(nil),             // 44: backlog.vault.v1.UpdateActionRequest
+	(*UpdateActionResponse)(nil),            // 45: backlog.vault.v1.UpdateActionResponse
+	(*DeleteActionRequest)(nil),             // 46: backlog.vault.v1.DeleteActionRequest
+	(*DeleteActionResponse)(nil),            // 47: backlog.vault.v1.DeleteActionResponse
+	(*RunActionRequest)(nil),                // 48: backlog.vault.v1.RunActionRequest
+	(*RunActionResponse)(nil),               // 49: backlog.vault.v1.RunActionResponse
+	(*ResolveConnectionRequest)(nil),        // 50: backlog.vault.v1.ResolveConnectionRequest
+	(*ResolveConnectionResponse)(nil),       // 51: backlog.vault.v1.ResolveConnectionResponse
+	(*Event)(nil),                           // 52: backlog.vault.v1.Event
+	(*EventSubscription)(nil),               // 53: backlog.vault.v1.EventSubscription
+	(*ListEventSubscriptionsRequest)(nil),   // 54: backlog.vault.v1.ListEventSubscriptionsRequest
+	(*ListEventSubscriptionsResponse)(nil),  // 55: backlog.vault.v1.ListEventSubscriptionsResponse
+	(*CreateEventSubscriptionRequest)(nil),  // 56: backlog.vault.v1.CreateEventSubscriptionRequest
+	(*CreateEventSubscriptionResponse)(nil), // 57: backlog.vault.v1.CreateEventSubscriptionResponse
+	(*GetEventSubscriptionRequest)(nil),     // 58: backlog.vault.v1.GetEventSubscriptionRequest
+	(*GetEventSubscriptionResponse)(nil),    // 59: backlog.vault.v1.GetEventSubscriptionResponse
+	(*DeleteEventSubscriptionRequest)(nil),  // 60: backlog.vault.v1.DeleteEventSubscriptionRequest
+	(*DeleteEventSubscriptionResponse)(nil), // 61: backlog.vault.v1.DeleteEventSubscriptionResponse
+	(*EventDelivery)(nil),                   // 62: backlog.vault.v1.EventDelivery
+	(*ListEventDeliveriesRequest)(nil),      // 63: backlog.vault.v1.ListEventDeliveriesRequest
+	(*ListEventDeliveriesResponse)(nil),     // 64: backlog.vault.v1.ListEventDeliveriesResponse
+	(*PublishEventRequest)(nil),             // 65: backlog.vault.v1.PublishEventRequest
+	(*PublishEventResponse)(nil),            // 66: backlog.vault.v1.PublishEventResponse
+	(*WatchEventsResponse)(nil),             // 67: backlog.vault.v1.WatchEventsResponse
+	(*WatchEventsRequest)(nil),              // 68: backlog.vault.v1.WatchEventsRequest
+	nil,                                     // 69: backlog.vault.v1.RunHttpRequestRequest.HeadersEntry
+	nil,                                     // 70: backlog.vault.v1.RunHttpRequestResponse.HeadersEntry
+	nil,                                     // 71: backlog.vault.v1.Action.HeadersEntry
+	nil,                                     // 72: backlog.vault.v1.CreateActionRequest.HeadersEntry
+	nil,                                     // 73: backlog.vault.v1.RunActionResponse.HeadersEntry
+	nil,                                     // 74: backlog.vault.v1.Event.DataEntry
+	nil,                                     // 75: backlog.vault.v1.PublishEventRequest.DataEntry
+	(*timestamppb.Timestamp)(nil),           // 76: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),             // 77: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),           // 78: google.protobuf.FieldMask
 }
 var file_backlog_vault_v1_vault_proto_depIdxs = []int32{
-	21, // 0: backlog.vault.v1.Secret.expires_at:type_name -> google.protobuf.Timestamp
-	21, // 1: backlog.vault.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
-	21, // 2: backlog.vault.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
-	21, // 3: backlog.vault.v1.Secret.last_used_at:type_name -> google.protobuf.Timestamp
-	21, // 4: backlog.vault.v1.Secret.revoked_at:type_name -> google.protobuf.Timestamp
-	22, // 5: backlog.vault.v1.ListSecretsRequest.expiring_within:type_name -> google.protobuf.Duration
-	0,  // 6: backlog.vault.v1.ListSecretsResponse.secrets:type_name -> backlog.vault.v1.Secret
-	21, // 7: backlog.vault.v1.CreateSecretRequest.expires_at:type_name -> google.protobuf.Timestamp
-	0,  // 8: backlog.vault.v1.CreateSecretResponse.secret:type_name -> backlog.vault.v1.Secret
-	0,  // 9: backlog.vault.v1.GetSecretResponse.secret:type_name -> backlog.vault.v1.Secret
-	0,  // 10: backlog.vault.v1.UpdateSecretRequest.secret:type_name -> backlog.vault.v1.Secret
-	23, // 11: backlog.vault.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
-	0,  // 12: backlog.vault.v1.UpdateSecretResponse.secret:type_name -> backlog.vault.v1.Secret
-	0,  // 13: backlog.vault.v1.RevokeSecretResponse.secret:type_name -> backlog.vault.v1.Secret
-	19, // 14: backlog.vault.v1.RunHttpRequestRequest.headers:type_name -> backlog.vault.v1.RunHttpRequestRequest.HeadersEntry
-	20, // 15: backlog.vault.v1.RunHttpRequestResponse.headers:type_name -> backlog.vault.v1.RunHttpRequestResponse.HeadersEntry
-	0,  // 16: backlog.vault.v1.ResolveResponse.secret:type_name -> backlog.vault.v1.Secret
-	1,  // 17: backlog.vault.v1.VaultService.ListSecrets:input_type -> backlog.vault.v1.ListSecretsRequest
-	3,  // 18: backlog.vault.v1.VaultService.CreateSecret:input_type -> backlog.vault.v1.CreateSecretRequest
-	5,  // 19: backlog.vault.v1.VaultService.GetSecret:input_type -> backlog.vault.v1.GetSecretRequest
-	7,  // 20: backlog.vault.v1.VaultService.UpdateSecret:input_type -> backlog.vault.v1.UpdateSecretRequest
-	9,  // 21: backlog.vault.v1.VaultService.RevokeSecret:input_type -> backlog.vault.v1.RevokeSecretRequest
-	11, // 22: backlog.vault.v1.VaultService.DeleteSecret:input_type -> backlog.vault.v1.DeleteSecretRequest
-	13, // 23: backlog.vault.v1.VaultService.RunHttpRequest:input_type -> backlog.vault.v1.RunHttpRequestRequest
-	15, // 24: backlog.vault.v1.VaultInternalService.Resolve:input_type -> backlog.vault.v1.ResolveRequest
-	17, // 25: backlog.vault.v1.VaultInternalService.RotateKek:input_type -> backlog.vault.v1.RotateKekRequest
-	2,  // 26: backlog.vault.v1.VaultService.ListSecrets:output_type -> backlog.vault.v1.ListSecretsResponse
-	4,  // 27: backlog.vault.v1.VaultService.CreateSecret:output_type -> backlog.vault.v1.CreateSecretResponse
-	6,  // 28: backlog.vault.v1.VaultService.GetSecret:output_type -> backlog.vault.v1.GetSecretResponse
-	8,  // 29: backlog.vault.v1.VaultService.UpdateSecret:output_type -> backlog.vault.v1.UpdateSecretResponse
-	10, // 30: backlog.vault.v1.VaultService.RevokeSecret:output_type -> backlog.vault.v1.RevokeSecretResponse
-	12, // 31: backlog.vault.v1.VaultService.DeleteSecret:output_type -> backlog.vault.v1.DeleteSecretResponse
-	14, // 32: backlog.vault.v1.VaultService.RunHttpRequest:output_type -> backlog.vault.v1.RunHttpRequestResponse
-	16, // 33: backlog.vault.v1.VaultInternalService.Resolve:output_type -> backlog.vault.v1.ResolveResponse
-	18, // 34: backlog.vault.v1.VaultInternalService.RotateKek:output_type -> backlog.vault.v1.RotateKekResponse
-	26, // [26:35] is the sub-list for method output_type
-	17, // [17:26] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	76, // 0: backlog.vault.v1.Secret.expires_at:type_name -> google.protobuf.Timestamp
+	76, // 1: backlog.vault.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
+	76, // 2: backlog.vault.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
+	76, // 3: backlog.vault.v1.Secret.last_used_at:type_name -> google.protobuf.Timestamp
+	76, // 4: backlog.vault.v1.Secret.revoked_at:type_name -> google.protobuf.Timestamp
+	1,  // 5: backlog.vault.v1.Secret.used_by:type_name -> backlog.vault.v1.SecretUsage
+	2,  // 6: backlog.vault.v1.Secret.versions:type_name -> backlog.vault.v1.SecretVersion
+	76, // 7: backlog.vault.v1.SecretVersion.created_at:type_name -> google.protobuf.Timestamp
+	77, // 8: backlog.vault.v1.ListSecretsRequest.expiring_within:type_name -> google.protobuf.Duration
+	0,  // 9: backlog.vault.v1.ListSecretsResponse.secrets:type_name -> backlog.vault.v1.Secret
+	76, // 10: backlog.vault.v1.CreateSecretRequest.expires_at:type_name -> google.protobuf.Timestamp
+	0,  // 11: backlog.vault.v1.CreateSecretResponse.secret:type_name -> backlog.vault.v1.Secret
+	0,  // 12: backlog.vault.v1.GetSecretResponse.secret:type_name -> backlog.vault.v1.Secret
+	0,  // 13: backlog.vault.v1.UpdateSecretRequest.secret:type_name -> backlog.vault.v1.Secret
+	78, // 14: backlog.vault.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
+	0,  // 15: backlog.vault.v1.UpdateSecretResponse.secret:type_name -> backlog.vault.v1.Secret
+	0,  // 16: backlog.vault.v1.RevokeSecretResponse.secret:type_name -> backlog.vault.v1.Secret
+	69, // 17: backlog.vault.v1.RunHttpRequestRequest.headers:type_name -> backlog.vault.v1.RunHttpRequestRequest.HeadersEntry
+	70, // 18: backlog.vault.v1.RunHttpRequestResponse.headers:type_name -> backlog.vault.v1.RunHttpRequestResponse.HeadersEntry
+	0,  // 19: backlog.vault.v1.ResolveResponse.secret:type_name -> backlog.vault.v1.Secret
+	20, // 20: backlog.vault.v1.RotateKekRequest.pkcs11:type_name -> backlog.vault.v1.Pkcs11Kek
+	2,  // 21: backlog.vault.v1.ListSecretVersionsResponse.versions:type_name -> backlog.vault.v1.SecretVersion
+	0,  // 22: backlog.vault.v1.RollbackSecretResponse.secret:type_name -> backlog.vault.v1.Secret
+	76, // 23: backlog.vault.v1.Connection.created_at:type_name -> google.protobuf.Timestamp
+	76, // 24: backlog.vault.v1.Connection.updated_at:type_name -> google.protobuf.Timestamp
+	26, // 25: backlog.vault.v1.ListConnectionsResponse.connections:type_name -> backlog.vault.v1.Connection
+	26, // 26: backlog.vault.v1.CreateConnectionResponse.connection:type_name -> backlog.vault.v1.Connection
+	26, // 27: backlog.vault.v1.GetConnectionResponse.connection:type_name -> backlog.vault.v1.Connection
+	26, // 28: backlog.vault.v1.UpdateConnectionRequest.connection:type_name -> backlog.vault.v1.Connection
+	78, // 29: backlog.vault.v1.UpdateConnectionRequest.update_mask:type_name -> google.protobuf.FieldMask
+	26, // 30: backlog.vault.v1.UpdateConnectionResponse.connection:type_name -> backlog.vault.v1.Connection
+	71, // 31: backlog.vault.v1.Action.headers:type_name -> backlog.vault.v1.Action.HeadersEntry
+	76, // 32: backlog.vault.v1.Action.created_at:type_name -> google.protobuf.Timestamp
+	76, // 33: backlog.vault.v1.Action.updated_at:type_name -> google.protobuf.Timestamp
+	37, // 34: backlog.vault.v1.ListActionsResponse.actions:type_name -> backlog.vault.v1.Action
+	72, // 35: backlog.vault.v1.CreateActionRequest.headers:type_name -> backlog.vault.v1.CreateActionRequest.HeadersEntry
+	37, // 36: backlog.vault.v1.CreateActionResponse.action:type_name -> backlog.vault.v1.Action
+	37, // 37: backlog.vault.v1.GetActionResponse.action:type_name -> backlog.vault.v1.Action
+	37, // 38: backlog.vault.v1.UpdateActionRequest.action:type_name -> backlog.vault.v1.Action
+	78, // 39: backlog.vault.v1.UpdateActionRequest.update_mask:type_name -> google.protobuf.FieldMask
+	37, // 40: backlog.vault.v1.UpdateActionResponse.action:type_name -> backlog.vault.v1.Action
+	73, // 41: backlog.vault.v1.RunActionResponse.headers:type_name -> backlog.vault.v1.RunActionResponse.HeadersEntry
+	26, // 42: backlog.vault.v1.ResolveConnectionResponse.connection:type_name -> backlog.vault.v1.Connection
+	0,  // 43: backlog.vault.v1.ResolveConnectionResponse.secret:type_name -> backlog.vault.v1.Secret
+	76, // 44: backlog.vault.v1.Event.occurred_at:type_name -> google.protobuf.Timestamp
+	74, // 45: backlog.vault.v1.Event.data:type_name -> backlog.vault.v1.Event.DataEntry
+	76, // 46: backlog.vault.v1.EventSubscription.created_at:type_name -> google.protobuf.Timestamp
+	53, // 47: backlog.vault.v1.ListEventSubscriptionsResponse.subscriptions:type_name -> backlog.vault.v1.EventSubscription
+	53, // 48: backlog.vault.v1.CreateEventSubscriptionResponse.subscription:type_name -> backlog.vault.v1.EventSubscription
+	53, // 49: backlog.vault.v1.GetEventSubscriptionResponse.subscription:type_name -> backlog.vault.v1.EventSubscription
+	76, // 50: backlog.vault.v1.EventDelivery.created_at:type_name -> google.protobuf.Timestamp
+	76, // 51: backlog.vault.v1.EventDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
+	76, // 52: backlog.vault.v1.EventDelivery.delivered_at:type_name -> google.protobuf.Timestamp
+	62, // 53: backlog.vault.v1.ListEventDeliveriesResponse.deliveries:type_name -> backlog.vault.v1.EventDelivery
+	75, // 54: backlog.vault.v1.PublishEventRequest.data:type_name -> backlog.vault.v1.PublishEventRequest.DataEntry
+	52, // 55: backlog.vault.v1.PublishEventResponse.event:type_name -> backlog.vault.v1.Event
+	52, // 56: backlog.vault.v1.WatchEventsResponse.event:type_name -> backlog.vault.v1.Event
+	3,  // 57: backlog.vault.v1.VaultService.ListSecrets:input_type -> backlog.vault.v1.ListSecretsRequest
+	5,  // 58: backlog.vault.v1.VaultService.CreateSecret:input_type -> backlog.vault.v1.CreateSecretRequest
+	7,  // 59: backlog.vault.v1.VaultService.GetSecret:input_type -> backlog.vault.v1.GetSecretRequest
+	9,  // 60: backlog.vault.v1.VaultService.UpdateSecret:input_type -> backlog.vault.v1.UpdateSecretRequest
+	11, // 61: backlog.vault.v1.VaultService.RevokeSecret:input_type -> backlog.vault.v1.RevokeSecretRequest
+	13, // 62: backlog.vault.v1.VaultService.DeleteSecret:input_type -> backlog.vault.v1.DeleteSecretRequest
+	15, // 63: backlog.vault.v1.VaultService.RunHttpRequest:input_type -> backlog.vault.v1.RunHttpRequestRequest
+	22, // 64: backlog.vault.v1.VaultService.ListSecretVersions:input_type -> backlog.vault.v1.ListSecretVersionsRequest
+	24, // 65: backlog.vault.v1.VaultService.RollbackSecret:input_type -> backlog.vault.v1.RollbackSecretRequest
+	27, // 66: backlog.vault.v1.VaultService.ListConnections:input_type -> backlog.vault.v1.ListConnectionsRequest
+	29, // 67: backlog.vault.v1.VaultService.CreateConnection:input_type -> backlog.vault.v1.CreateConnectionRequest
+	31, // 68: backlog.vault.v1.VaultService.GetConnection:input_type -> backlog.vault.v1.GetConnectionRequest
+	33, // 69: backlog.vault.v1.VaultService.UpdateConnection:input_type -> backlog.vault.v1.UpdateConnectionRequest
+	35, // 70: backlog.vault.v1.VaultService.DeleteConnection:input_type -> backlog.vault.v1.DeleteConnectionRequest
+	38, // 71: backlog.vault.v1.VaultService.ListActions:input_type -> backlog.vault.v1.ListActionsRequest
+	40, // 72: backlog.vault.v1.VaultService.CreateAction:input_type -> backlog.vault.v1.CreateActionRequest
+	42, // 73: backlog.vault.v1.VaultService.GetAction:input_type -> backlog.vault.v1.GetActionRequest
+	44, // 74: backlog.vault.v1.VaultService.UpdateAction:input_type -> backlog.vault.v1.UpdateActionRequest
+	46, // 75: backlog.vault.v1.VaultService.DeleteAction:input_type -> backlog.vault.v1.DeleteActionRequest
+	54, // 76: backlog.vault.v1.VaultService.ListEventSubscriptions:input_type -> backlog.vault.v1.ListEventSubscriptionsRequest
+	56, // 77: backlog.vault.v1.VaultService.CreateEventSubscription:input_type -> backlog.vault.v1.CreateEventSubscriptionRequest
+	58, // 78: backlog.vault.v1.VaultService.GetEventSubscription:input_type -> backlog.vault.v1.GetEventSubscriptionRequest
+	60, // 79: backlog.vault.v1.VaultService.DeleteEventSubscription:input_type -> backlog.vault.v1.DeleteEventSubscriptionRequest
+	63, // 80: backlog.vault.v1.VaultService.ListEventDeliveries:input_type -> backlog.vault.v1.ListEventDeliveriesRequest
+	48, // 81: backlog.vault.v1.VaultService.RunAction:input_type -> backlog.vault.v1.RunActionRequest
+	65, // 82: backlog.vault.v1.VaultInternalService.PublishEvent:input_type -> backlog.vault.v1.PublishEventRequest
+	68, // 83: backlog.vault.v1.VaultInternalService.WatchEvents:input_type -> backlog.vault.v1.WatchEventsRequest
+	50, // 84: backlog.vault.v1.VaultInternalService.ResolveConnection:input_type -> backlog.vault.v1.ResolveConnectionRequest
+	17, // 85: backlog.vault.v1.VaultInternalService.Resolve:input_type -> backlog.vault.v1.ResolveRequest
+	19, // 86: backlog.vault.v1.VaultInternalService.RotateKek:input_type -> backlog.vault.v1.RotateKekRequest
+	4,  // 87: backlog.vault.v1.VaultService.ListSecrets:output_type -> backlog.vault.v1.ListSecretsResponse
+	6,  // 88: backlog.vault.v1.VaultService.CreateSecret:output_type -> backlog.vault.v1.CreateSecretResponse
+	8,  // 89: backlog.vault.v1.VaultService.GetSecret:output_type -> backlog.vault.v1.GetSecretResponse
+	10, // 90: backlog.vault.v1.VaultService.UpdateSecret:output_type -> backlog.vault.v1.UpdateSecretResponse
+	12, // 91: backlog.vault.v1.VaultService.RevokeSecret:output_type -> backlog.vault.v1.RevokeSecretResponse
+	14, // 92: backlog.vault.v1.VaultService.DeleteSecret:output_type -> backlog.vault.v1.DeleteSecretResponse
+	16, // 93: backlog.vault.v1.VaultService.RunHttpRequest:output_type -> backlog.vault.v1.RunHttpRequestResponse
+	23, // 94: backlog.vault.v1.VaultService.ListSecretVersions:output_type -> backlog.vault.v1.ListSecretVersionsResponse
+	25, // 95: backlog.vault.v1.VaultService.RollbackSecret:output_type -> backlog.vault.v1.RollbackSecretResponse
+	28, // 96: backlog.vault.v1.VaultService.ListConnections:output_type -> backlog.vault.v1.ListConnectionsResponse
+	30, // 97: backlog.vault.v1.VaultService.CreateConnection:output_type -> backlog.vault.v1.CreateConnectionResponse
+	32, // 98: backlog.vault.v1.VaultService.GetConnection:output_type -> backlog.vault.v1.GetConnectionResponse
+	34, // 99: backlog.vault.v1.VaultService.UpdateConnection:output_type -> backlog.vault.v1.UpdateConnectionResponse
+	36, // 100: backlog.vault.v1.VaultService.DeleteConnection:output_type -> backlog.vault.v1.DeleteConnectionResponse
+	39, // 101: backlog.vault.v1.VaultService.ListActions:output_type -> backlog.vault.v1.ListActionsResponse
+	41, // 102: backlog.vault.v1.VaultService.CreateAction:output_type -> backlog.vault.v1.CreateActionResponse
+	43, // 103: backlog.vault.v1.VaultService.GetAction:output_type -> backlog.vault.v1.GetActionResponse
+	45, // 104: backlog.vault.v1.VaultService.UpdateAction:output_type -> backlog.vault.v1.UpdateActionResponse
+	47, // 105: backlog.vault.v1.VaultService.DeleteAction:output_type -> backlog.vault.v1.DeleteActionResponse
+	55, // 106: backlog.vault.v1.VaultService.ListEventSubscriptions:output_type -> backlog.vault.v1.ListEventSubscriptionsResponse
+	57, // 107: backlog.vault.v1.VaultService.CreateEventSubscription:output_type -> backlog.vault.v1.CreateEventSubscriptionResponse
+	59, // 108: backlog.vault.v1.VaultService.GetEventSubscription:output_type -> backlog.vault.v1.GetEventSubscriptionResponse
+	61, // 109: backlog.vault.v1.VaultService.DeleteEventSubscription:output_type -> backlog.vault.v1.DeleteEventSubscriptionResponse
+	64, // 110: backlog.vault.v1.VaultService.ListEventDeliveries:output_type -> backlog.vault.v1.ListEventDeliveriesResponse
+	49, // 111: backlog.vault.v1.VaultService.RunAction:output_type -> backlog.vault.v1.RunActionResponse
+	66, // 112: backlog.vault.v1.VaultInternalService.PublishEvent:output_type -> backlog.vault.v1.PublishEventResponse
+	67, // 113: backlog.vault.v1.VaultInternalService.WatchEvents:output_type -> backlog.vault.v1.WatchEventsResponse
+	51, // 114: backlog.vault.v1.VaultInternalService.ResolveConnection:output_type -> backlog.vault.v1.ResolveConnectionResponse
+	18, // 115: backlog.vault.v1.VaultInternalService.Resolve:output_type -> backlog.vault.v1.ResolveResponse
+	21, // 116: backlog.vault.v1.VaultInternalService.RotateKek:output_type -> backlog.vault.v1.RotateKekResponse
+	87, // [87:117] is the sub-list for method output_type
+	57, // [57:87] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_backlog_vault_v1_vault_proto_init() }
@@ -1439,7 +4967,7 @@ func file_backlog_vault_v1_vault_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_backlog_vault_v1_vault_proto_rawDesc), len(file_backlog_vault_v1_vault_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   76,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

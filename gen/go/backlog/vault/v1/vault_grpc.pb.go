@@ -19,13 +19,31 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	VaultService_ListSecrets_FullMethodName    = "/backlog.vault.v1.VaultService/ListSecrets"
-	VaultService_CreateSecret_FullMethodName   = "/backlog.vault.v1.VaultService/CreateSecret"
-	VaultService_GetSecret_FullMethodName      = "/backlog.vault.v1.VaultService/GetSecret"
-	VaultService_UpdateSecret_FullMethodName   = "/backlog.vault.v1.VaultService/UpdateSecret"
-	VaultService_RevokeSecret_FullMethodName   = "/backlog.vault.v1.VaultService/RevokeSecret"
-	VaultService_DeleteSecret_FullMethodName   = "/backlog.vault.v1.VaultService/DeleteSecret"
-	VaultService_RunHttpRequest_FullMethodName = "/backlog.vault.v1.VaultService/RunHttpRequest"
+	VaultService_ListSecrets_FullMethodName             = "/backlog.vault.v1.VaultService/ListSecrets"
+	VaultService_CreateSecret_FullMethodName            = "/backlog.vault.v1.VaultService/CreateSecret"
+	VaultService_GetSecret_FullMethodName               = "/backlog.vault.v1.VaultService/GetSecret"
+	VaultService_UpdateSecret_FullMethodName            = "/backlog.vault.v1.VaultService/UpdateSecret"
+	VaultService_RevokeSecret_FullMethodName            = "/backlog.vault.v1.VaultService/RevokeSecret"
+	VaultService_DeleteSecret_FullMethodName            = "/backlog.vault.v1.VaultService/DeleteSecret"
+	VaultService_RunHttpRequest_FullMethodName          = "/backlog.vault.v1.VaultService/RunHttpRequest"
+	VaultService_ListSecretVersions_FullMethodName      = "/backlog.vault.v1.VaultService/ListSecretVersions"
+	VaultService_RollbackSecret_FullMethodName          = "/backlog.vault.v1.VaultService/RollbackSecret"
+	VaultService_ListConnections_FullMethodName         = "/backlog.vault.v1.VaultService/ListConnections"
+	VaultService_CreateConnection_FullMethodName        = "/backlog.vault.v1.VaultService/CreateConnection"
+	VaultService_GetConnection_FullMethodName           = "/backlog.vault.v1.VaultService/GetConnection"
+	VaultService_UpdateConnection_FullMethodName        = "/backlog.vault.v1.VaultService/UpdateConnection"
+	VaultService_DeleteConnection_FullMethodName        = "/backlog.vault.v1.VaultService/DeleteConnection"
+	VaultService_ListActions_FullMethodName             = "/backlog.vault.v1.VaultService/ListActions"
+	VaultService_CreateAction_FullMethodName            = "/backlog.vault.v1.VaultService/CreateAction"
+	VaultService_GetAction_FullMethodName               = "/backlog.vault.v1.VaultService/GetAction"
+	VaultService_UpdateAction_FullMethodName            = "/backlog.vault.v1.VaultService/UpdateAction"
+	VaultService_DeleteAction_FullMethodName            = "/backlog.vault.v1.VaultService/DeleteAction"
+	VaultService_ListEventSubscriptions_FullMethodName  = "/backlog.vault.v1.VaultService/ListEventSubscriptions"
+	VaultService_CreateEventSubscription_FullMethodName = "/backlog.vault.v1.VaultService/CreateEventSubscription"
+	VaultService_GetEventSubscription_FullMethodName    = "/backlog.vault.v1.VaultService/GetEventSubscription"
+	VaultService_DeleteEventSubscription_FullMethodName = "/backlog.vault.v1.VaultService/DeleteEventSubscription"
+	VaultService_ListEventDeliveries_FullMethodName     = "/backlog.vault.v1.VaultService/ListEventDeliveries"
+	VaultService_RunAction_FullMethodName               = "/backlog.vault.v1.VaultService/RunAction"
 )
 
 // VaultServiceClient is the client API for VaultService service.
@@ -43,12 +61,57 @@ type VaultServiceClient interface {
 	GetSecret(ctx context.Context, in *GetSecretRequest, opts ...grpc.CallOption) (*GetSecretResponse, error)
 	// UpdateSecret rotates the value or changes description or expiry.
 	UpdateSecret(ctx context.Context, in *UpdateSecretRequest, opts ...grpc.CallOption) (*UpdateSecretResponse, error)
-	// RevokeSecret disables a secret at once and keeps the record.
+	// RevokeSecret disables a secret at once and keeps the record. A secret
+	// that actions or connections use is refused (409, naming them) unless
+	// force is set.
 	RevokeSecret(ctx context.Context, in *RevokeSecretRequest, opts ...grpc.CallOption) (*RevokeSecretResponse, error)
-	// DeleteSecret removes a secret.
+	// DeleteSecret removes a secret (and its kept versions). A secret that
+	// actions or connections use is refused (409, naming them) unless force
+	// is set.
 	DeleteSecret(ctx context.Context, in *DeleteSecretRequest, opts ...grpc.CallOption) (*DeleteSecretResponse, error)
 	// RunHttpRequest runs an HTTP Request step, substituting secret references.
 	RunHttpRequest(ctx context.Context, in *RunHttpRequestRequest, opts ...grpc.CallOption) (*RunHttpRequestResponse, error)
+	// ListSecretVersions lists the kept versions of a secret's value,
+	// newest first: metadata only, never a value.
+	ListSecretVersions(ctx context.Context, in *ListSecretVersionsRequest, opts ...grpc.CallOption) (*ListSecretVersionsResponse, error)
+	// RollbackSecret makes a kept version's value (and allowed hosts) current
+	// again, as a new version.
+	RollbackSecret(ctx context.Context, in *RollbackSecretRequest, opts ...grpc.CallOption) (*RollbackSecretResponse, error)
+	// ListConnections lists a workspace's connections.
+	ListConnections(ctx context.Context, in *ListConnectionsRequest, opts ...grpc.CallOption) (*ListConnectionsResponse, error)
+	// CreateConnection saves a connection to an integration, using an
+	// integration secret chosen by name.
+	CreateConnection(ctx context.Context, in *CreateConnectionRequest, opts ...grpc.CallOption) (*CreateConnectionResponse, error)
+	// GetConnection reads a connection.
+	GetConnection(ctx context.Context, in *GetConnectionRequest, opts ...grpc.CallOption) (*GetConnectionResponse, error)
+	// UpdateConnection changes the fields sent.
+	UpdateConnection(ctx context.Context, in *UpdateConnectionRequest, opts ...grpc.CallOption) (*UpdateConnectionResponse, error)
+	// DeleteConnection removes a connection (never its secret).
+	DeleteConnection(ctx context.Context, in *DeleteConnectionRequest, opts ...grpc.CallOption) (*DeleteConnectionResponse, error)
+	// ListActions lists a workspace's actions (saved HTTP Request steps).
+	ListActions(ctx context.Context, in *ListActionsRequest, opts ...grpc.CallOption) (*ListActionsResponse, error)
+	// CreateAction saves an HTTP Request step referencing webhook secrets by
+	// name.
+	CreateAction(ctx context.Context, in *CreateActionRequest, opts ...grpc.CallOption) (*CreateActionResponse, error)
+	// GetAction reads an action.
+	GetAction(ctx context.Context, in *GetActionRequest, opts ...grpc.CallOption) (*GetActionResponse, error)
+	// UpdateAction changes the fields sent.
+	UpdateAction(ctx context.Context, in *UpdateActionRequest, opts ...grpc.CallOption) (*UpdateActionResponse, error)
+	// DeleteAction removes an action (never its secrets).
+	DeleteAction(ctx context.Context, in *DeleteActionRequest, opts ...grpc.CallOption) (*DeleteActionResponse, error)
+	// ListEventSubscriptions lists the workspace's event subscriptions.
+	ListEventSubscriptions(ctx context.Context, in *ListEventSubscriptionsRequest, opts ...grpc.CallOption) (*ListEventSubscriptionsResponse, error)
+	// CreateEventSubscription subscribes an HTTPS endpoint to event types.
+	// The response holds the signing secret, once.
+	CreateEventSubscription(ctx context.Context, in *CreateEventSubscriptionRequest, opts ...grpc.CallOption) (*CreateEventSubscriptionResponse, error)
+	// GetEventSubscription reads a subscription (never its signing secret).
+	GetEventSubscription(ctx context.Context, in *GetEventSubscriptionRequest, opts ...grpc.CallOption) (*GetEventSubscriptionResponse, error)
+	// DeleteEventSubscription stops deliveries to a subscription.
+	DeleteEventSubscription(ctx context.Context, in *DeleteEventSubscriptionRequest, opts ...grpc.CallOption) (*DeleteEventSubscriptionResponse, error)
+	// ListEventDeliveries is a subscription's delivery log, newest first.
+	ListEventDeliveries(ctx context.Context, in *ListEventDeliveriesRequest, opts ...grpc.CallOption) (*ListEventDeliveriesResponse, error)
+	// RunAction runs a stored action with its secrets' current values.
+	RunAction(ctx context.Context, in *RunActionRequest, opts ...grpc.CallOption) (*RunActionResponse, error)
 }
 
 type vaultServiceClient struct {
@@ -129,6 +192,186 @@ func (c *vaultServiceClient) RunHttpRequest(ctx context.Context, in *RunHttpRequ
 	return out, nil
 }
 
+func (c *vaultServiceClient) ListSecretVersions(ctx context.Context, in *ListSecretVersionsRequest, opts ...grpc.CallOption) (*ListSecretVersionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSecretVersionsResponse)
+	err := c.cc.Invoke(ctx, VaultService_ListSecretVersions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) RollbackSecret(ctx context.Context, in *RollbackSecretRequest, opts ...grpc.CallOption) (*RollbackSecretResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RollbackSecretResponse)
+	err := c.cc.Invoke(ctx, VaultService_RollbackSecret_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) ListConnections(ctx context.Context, in *ListConnectionsRequest, opts ...grpc.CallOption) (*ListConnectionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListConnectionsResponse)
+	err := c.cc.Invoke(ctx, VaultService_ListConnections_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) CreateConnection(ctx context.Context, in *CreateConnectionRequest, opts ...grpc.CallOption) (*CreateConnectionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateConnectionResponse)
+	err := c.cc.Invoke(ctx, VaultService_CreateConnection_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) GetConnection(ctx context.Context, in *GetConnectionRequest, opts ...grpc.CallOption) (*GetConnectionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetConnectionResponse)
+	err := c.cc.Invoke(ctx, VaultService_GetConnection_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) UpdateConnection(ctx context.Context, in *UpdateConnectionRequest, opts ...grpc.CallOption) (*UpdateConnectionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateConnectionResponse)
+	err := c.cc.Invoke(ctx, VaultService_UpdateConnection_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) DeleteConnection(ctx context.Context, in *DeleteConnectionRequest, opts ...grpc.CallOption) (*DeleteConnectionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteConnectionResponse)
+	err := c.cc.Invoke(ctx, VaultService_DeleteConnection_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) ListActions(ctx context.Context, in *ListActionsRequest, opts ...grpc.CallOption) (*ListActionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListActionsResponse)
+	err := c.cc.Invoke(ctx, VaultService_ListActions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) CreateAction(ctx context.Context, in *CreateActionRequest, opts ...grpc.CallOption) (*CreateActionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateActionResponse)
+	err := c.cc.Invoke(ctx, VaultService_CreateAction_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) GetAction(ctx context.Context, in *GetActionRequest, opts ...grpc.CallOption) (*GetActionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetActionResponse)
+	err := c.cc.Invoke(ctx, VaultService_GetAction_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) UpdateAction(ctx context.Context, in *UpdateActionRequest, opts ...grpc.CallOption) (*UpdateActionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateActionResponse)
+	err := c.cc.Invoke(ctx, VaultService_UpdateAction_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) DeleteAction(ctx context.Context, in *DeleteActionRequest, opts ...grpc.CallOption) (*DeleteActionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteActionResponse)
+	err := c.cc.Invoke(ctx, VaultService_DeleteAction_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) ListEventSubscriptions(ctx context.Context, in *ListEventSubscriptionsRequest, opts ...grpc.CallOption) (*ListEventSubscriptionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEventSubscriptionsResponse)
+	err := c.cc.Invoke(ctx, VaultService_ListEventSubscriptions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) CreateEventSubscription(ctx context.Context, in *CreateEventSubscriptionRequest, opts ...grpc.CallOption) (*CreateEventSubscriptionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateEventSubscriptionResponse)
+	err := c.cc.Invoke(ctx, VaultService_CreateEventSubscription_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) GetEventSubscription(ctx context.Context, in *GetEventSubscriptionRequest, opts ...grpc.CallOption) (*GetEventSubscriptionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetEventSubscriptionResponse)
+	err := c.cc.Invoke(ctx, VaultService_GetEventSubscription_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) DeleteEventSubscription(ctx context.Context, in *DeleteEventSubscriptionRequest, opts ...grpc.CallOption) (*DeleteEventSubscriptionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteEventSubscriptionResponse)
+	err := c.cc.Invoke(ctx, VaultService_DeleteEventSubscription_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) ListEventDeliveries(ctx context.Context, in *ListEventDeliveriesRequest, opts ...grpc.CallOption) (*ListEventDeliveriesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEventDeliveriesResponse)
+	err := c.cc.Invoke(ctx, VaultService_ListEventDeliveries_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultServiceClient) RunAction(ctx context.Context, in *RunActionRequest, opts ...grpc.CallOption) (*RunActionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RunActionResponse)
+	err := c.cc.Invoke(ctx, VaultService_RunAction_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // VaultServiceServer is the server API for VaultService service.
 // All implementations must embed UnimplementedVaultServiceServer
 // for forward compatibility.
@@ -144,12 +387,57 @@ type VaultServiceServer interface {
 	GetSecret(context.Context, *GetSecretRequest) (*GetSecretResponse, error)
 	// UpdateSecret rotates the value or changes description or expiry.
 	UpdateSecret(context.Context, *UpdateSecretRequest) (*UpdateSecretResponse, error)
-	// RevokeSecret disables a secret at once and keeps the record.
+	// RevokeSecret disables a secret at once and keeps the record. A secret
+	// that actions or connections use is refused (409, naming them) unless
+	// force is set.
 	RevokeSecret(context.Context, *RevokeSecretRequest) (*RevokeSecretResponse, error)
-	// DeleteSecret removes a secret.
+	// DeleteSecret removes a secret (and its kept versions). A secret that
+	// actions or connections use is refused (409, naming them) unless force
+	// is set.
 	DeleteSecret(context.Context, *DeleteSecretRequest) (*DeleteSecretResponse, error)
 	// RunHttpRequest runs an HTTP Request step, substituting secret references.
 	RunHttpRequest(context.Context, *RunHttpRequestRequest) (*RunHttpRequestResponse, error)
+	// ListSecretVersions lists the kept versions of a secret's value,
+	// newest first: metadata only, never a value.
+	ListSecretVersions(context.Context, *ListSecretVersionsRequest) (*ListSecretVersionsResponse, error)
+	// RollbackSecret makes a kept version's value (and allowed hosts) current
+	// again, as a new version.
+	RollbackSecret(context.Context, *RollbackSecretRequest) (*RollbackSecretResponse, error)
+	// ListConnections lists a workspace's connections.
+	ListConnections(context.Context, *ListConnectionsRequest) (*ListConnectionsResponse, error)
+	// CreateConnection saves a connection to an integration, using an
+	// integration secret chosen by name.
+	CreateConnection(context.Context, *CreateConnectionRequest) (*CreateConnectionResponse, error)
+	// GetConnection reads a connection.
+	GetConnection(context.Context, *GetConnectionRequest) (*GetConnectionResponse, error)
+	// UpdateConnection changes the fields sent.
+	UpdateConnection(context.Context, *UpdateConnectionRequest) (*UpdateConnectionResponse, error)
+	// DeleteConnection removes a connection (never its secret).
+	DeleteConnection(context.Context, *DeleteConnectionRequest) (*DeleteConnectionResponse, error)
+	// ListActions lists a workspace's actions (saved HTTP Request steps).
+	ListActions(context.Context, *ListActionsRequest) (*ListActionsResponse, error)
+	// CreateAction saves an HTTP Request step referencing webhook secrets by
+	// name.
+	CreateAction(context.Context, *CreateActionRequest) (*CreateActionResponse, error)
+	// GetAction reads an action.
+	GetAction(context.Context, *GetActionRequest) (*GetActionResponse, error)
+	// UpdateAction changes the fields sent.
+	UpdateAction(context.Context, *UpdateActionRequest) (*UpdateActionResponse, error)
+	// DeleteAction removes an action (never its secrets).
+	DeleteAction(context.Context, *DeleteActionRequest) (*DeleteActionResponse, error)
+	// ListEventSubscriptions lists the workspace's event subscriptions.
+	ListEventSubscriptions(context.Context, *ListEventSubscriptionsRequest) (*ListEventSubscriptionsResponse, error)
+	// CreateEventSubscription subscribes an HTTPS endpoint to event types.
+	// The response holds the signing secret, once.
+	CreateEventSubscription(context.Context, *CreateEventSubscriptionRequest) (*CreateEventSubscriptionResponse, error)
+	// GetEventSubscription reads a subscription (never its signing secret).
+	GetEventSubscription(context.Context, *GetEventSubscriptionRequest) (*GetEventSubscriptionResponse, error)
+	// DeleteEventSubscription stops deliveries to a subscription.
+	DeleteEventSubscription(context.Context, *DeleteEventSubscriptionRequest) (*DeleteEventSubscriptionResponse, error)
+	// ListEventDeliveries is a subscription's delivery log, newest first.
+	ListEventDeliveries(context.Context, *ListEventDeliveriesRequest) (*ListEventDeliveriesResponse, error)
+	// RunAction runs a stored action with its secrets' current values.
+	RunAction(context.Context, *RunActionRequest) (*RunActionResponse, error)
 	mustEmbedUnimplementedVaultServiceServer()
 }
 
@@ -180,6 +468,60 @@ func (UnimplementedVaultServiceServer) DeleteSecret(context.Context, *DeleteSecr
 }
 func (UnimplementedVaultServiceServer) RunHttpRequest(context.Context, *RunHttpRequestRequest) (*RunHttpRequestResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RunHttpRequest not implemented")
+}
+func (UnimplementedVaultServiceServer) ListSecretVersions(context.Context, *ListSecretVersionsRequest) (*ListSecretVersionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSecretVersions not implemented")
+}
+func (UnimplementedVaultServiceServer) RollbackSecret(context.Context, *RollbackSecretRequest) (*RollbackSecretResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RollbackSecret not implemented")
+}
+func (UnimplementedVaultServiceServer) ListConnections(context.Context, *ListConnectionsRequest) (*ListConnectionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListConnections not implemented")
+}
+func (UnimplementedVaultServiceServer) CreateConnection(context.Context, *CreateConnectionRequest) (*CreateConnectionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateConnection not implemented")
+}
+func (UnimplementedVaultServiceServer) GetConnection(context.Context, *GetConnectionRequest) (*GetConnectionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetConnection not implemented")
+}
+func (UnimplementedVaultServiceServer) UpdateConnection(context.Context, *UpdateConnectionRequest) (*UpdateConnectionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateConnection not implemented")
+}
+func (UnimplementedVaultServiceServer) DeleteConnection(context.Context, *DeleteConnectionRequest) (*DeleteConnectionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteConnection not implemented")
+}
+func (UnimplementedVaultServiceServer) ListActions(context.Context, *ListActionsRequest) (*ListActionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListActions not implemented")
+}
+func (UnimplementedVaultServiceServer) CreateAction(context.Context, *CreateActionRequest) (*CreateActionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateAction not implemented")
+}
+func (UnimplementedVaultServiceServer) GetAction(context.Context, *GetActionRequest) (*GetActionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetAction not implemented")
+}
+func (UnimplementedVaultServiceServer) UpdateAction(context.Context, *UpdateActionRequest) (*UpdateActionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateAction not implemented")
+}
+func (UnimplementedVaultServiceServer) DeleteAction(context.Context, *DeleteActionRequest) (*DeleteActionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteAction not implemented")
+}
+func (UnimplementedVaultServiceServer) ListEventSubscriptions(context.Context, *ListEventSubscriptionsRequest) (*ListEventSubscriptionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListEventSubscriptions not implemented")
+}
+func (UnimplementedVaultServiceServer) CreateEventSubscription(context.Context, *CreateEventSubscriptionRequest) (*CreateEventSubscriptionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateEventSubscription not implemented")
+}
+func (UnimplementedVaultServiceServer) GetEventSubscription(context.Context, *GetEventSubscriptionRequest) (*GetEventSubscriptionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetEventSubscription not implemented")
+}
+func (UnimplementedVaultServiceServer) DeleteEventSubscription(context.Context, *DeleteEventSubscriptionRequest) (*DeleteEventSubscriptionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteEventSubscription not implemented")
+}
+func (UnimplementedVaultServiceServer) ListEventDeliveries(context.Context, *ListEventDeliveriesRequest) (*ListEventDeliveriesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListEventDeliveries not implemented")
+}
+func (UnimplementedVaultServiceServer) RunAction(context.Context, *RunActionRequest) (*RunActionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RunAction not implemented")
 }
 func (UnimplementedVaultServiceServer) mustEmbedUnimplementedVaultServiceServer() {}
 func (UnimplementedVaultServiceServer) testEmbeddedByValue()                      {}
@@ -328,6 +670,330 @@ func _VaultService_RunHttpRequest_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VaultService_ListSecretVersions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSecretVersionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).ListSecretVersions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_ListSecretVersions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).ListSecretVersions(ctx, req.(*ListSecretVersionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_RollbackSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RollbackSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).RollbackSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_RollbackSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).RollbackSecret(ctx, req.(*RollbackSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_ListConnections_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListConnectionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).ListConnections(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_ListConnections_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).ListConnections(ctx, req.(*ListConnectionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_CreateConnection_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateConnectionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).CreateConnection(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_CreateConnection_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).CreateConnection(ctx, req.(*CreateConnectionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_GetConnection_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetConnectionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).GetConnection(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_GetConnection_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).GetConnection(ctx, req.(*GetConnectionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_UpdateConnection_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateConnectionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).UpdateConnection(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_UpdateConnection_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).UpdateConnection(ctx, req.(*UpdateConnectionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_DeleteConnection_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteConnectionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).DeleteConnection(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_DeleteConnection_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).DeleteConnection(ctx, req.(*DeleteConnectionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_ListActions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListActionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).ListActions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_ListActions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).ListActions(ctx, req.(*ListActionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_CreateAction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).CreateAction(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_CreateAction_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).CreateAction(ctx, req.(*CreateActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_GetAction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).GetAction(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_GetAction_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).GetAction(ctx, req.(*GetActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_UpdateAction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).UpdateAction(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_UpdateAction_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).UpdateAction(ctx, req.(*UpdateActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_DeleteAction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).DeleteAction(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_DeleteAction_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).DeleteAction(ctx, req.(*DeleteActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_ListEventSubscriptions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEventSubscriptionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).ListEventSubscriptions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_ListEventSubscriptions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).ListEventSubscriptions(ctx, req.(*ListEventSubscriptionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_CreateEventSubscription_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateEventSubscriptionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).CreateEventSubscription(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_CreateEventSubscription_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).CreateEventSubscription(ctx, req.(*CreateEventSubscriptionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_GetEventSubscription_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetEventSubscriptionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).GetEventSubscription(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_GetEventSubscription_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).GetEventSubscription(ctx, req.(*GetEventSubscriptionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_DeleteEventSubscription_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteEventSubscriptionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).DeleteEventSubscription(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_DeleteEventSubscription_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).DeleteEventSubscription(ctx, req.(*DeleteEventSubscriptionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_ListEventDeliveries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEventDeliveriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).ListEventDeliveries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_ListEventDeliveries_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).ListEventDeliveries(ctx, req.(*ListEventDeliveriesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultService_RunAction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RunActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultServiceServer).RunAction(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultService_RunAction_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultServiceServer).RunAction(ctx, req.(*RunActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // VaultService_ServiceDesc is the grpc.ServiceDesc for VaultService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -363,14 +1029,89 @@ var VaultService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "RunHttpRequest",
 			Handler:    _VaultService_RunHttpRequest_Handler,
 		},
+		{
+			MethodName: "ListSecretVersions",
+			Handler:    _VaultService_ListSecretVersions_Handler,
+		},
+		{
+			MethodName: "RollbackSecret",
+			Handler:    _VaultService_RollbackSecret_Handler,
+		},
+		{
+			MethodName: "ListConnections",
+			Handler:    _VaultService_ListConnections_Handler,
+		},
+		{
+			MethodName: "CreateConnection",
+			Handler:    _VaultService_CreateConnection_Handler,
+		},
+		{
+			MethodName: "GetConnection",
+			Handler:    _VaultService_GetConnection_Handler,
+		},
+		{
+			MethodName: "UpdateConnection",
+			Handler:    _VaultService_UpdateConnection_Handler,
+		},
+		{
+			MethodName: "DeleteConnection",
+			Handler:    _VaultService_DeleteConnection_Handler,
+		},
+		{
+			MethodName: "ListActions",
+			Handler:    _VaultService_ListActions_Handler,
+		},
+		{
+			MethodName: "CreateAction",
+			Handler:    _VaultService_CreateAction_Handler,
+		},
+		{
+			MethodName: "GetAction",
+			Handler:    _VaultService_GetAction_Handler,
+		},
+		{
+			MethodName: "UpdateAction",
+			Handler:    _VaultService_UpdateAction_Handler,
+		},
+		{
+			MethodName: "DeleteAction",
+			Handler:    _VaultService_DeleteAction_Handler,
+		},
+		{
+			MethodName: "ListEventSubscriptions",
+			Handler:    _VaultService_ListEventSubscriptions_Handler,
+		},
+		{
+			MethodName: "CreateEventSubscription",
+			Handler:    _VaultService_CreateEventSubscription_Handler,
+		},
+		{
+			MethodName: "GetEventSubscription",
+			Handler:    _VaultService_GetEventSubscription_Handler,
+		},
+		{
+			MethodName: "DeleteEventSubscription",
+			Handler:    _VaultService_DeleteEventSubscription_Handler,
+		},
+		{
+			MethodName: "ListEventDeliveries",
+			Handler:    _VaultService_ListEventDeliveries_Handler,
+		},
+		{
+			MethodName: "RunAction",
+			Handler:    _VaultService_RunAction_Handler,
+		},
 	},
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "backlog/vault/v1/vault.proto",
 }
 
 const (
-	VaultInternalService_Resolve_FullMethodName   = "/backlog.vault.v1.VaultInternalService/Resolve"
-	VaultInternalService_RotateKek_FullMethodName = "/backlog.vault.v1.VaultInternalService/RotateKek"
+	VaultInternalService_PublishEvent_FullMethodName      = "/backlog.vault.v1.VaultInternalService/PublishEvent"
+	VaultInternalService_WatchEvents_FullMethodName       = "/backlog.vault.v1.VaultInternalService/WatchEvents"
+	VaultInternalService_ResolveConnection_FullMethodName = "/backlog.vault.v1.VaultInternalService/ResolveConnection"
+	VaultInternalService_Resolve_FullMethodName           = "/backlog.vault.v1.VaultInternalService/Resolve"
+	VaultInternalService_RotateKek_FullMethodName         = "/backlog.vault.v1.VaultInternalService/RotateKek"
 )
 
 // VaultInternalServiceClient is the client API for VaultInternalService service.
@@ -383,6 +1124,16 @@ const (
 // metadata key "x-backlog-service-token" (not a bearer credential); when the
 // vault has no service token configured, every method is refused.
 type VaultInternalServiceClient interface {
+	// PublishEvent records an event of a sibling service (automation.
+	// secret_rotated, agent.key_rotated, credential.revoked) for the
+	// workspace's subscriptions and followers. Names and ids only.
+	PublishEvent(ctx context.Context, in *PublishEventRequest, opts ...grpc.CallOption) (*PublishEventResponse, error)
+	// WatchEvents streams every event from now on (or after a given event
+	// id still kept), so that internal services refresh without restarts.
+	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
+	// ResolveConnection returns a connection's credential: the current value
+	// of the integration secret it names, audited like Resolve.
+	ResolveConnection(ctx context.Context, in *ResolveConnectionRequest, opts ...grpc.CallOption) (*ResolveConnectionResponse, error)
 	// Resolve returns an integration secret's value, for a trusted internal
 	// service that opens a persistent connection with it. Webhook secrets are
 	// not resolvable: they only ever leave the vault inside an HTTP Request
@@ -400,6 +1151,45 @@ type vaultInternalServiceClient struct {
 
 func NewVaultInternalServiceClient(cc grpc.ClientConnInterface) VaultInternalServiceClient {
 	return &vaultInternalServiceClient{cc}
+}
+
+func (c *vaultInternalServiceClient) PublishEvent(ctx context.Context, in *PublishEventRequest, opts ...grpc.CallOption) (*PublishEventResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PublishEventResponse)
+	err := c.cc.Invoke(ctx, VaultInternalService_PublishEvent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vaultInternalServiceClient) WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &VaultInternalService_ServiceDesc.Streams[0], VaultInternalService_WatchEvents_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchEventsRequest, WatchEventsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type VaultInternalService_WatchEventsClient = grpc.ServerStreamingClient[WatchEventsResponse]
+
+func (c *vaultInternalServiceClient) ResolveConnection(ctx context.Context, in *ResolveConnectionRequest, opts ...grpc.CallOption) (*ResolveConnectionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResolveConnectionResponse)
+	err := c.cc.Invoke(ctx, VaultInternalService_ResolveConnection_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *vaultInternalServiceClient) Resolve(ctx context.Context, in *ResolveRequest, opts ...grpc.CallOption) (*ResolveResponse, error) {
@@ -432,6 +1222,16 @@ func (c *vaultInternalServiceClient) RotateKek(ctx context.Context, in *RotateKe
 // metadata key "x-backlog-service-token" (not a bearer credential); when the
 // vault has no service token configured, every method is refused.
 type VaultInternalServiceServer interface {
+	// PublishEvent records an event of a sibling service (automation.
+	// secret_rotated, agent.key_rotated, credential.revoked) for the
+	// workspace's subscriptions and followers. Names and ids only.
+	PublishEvent(context.Context, *PublishEventRequest) (*PublishEventResponse, error)
+	// WatchEvents streams every event from now on (or after a given event
+	// id still kept), so that internal services refresh without restarts.
+	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
+	// ResolveConnection returns a connection's credential: the current value
+	// of the integration secret it names, audited like Resolve.
+	ResolveConnection(context.Context, *ResolveConnectionRequest) (*ResolveConnectionResponse, error)
 	// Resolve returns an integration secret's value, for a trusted internal
 	// service that opens a persistent connection with it. Webhook secrets are
 	// not resolvable: they only ever leave the vault inside an HTTP Request
@@ -451,6 +1251,15 @@ type VaultInternalServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedVaultInternalServiceServer struct{}
 
+func (UnimplementedVaultInternalServiceServer) PublishEvent(context.Context, *PublishEventRequest) (*PublishEventResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PublishEvent not implemented")
+}
+func (UnimplementedVaultInternalServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
+}
+func (UnimplementedVaultInternalServiceServer) ResolveConnection(context.Context, *ResolveConnectionRequest) (*ResolveConnectionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResolveConnection not implemented")
+}
 func (UnimplementedVaultInternalServiceServer) Resolve(context.Context, *ResolveRequest) (*ResolveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Resolve not implemented")
 }
@@ -476,6 +1285,53 @@ func RegisterVaultInternalServiceServer(s grpc.ServiceRegistrar, srv VaultIntern
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&VaultInternalService_ServiceDesc, srv)
+}
+
+func _VaultInternalService_PublishEvent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PublishEventRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultInternalServiceServer).PublishEvent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultInternalService_PublishEvent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultInternalServiceServer).PublishEvent(ctx, req.(*PublishEventRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VaultInternalService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchEventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(VaultInternalServiceServer).WatchEvents(m, &grpc.GenericServerStream[WatchEventsRequest, WatchEventsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type VaultInternalService_WatchEventsServer = grpc.ServerStreamingServer[WatchEventsResponse]
+
+func _VaultInternalService_ResolveConnection_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResolveConnectionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VaultInternalServiceServer).ResolveConnection(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VaultInternalService_ResolveConnection_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VaultInternalServiceServer).ResolveConnection(ctx, req.(*ResolveConnectionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _VaultInternalService_Resolve_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -522,6 +1378,14 @@ var VaultInternalService_ServiceDesc = grpc.ServiceDesc{
 	HandlerType: (*VaultInternalServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
 		{
+			MethodName: "PublishEvent",
+			Handler:    _VaultInternalService_PublishEvent_Handler,
+		},
+		{
+			MethodName: "ResolveConnection",
+			Handler:    _VaultInternalService_ResolveConnection_Handler,
+		},
+		{
 			MethodName: "Resolve",
 			Handler:    _VaultInternalService_Resolve_Handler,
 		},
@@ -530,6 +1394,12 @@ var VaultInternalService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _VaultInternalService_RotateKek_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchEvents",
+			Handler:       _VaultInternalService_WatchEvents_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "backlog/vault/v1/vault.proto",
 }

@@ -44,7 +44,9 @@ type SecretRecord struct {
 	// When the secret was last used; unset if never.
 	LastUsedAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=last_used_at,json=lastUsedAt,proto3" json:"last_used_at,omitempty"`
 	// When the secret was revoked; unset unless state is "revoked".
-	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	RevokedAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	// Webhook secrets: hosts steps may send it to (empty: any).
+	AllowedHosts  []string `protobuf:"bytes,13,rep,name=allowed_hosts,json=allowedHosts,proto3" json:"allowed_hosts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -156,11 +158,578 @@ func (x *SecretRecord) GetRevokedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *SecretRecord) GetAllowedHosts() []string {
+	if x != nil {
+		return x.AllowedHosts
+	}
+	return nil
+}
+
+// VersionRecord is one kept version of a secret's value: the value sealed
+// exactly like the current one (bound to this version number), and the
+// allowed hosts that went with it.
+type VersionRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       int64                  `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	CreatedBy     string                 `protobuf:"bytes,3,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	Sealed        []byte                 `protobuf:"bytes,4,opt,name=sealed,proto3" json:"sealed,omitempty"`
+	AllowedHosts  []string               `protobuf:"bytes,5,rep,name=allowed_hosts,json=allowedHosts,proto3" json:"allowed_hosts,omitempty"`
+	RestoredFrom  int64                  `protobuf:"varint,6,opt,name=restored_from,json=restoredFrom,proto3" json:"restored_from,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VersionRecord) Reset() {
+	*x = VersionRecord{}
+	mi := &file_backlog_vaultstore_v1_vaultstore_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VersionRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VersionRecord) ProtoMessage() {}
+
+func (x *VersionRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vaultstore_v1_vaultstore_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VersionRecord.ProtoReflect.Descriptor instead.
+func (*VersionRecord) Descriptor() ([]byte, []int) {
+	return file_backlog_vaultstore_v1_vaultstore_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *VersionRecord) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *VersionRecord) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *VersionRecord) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *VersionRecord) GetSealed() []byte {
+	if x != nil {
+		return x.Sealed
+	}
+	return nil
+}
+
+func (x *VersionRecord) GetAllowedHosts() []string {
+	if x != nil {
+		return x.AllowedHosts
+	}
+	return nil
+}
+
+func (x *VersionRecord) GetRestoredFrom() int64 {
+	if x != nil {
+		return x.RestoredFrom
+	}
+	return 0
+}
+
+// ActionRecord is a saved HTTP Request step as stored (no values: headers
+// hold references).
+type ActionRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	Description   string                 `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	Method        string                 `protobuf:"bytes,5,opt,name=method,proto3" json:"method,omitempty"`
+	Url           string                 `protobuf:"bytes,6,opt,name=url,proto3" json:"url,omitempty"`
+	Headers       map[string]string      `protobuf:"bytes,7,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Body          string                 `protobuf:"bytes,8,opt,name=body,proto3" json:"body,omitempty"`
+	SecretNames   []string               `protobuf:"bytes,9,rep,name=secret_names,json=secretNames,proto3" json:"secret_names,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	CreatedBy     string                 `protobuf:"bytes,12,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActionRecord) Reset() {
+	*x = ActionRecord{}
+	mi := &file_backlog_vaultstore_v1_vaultstore_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActionRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActionRecord) ProtoMessage() {}
+
+func (x *ActionRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vaultstore_v1_vaultstore_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActionRecord.ProtoReflect.Descriptor instead.
+func (*ActionRecord) Descriptor() ([]byte, []int) {
+	return file_backlog_vaultstore_v1_vaultstore_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ActionRecord) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *ActionRecord) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ActionRecord) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ActionRecord) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ActionRecord) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *ActionRecord) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *ActionRecord) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *ActionRecord) GetBody() string {
+	if x != nil {
+		return x.Body
+	}
+	return ""
+}
+
+func (x *ActionRecord) GetSecretNames() []string {
+	if x != nil {
+		return x.SecretNames
+	}
+	return nil
+}
+
+func (x *ActionRecord) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *ActionRecord) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+func (x *ActionRecord) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+// ConnectionRecord is a connection as stored.
+type ConnectionRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	Integration   string                 `protobuf:"bytes,4,opt,name=integration,proto3" json:"integration,omitempty"`
+	Description   string                 `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
+	SecretName    string                 `protobuf:"bytes,6,opt,name=secret_name,json=secretName,proto3" json:"secret_name,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	CreatedBy     string                 `protobuf:"bytes,9,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectionRecord) Reset() {
+	*x = ConnectionRecord{}
+	mi := &file_backlog_vaultstore_v1_vaultstore_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectionRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectionRecord) ProtoMessage() {}
+
+func (x *ConnectionRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vaultstore_v1_vaultstore_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectionRecord.ProtoReflect.Descriptor instead.
+func (*ConnectionRecord) Descriptor() ([]byte, []int) {
+	return file_backlog_vaultstore_v1_vaultstore_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ConnectionRecord) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *ConnectionRecord) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ConnectionRecord) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ConnectionRecord) GetIntegration() string {
+	if x != nil {
+		return x.Integration
+	}
+	return ""
+}
+
+func (x *ConnectionRecord) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ConnectionRecord) GetSecretName() string {
+	if x != nil {
+		return x.SecretName
+	}
+	return ""
+}
+
+func (x *ConnectionRecord) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *ConnectionRecord) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+func (x *ConnectionRecord) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+// SubscriptionRecord is an event subscription as stored: its signing
+// secret sealed like a secret value (it must sign, so it cannot be only
+// hashed).
+type SubscriptionRecord struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId         string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	Id                  string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Url                 string                 `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	Events              []string               `protobuf:"bytes,4,rep,name=events,proto3" json:"events,omitempty"`
+	CreatedAt           *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	CreatedBy           string                 `protobuf:"bytes,6,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	SealedSigningSecret []byte                 `protobuf:"bytes,7,opt,name=sealed_signing_secret,json=sealedSigningSecret,proto3" json:"sealed_signing_secret,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *SubscriptionRecord) Reset() {
+	*x = SubscriptionRecord{}
+	mi := &file_backlog_vaultstore_v1_vaultstore_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscriptionRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscriptionRecord) ProtoMessage() {}
+
+func (x *SubscriptionRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vaultstore_v1_vaultstore_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscriptionRecord.ProtoReflect.Descriptor instead.
+func (*SubscriptionRecord) Descriptor() ([]byte, []int) {
+	return file_backlog_vaultstore_v1_vaultstore_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SubscriptionRecord) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *SubscriptionRecord) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SubscriptionRecord) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *SubscriptionRecord) GetEvents() []string {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *SubscriptionRecord) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *SubscriptionRecord) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *SubscriptionRecord) GetSealedSigningSecret() []byte {
+	if x != nil {
+		return x.SealedSigningSecret
+	}
+	return nil
+}
+
+// DeliveryRecord is one event's delivery to one subscription, with the
+// event itself (the body every attempt sends is built from it).
+type DeliveryRecord struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	EventId        string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	EventType      string                 `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	Status         string                 `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	Attempts       int32                  `protobuf:"varint,4,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	LastStatusCode int32                  `protobuf:"varint,5,opt,name=last_status_code,json=lastStatusCode,proto3" json:"last_status_code,omitempty"`
+	LastError      string                 `protobuf:"bytes,6,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	CreatedAt      *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	NextAttemptAt  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=next_attempt_at,json=nextAttemptAt,proto3" json:"next_attempt_at,omitempty"`
+	DeliveredAt    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=delivered_at,json=deliveredAt,proto3" json:"delivered_at,omitempty"`
+	// The delivery's JSON body, fixed at fan-out.
+	Body           []byte `protobuf:"bytes,10,opt,name=body,proto3" json:"body,omitempty"`
+	SubscriptionId string `protobuf:"bytes,11,opt,name=subscription_id,json=subscriptionId,proto3" json:"subscription_id,omitempty"`
+	WorkspaceId    string `protobuf:"bytes,12,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DeliveryRecord) Reset() {
+	*x = DeliveryRecord{}
+	mi := &file_backlog_vaultstore_v1_vaultstore_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeliveryRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeliveryRecord) ProtoMessage() {}
+
+func (x *DeliveryRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_vaultstore_v1_vaultstore_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeliveryRecord.ProtoReflect.Descriptor instead.
+func (*DeliveryRecord) Descriptor() ([]byte, []int) {
+	return file_backlog_vaultstore_v1_vaultstore_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DeliveryRecord) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *DeliveryRecord) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *DeliveryRecord) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *DeliveryRecord) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *DeliveryRecord) GetLastStatusCode() int32 {
+	if x != nil {
+		return x.LastStatusCode
+	}
+	return 0
+}
+
+func (x *DeliveryRecord) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *DeliveryRecord) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *DeliveryRecord) GetNextAttemptAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextAttemptAt
+	}
+	return nil
+}
+
+func (x *DeliveryRecord) GetDeliveredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeliveredAt
+	}
+	return nil
+}
+
+func (x *DeliveryRecord) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *DeliveryRecord) GetSubscriptionId() string {
+	if x != nil {
+		return x.SubscriptionId
+	}
+	return ""
+}
+
+func (x *DeliveryRecord) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
 var File_backlog_vaultstore_v1_vaultstore_proto protoreflect.FileDescriptor
 
 const file_backlog_vaultstore_v1_vaultstore_proto_rawDesc = "" +
 	"\n" +
-	"&backlog/vaultstore/v1/vaultstore.proto\x12\x15backlog.vaultstore.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe2\x03\n" +
+	"&backlog/vaultstore/v1/vaultstore.proto\x12\x15backlog.vaultstore.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x04\n" +
 	"\fSecretRecord\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -178,7 +747,78 @@ const file_backlog_vaultstore_v1_vaultstore_proto_rawDesc = "" +
 	"\flast_used_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"lastUsedAt\x129\n" +
 	"\n" +
-	"revoked_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAtJ\x04\b\x05\x10\x06R\x05valueBKZIgithub.com/backlog/controlplane/gen/go/backlog/vaultstore/v1;vaultstorev1b\x06proto3"
+	"revoked_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12#\n" +
+	"\rallowed_hosts\x18\r \x03(\tR\fallowedHostsJ\x04\b\x05\x10\x06R\x05value\"\xe5\x01\n" +
+	"\rVersionRecord\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x03R\aversion\x129\n" +
+	"\n" +
+	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x03 \x01(\tR\tcreatedBy\x12\x16\n" +
+	"\x06sealed\x18\x04 \x01(\fR\x06sealed\x12#\n" +
+	"\rallowed_hosts\x18\x05 \x03(\tR\fallowedHosts\x12#\n" +
+	"\rrestored_from\x18\x06 \x01(\x03R\frestoredFrom\"\xf5\x03\n" +
+	"\fActionRecord\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x04 \x01(\tR\vdescription\x12\x16\n" +
+	"\x06method\x18\x05 \x01(\tR\x06method\x12\x10\n" +
+	"\x03url\x18\x06 \x01(\tR\x03url\x12J\n" +
+	"\aheaders\x18\a \x03(\v20.backlog.vaultstore.v1.ActionRecord.HeadersEntryR\aheaders\x12\x12\n" +
+	"\x04body\x18\b \x01(\tR\x04body\x12!\n" +
+	"\fsecret_names\x18\t \x03(\tR\vsecretNames\x129\n" +
+	"\n" +
+	"created_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"updated_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\f \x01(\tR\tcreatedBy\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd3\x02\n" +
+	"\x10ConnectionRecord\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12 \n" +
+	"\vintegration\x18\x04 \x01(\tR\vintegration\x12 \n" +
+	"\vdescription\x18\x05 \x01(\tR\vdescription\x12\x1f\n" +
+	"\vsecret_name\x18\x06 \x01(\tR\n" +
+	"secretName\x129\n" +
+	"\n" +
+	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"updated_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\t \x01(\tR\tcreatedBy\"\xff\x01\n" +
+	"\x12SubscriptionRecord\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x10\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\x12\x16\n" +
+	"\x06events\x18\x04 \x03(\tR\x06events\x129\n" +
+	"\n" +
+	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x06 \x01(\tR\tcreatedBy\x122\n" +
+	"\x15sealed_signing_secret\x18\a \x01(\fR\x13sealedSigningSecret\"\xe5\x03\n" +
+	"\x0eDeliveryRecord\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x02 \x01(\tR\teventType\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\tR\x06status\x12\x1a\n" +
+	"\battempts\x18\x04 \x01(\x05R\battempts\x12(\n" +
+	"\x10last_status_code\x18\x05 \x01(\x05R\x0elastStatusCode\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x06 \x01(\tR\tlastError\x129\n" +
+	"\n" +
+	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12B\n" +
+	"\x0fnext_attempt_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12=\n" +
+	"\fdelivered_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vdeliveredAt\x12\x12\n" +
+	"\x04body\x18\n" +
+	" \x01(\fR\x04body\x12'\n" +
+	"\x0fsubscription_id\x18\v \x01(\tR\x0esubscriptionId\x12!\n" +
+	"\fworkspace_id\x18\f \x01(\tR\vworkspaceIdBKZIgithub.com/backlog/controlplane/gen/go/backlog/vaultstore/v1;vaultstorev1b\x06proto3"
 
 var (
 	file_backlog_vaultstore_v1_vaultstore_proto_rawDescOnce sync.Once
@@ -192,22 +832,38 @@ func file_backlog_vaultstore_v1_vaultstore_proto_rawDescGZIP() []byte {
 	return file_backlog_vaultstore_v1_vaultstore_proto_rawDescData
 }
 
-var file_backlog_vaultstore_v1_vaultstore_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_backlog_vaultstore_v1_vaultstore_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_backlog_vaultstore_v1_vaultstore_proto_goTypes = []any{
 	(*SecretRecord)(nil),          // 0: backlog.vaultstore.v1.SecretRecord
-	(*timestamppb.Timestamp)(nil), // 1: google.protobuf.Timestamp
+	(*VersionRecord)(nil),         // 1: backlog.vaultstore.v1.VersionRecord
+	(*ActionRecord)(nil),          // 2: backlog.vaultstore.v1.ActionRecord
+	(*ConnectionRecord)(nil),      // 3: backlog.vaultstore.v1.ConnectionRecord
+	(*SubscriptionRecord)(nil),    // 4: backlog.vaultstore.v1.SubscriptionRecord
+	(*DeliveryRecord)(nil),        // 5: backlog.vaultstore.v1.DeliveryRecord
+	nil,                           // 6: backlog.vaultstore.v1.ActionRecord.HeadersEntry
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
 }
 var file_backlog_vaultstore_v1_vaultstore_proto_depIdxs = []int32{
-	1, // 0: backlog.vaultstore.v1.SecretRecord.expires_at:type_name -> google.protobuf.Timestamp
-	1, // 1: backlog.vaultstore.v1.SecretRecord.created_at:type_name -> google.protobuf.Timestamp
-	1, // 2: backlog.vaultstore.v1.SecretRecord.updated_at:type_name -> google.protobuf.Timestamp
-	1, // 3: backlog.vaultstore.v1.SecretRecord.last_used_at:type_name -> google.protobuf.Timestamp
-	1, // 4: backlog.vaultstore.v1.SecretRecord.revoked_at:type_name -> google.protobuf.Timestamp
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	7,  // 0: backlog.vaultstore.v1.SecretRecord.expires_at:type_name -> google.protobuf.Timestamp
+	7,  // 1: backlog.vaultstore.v1.SecretRecord.created_at:type_name -> google.protobuf.Timestamp
+	7,  // 2: backlog.vaultstore.v1.SecretRecord.updated_at:type_name -> google.protobuf.Timestamp
+	7,  // 3: backlog.vaultstore.v1.SecretRecord.last_used_at:type_name -> google.protobuf.Timestamp
+	7,  // 4: backlog.vaultstore.v1.SecretRecord.revoked_at:type_name -> google.protobuf.Timestamp
+	7,  // 5: backlog.vaultstore.v1.VersionRecord.created_at:type_name -> google.protobuf.Timestamp
+	6,  // 6: backlog.vaultstore.v1.ActionRecord.headers:type_name -> backlog.vaultstore.v1.ActionRecord.HeadersEntry
+	7,  // 7: backlog.vaultstore.v1.ActionRecord.created_at:type_name -> google.protobuf.Timestamp
+	7,  // 8: backlog.vaultstore.v1.ActionRecord.updated_at:type_name -> google.protobuf.Timestamp
+	7,  // 9: backlog.vaultstore.v1.ConnectionRecord.created_at:type_name -> google.protobuf.Timestamp
+	7,  // 10: backlog.vaultstore.v1.ConnectionRecord.updated_at:type_name -> google.protobuf.Timestamp
+	7,  // 11: backlog.vaultstore.v1.SubscriptionRecord.created_at:type_name -> google.protobuf.Timestamp
+	7,  // 12: backlog.vaultstore.v1.DeliveryRecord.created_at:type_name -> google.protobuf.Timestamp
+	7,  // 13: backlog.vaultstore.v1.DeliveryRecord.next_attempt_at:type_name -> google.protobuf.Timestamp
+	7,  // 14: backlog.vaultstore.v1.DeliveryRecord.delivered_at:type_name -> google.protobuf.Timestamp
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_backlog_vaultstore_v1_vaultstore_proto_init() }
@@ -221,7 +877,7 @@ func file_backlog_vaultstore_v1_vaultstore_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_backlog_vaultstore_v1_vaultstore_proto_rawDesc), len(file_backlog_vaultstore_v1_vaultstore_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   1,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
