@@ -58,10 +58,24 @@ type kekID [kekIDLen]byte
 
 func (id kekID) String() string { return "kek-" + hex.EncodeToString(id[:]) }
 
-// kek is a loaded key-encryption key.
+// kek is a loaded key-encryption key: AES-256-GCM in this process (a key
+// file) or inside a PKCS#11 token (see pkcs11.go).
 type kek struct {
-	id   kekID
-	aead cipher.AEAD
+	id      kekID
+	aead    cipher.AEAD
+	source  string // for messages: "file PATH" or the token and key label
+	release func() // closes the token session pool; nil for a file key
+}
+
+// seal encrypts with the key; a token's failure (crypto11 panics on one)
+// is an error, never a crash.
+func (k *kek) seal(dst, nonce, plaintext, aad []byte) (out []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			out, err = nil, fmt.Errorf("key-encryption key %s: encryption failed: %v", k.id, r)
+		}
+	}()
+	return k.aead.Seal(dst, nonce, plaintext, aad), nil
 }
 
 func newKEK(key []byte) (*kek, error) {
@@ -170,6 +184,9 @@ type keyring struct {
 	active *kek
 	all    map[kekID]*kek
 	gen    uint64 // bumped whenever keys are retired
+	// retired keys are kept until close, which releases their token
+	// sessions: a request may still be using one.
+	retired []*kek
 }
 
 func newKeyring() *keyring { return &keyring{all: map[kekID]*kek{}} }
@@ -202,10 +219,30 @@ func (r *keyring) get(id kekID) *kek {
 func (r *keyring) add(k *kek, makeActive bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if old := r.all[k.id]; old != nil && old != k {
+		r.retired = append(r.retired, old)
+	}
 	r.all[k.id] = k
 	if makeActive {
 		r.active = k
 	}
+}
+
+// close releases every loaded key's token sessions.
+func (r *keyring) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, k := range r.all {
+		if k.release != nil {
+			k.release()
+		}
+	}
+	for _, k := range r.retired {
+		if k.release != nil {
+			k.release()
+		}
+	}
+	r.retired = nil
 }
 
 // retire drops every key but the active one and returns their ids.
@@ -217,6 +254,7 @@ func (r *keyring) retire() []kekID {
 	for id := range r.all {
 		if r.active == nil || id != r.active.id {
 			out = append(out, id)
+			r.retired = append(r.retired, r.all[id])
 			delete(r.all, id)
 		}
 	}
@@ -260,7 +298,7 @@ func wrapDataKey(k *kek, ws string, version uint32, key []byte) ([]byte, error) 
 	}
 	header := out[:1+kekIDLen]
 	nonce := out[1+kekIDLen:]
-	return k.aead.Seal(out, nonce, key, dataKeyAAD(ws, version, header)), nil
+	return k.seal(out, nonce, key, dataKeyAAD(ws, version, header))
 }
 
 // wrappedBy returns the id of the key that wrapped blob.

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -359,14 +360,25 @@ func parseIPv4Number(p string) (uint64, bool) {
 // encodings a target most plausibly echoes it in — with [REDACTED:name].
 // Overlapping occurrences are merged, so no part of a value survives next
 // to a marker.
+//
+// It never corrupts what it returns: only whole values are replaced, and a
+// value shorter than minRedactable bytes (say "v" or "true") cannot be told
+// apart from unrelated text that happens to hold it, so text in which such a
+// value appears is not redacted at all but reported unsafe — the caller
+// withholds it (bodyWithheld) rather than return it mangled or readable.
 type redactor struct {
 	needles []needle
 	longest int
 }
 
+// minRedactable is the shortest value (in any of its forms) that is
+// replaced where it appears; shorter ones make the text unsafe.
+const minRedactable = 8
+
 type needle struct {
-	text []byte
-	name string
+	text  []byte
+	name  string
+	short bool
 }
 
 func newRedactor(values map[string]string) *redactor {
@@ -378,13 +390,14 @@ func newRedactor(values map[string]string) *redactor {
 	slices.Sort(names)
 	for _, name := range names {
 		v := values[name]
+		short := len(v) < minRedactable
 		seen := map[string]bool{}
 		for _, form := range encodings(v) {
 			if form == "" || seen[form] {
 				continue
 			}
 			seen[form] = true
-			r.needles = append(r.needles, needle{text: []byte(form), name: name})
+			r.needles = append(r.needles, needle{text: []byte(form), name: name, short: short})
 			r.longest = max(r.longest, len(form))
 		}
 	}
@@ -409,6 +422,8 @@ func encodings(v string) []string {
 		base64.RawStdEncoding.EncodeToString([]byte(v)),
 		base64.URLEncoding.EncodeToString([]byte(v)),
 		base64.RawURLEncoding.EncodeToString([]byte(v)),
+		hex.EncodeToString([]byte(v)),
+		strings.ToUpper(hex.EncodeToString([]byte(v))),
 	}
 }
 
@@ -419,13 +434,15 @@ type span struct {
 
 // redact returns b with every occurrence replaced, keeping only what starts
 // before limit (limit < 0: no limit). Occurrences that start before limit
-// but extend past it are still found, as long as b holds them whole.
-func (r *redactor) redact(b []byte, limit int) []byte {
+// but extend past it are still found, as long as b holds them whole. safe
+// is false when a short value occurs in b: out is then b unchanged and must
+// not be returned to anyone.
+func (r *redactor) redact(b []byte, limit int) (out []byte, safe bool) {
 	if limit < 0 || limit > len(b) {
 		limit = len(b)
 	}
 	if len(r.needles) == 0 {
-		return b[:limit:limit]
+		return b[:limit:limit], true
 	}
 	var spans []span
 	for _, n := range r.needles {
@@ -434,12 +451,15 @@ func (r *redactor) redact(b []byte, limit int) []byte {
 			if i < 0 || off+i >= limit {
 				break
 			}
+			if n.short {
+				return b, false
+			}
 			spans = append(spans, span{off + i, off + i + len(n.text), []string{n.name}})
 			off += i + 1
 		}
 	}
 	if len(spans) == 0 {
-		return b[:limit:limit]
+		return b[:limit:limit], true
 	}
 	slices.SortFunc(spans, func(a, b span) int { return a.start - b.start })
 	merged := []span{spans[0]}
@@ -454,21 +474,62 @@ func (r *redactor) redact(b []byte, limit int) []byte {
 		}
 		merged = append(merged, s)
 	}
-	var out bytes.Buffer
+	var buf bytes.Buffer
 	pos := 0
 	for _, s := range merged {
-		out.Write(b[pos:s.start])
+		buf.Write(b[pos:s.start])
 		slices.Sort(s.names)
-		out.WriteString("[REDACTED:" + strings.Join(s.names, ",") + "]")
+		buf.WriteString("[REDACTED:" + strings.Join(s.names, ",") + "]")
 		pos = s.end
 	}
 	if pos < limit {
-		out.Write(b[pos:limit])
+		buf.Write(b[pos:limit])
 	}
-	return out.Bytes()
+	return buf.Bytes(), true
 }
 
-func (r *redactor) redactString(s string) string { return string(r.redact([]byte(s), -1)) }
+// shortToken reports whether a short value is one of the '-'-separated
+// parts of a header name (compared regardless of case: names arrive
+// canonicalised).
+func (r *redactor) shortToken(name string) bool {
+	for _, part := range strings.Split(name, "-") {
+		for _, n := range r.needles {
+			if n.short && strings.EqualFold(part, string(n.text)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// withheldText stands in for a header value that could not be redacted
+// safely.
+const withheldText = "[WITHHELD]"
+
+// redactString redacts s, or returns withheldText when it cannot be done
+// safely.
+func (r *redactor) redactString(s string) string {
+	out, ok := r.redact([]byte(s), -1)
+	if !ok {
+		return withheldText
+	}
+	return string(out)
+}
+
+// compressedMagic reports whether b starts like a compressed stream (gzip,
+// zlib, zstd, bzip2, xz): a body sent that way without saying so cannot be
+// checked for echoed values.
+func compressedMagic(b []byte) bool {
+	for _, m := range [][]byte{{0x1f, 0x8b}, {0x28, 0xb5, 0x2f, 0xfd}, []byte("BZh"), {0xfd, '7', 'z', 'X', 'Z', 0}} {
+		if bytes.HasPrefix(b, m) {
+			return true
+		}
+	}
+	if len(b) >= 2 && b[0] == 0x78 && (uint16(b[0])<<8|uint16(b[1]))%31 == 0 {
+		return true // zlib header: CMF 0x78 and a valid FCHECK
+	}
+	return false
+}
 
 // isEgressDenied reports whether err comes from the SSRF guard.
 func isEgressDenied(err error) (*egressDenied, bool) {

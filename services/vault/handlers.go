@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -102,16 +104,23 @@ func (s *Service) GetSecret(ctx context.Context, req *vaultv1.GetSecretRequest) 
 	if err := existingName(name); err != nil {
 		return nil, err
 	}
-	var rec *secretRecord
+	var out *vaultv1.Secret
 	err := s.db.View(ctx, func(tx store.ReadTx) error {
-		var err error
-		rec, err = getSecret(tx, ws, name)
+		rec, err := getSecret(tx, ws, name)
+		if err != nil {
+			return err
+		}
+		out = present(rec, s.now())
+		if out.UsedBy, err = usedBy(tx, ws, rec.GetName(), 0); err != nil {
+			return err
+		}
+		out.Versions, err = listVersions(tx, rec)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &vaultv1.GetSecretResponse{Secret: present(rec, s.now())}, nil
+	return &vaultv1.GetSecretResponse{Secret: out}, nil
 }
 
 // CreateSecret stores a new secret, its value sealed under the workspace's
@@ -142,7 +151,12 @@ func (s *Service) CreateSecret(ctx context.Context, req *vaultv1.CreateSecretReq
 	if err != nil {
 		return nil, err
 	}
-	if _, err := auth.Require(ctx, ws, auth.SecretsWrite); err != nil {
+	hosts, err := validAllowedHosts(kind, req.GetAllowedHosts())
+	if err != nil {
+		return nil, err
+	}
+	p, err := auth.Require(ctx, ws, auth.SecretsWrite)
+	if err != nil {
 		return nil, err
 	}
 	if s.keys.sealed() {
@@ -152,10 +166,10 @@ func (s *Service) CreateSecret(ctx context.Context, req *vaultv1.CreateSecretReq
 	ts := timestamppb.New(now)
 	rec := &secretRecord{
 		WorkspaceId: ws, Name: name, Kind: kind, Description: desc, ExpiresAt: expires,
-		State: StateActive, Version: 1, CreatedAt: ts, UpdatedAt: ts,
+		State: StateActive, Version: 1, CreatedAt: ts, UpdatedAt: ts, AllowedHosts: hosts,
 	}
 	ev := s.rec.Event(ctx, ws, actionCreate, "secret", name, audit.Success,
-		fmt.Sprintf("kind=%s version=1%s", kind, expiryDetail(expires)))
+		fmt.Sprintf("kind=%s version=1%s%s", kind, expiryDetail(expires), hostsDetail(hosts)))
 	value := []byte(req.GetValue())
 	defer clear(value)
 	err = s.db.Update(ctx, func(tx store.WriteTx) error {
@@ -176,6 +190,12 @@ func (s *Service) CreateSecret(ctx context.Context, req *vaultv1.CreateSecretReq
 			return err
 		}
 		if err := putSealedValue(tx, ws, name, sealed); err != nil {
+			return err
+		}
+		if err := putVersion(tx, ws, name, &versionRecord{Version: 1, CreatedAt: ts, CreatedBy: p.GetSubjectId(), Sealed: sealed, AllowedHosts: hosts}); err != nil {
+			return err
+		}
+		if err := s.secretEvent(tx, EventSecretCreated, rec, now); err != nil {
 			return err
 		}
 		return audit.Put(tx, ev)
@@ -208,7 +228,8 @@ func (s *Service) UpdateSecret(ctx context.Context, req *vaultv1.UpdateSecretReq
 	if err != nil {
 		return nil, err
 	}
-	if _, err := auth.Require(ctx, ws, auth.SecretsWrite); err != nil {
+	p, err := auth.Require(ctx, ws, auth.SecretsWrite)
+	if err != nil {
 		return nil, err
 	}
 	if err := existingName(name); err != nil {
@@ -232,7 +253,16 @@ func (s *Service) UpdateSecret(ctx context.Context, req *vaultv1.UpdateSecretReq
 			return errs.Invalid(fieldExpiresAt, "secret %q expired at %s: send a new expiresAt (or null for none) together with the new value",
 				rec.GetName(), rec.GetExpiresAt().AsTime().UTC().Format(time.RFC3339))
 		}
+		if ch.has(pathAllowedHosts) {
+			if len(ch.allowedHosts) > 0 && rec.GetKind() != KindWebhook {
+				return errs.Invalid(fieldAllowedHosts, "only webhook secrets carry allowed hosts: %q is an %s secret", rec.GetName(), rec.GetKind())
+			}
+			rec.AllowedHosts = ch.allowedHosts
+		}
 		if ch.has(pathValue) {
+			if err := keepCurrent(tx, rec); err != nil {
+				return err
+			}
 			dk, err := s.dataKeyForWrite(tx, ws)
 			if err != nil {
 				return err
@@ -243,6 +273,11 @@ func (s *Service) UpdateSecret(ctx context.Context, req *vaultv1.UpdateSecretReq
 				return err
 			}
 			if err := putSealedValue(tx, ws, name, sealed); err != nil {
+				return err
+			}
+			if err := putVersion(tx, ws, name, &versionRecord{
+				Version: rec.Version, CreatedAt: timestamppb.New(now), CreatedBy: p.GetSubjectId(), Sealed: sealed, AllowedHosts: rec.GetAllowedHosts(),
+			}); err != nil {
 				return err
 			}
 			if rec.State == StateRevoked {
@@ -261,10 +296,19 @@ func (s *Service) UpdateSecret(ctx context.Context, req *vaultv1.UpdateSecretReq
 			return err
 		}
 		detail := fmt.Sprintf("fields=%s version=%d%s", strings.Join(ch.fields(), ","), rec.Version, expiryDetail(rec.ExpiresAt))
+		if ch.has(pathAllowedHosts) {
+			detail += hostsDetail(rec.GetAllowedHosts())
+			if len(rec.GetAllowedHosts()) == 0 {
+				detail += " allowed-hosts=any"
+			}
+		}
 		if len(notes) > 0 {
 			detail += " " + strings.Join(notes, " ")
 		}
 		out = rec
+		if err := s.secretEvent(tx, EventSecretUpdated, rec, now, "fields", strings.Join(ch.fields(), ","), "version", strconv.FormatInt(rec.Version, 10)); err != nil {
+			return err
+		}
 		return audit.Put(tx, s.rec.Event(ctx, ws, actionUpdate, "secret", rec.Name, audit.Success, detail))
 	})
 	if err != nil {
@@ -298,6 +342,13 @@ func (s *Service) RevokeSecret(ctx context.Context, req *vaultv1.RevokeSecretReq
 			return err
 		}
 		detail := "revoked"
+		if rec.State != StateRevoked {
+			if deps, err := s.checkInUse(tx, rec, req.GetForce(), "revoke"); err != nil {
+				return err
+			} else if len(deps) > 0 {
+				detail += " forced used-by=" + depsDetail(deps)
+			}
+		}
 		if rec.State == StateRevoked {
 			detail = "already revoked"
 		} else {
@@ -305,12 +356,15 @@ func (s *Service) RevokeSecret(ctx context.Context, req *vaultv1.RevokeSecretReq
 			if err := putSecret(tx, rec); err != nil {
 				return err
 			}
+			if err := s.secretEvent(tx, EventSecretRevoked, rec, now); err != nil {
+				return err
+			}
 		}
 		out = rec
 		return audit.Put(tx, s.rec.Event(ctx, ws, actionRevoke, "secret", rec.Name, audit.Success, detail))
 	})
 	if err != nil {
-		if !errors.Is(err, ErrNotFound) {
+		if !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrInUse) {
 			s.recordFailure(ctx, ws, actionRevoke, name, err, "")
 		}
 		return nil, err
@@ -337,15 +391,28 @@ func (s *Service) DeleteSecret(ctx context.Context, req *vaultv1.DeleteSecretReq
 		if err != nil {
 			return err
 		}
+		deps, err := s.checkInUse(tx, rec, req.GetForce(), "delete")
+		if err != nil {
+			return err
+		}
 		if err := deleteSecret(tx, ws, name); err != nil {
 			return err
 		}
+		if err := deleteVersions(tx, ws, name); err != nil {
+			return err
+		}
 		deleted = rec.Name
-		return audit.Put(tx, s.rec.Event(ctx, ws, actionDelete, "secret", rec.Name, audit.Success,
-			fmt.Sprintf("kind=%s version=%d", rec.Kind, rec.Version)))
+		if err := s.secretEvent(tx, EventSecretDeleted, rec, s.now()); err != nil {
+			return err
+		}
+		detail := fmt.Sprintf("kind=%s version=%d", rec.Kind, rec.Version)
+		if len(deps) > 0 {
+			detail += " forced used-by=" + depsDetail(deps)
+		}
+		return audit.Put(tx, s.rec.Event(ctx, ws, actionDelete, "secret", rec.Name, audit.Success, detail))
 	})
 	if err != nil {
-		if !errors.Is(err, ErrNotFound) {
+		if !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrInUse) {
 			s.recordFailure(ctx, ws, actionDelete, name, err, "")
 		}
 		return nil, err
@@ -370,17 +437,18 @@ func stateAt(rec *secretRecord, now time.Time) string {
 // record to API message: state computed, never a value.
 func present(rec *secretRecord, now time.Time) *vaultv1.Secret {
 	return &vaultv1.Secret{
-		WorkspaceId: rec.GetWorkspaceId(),
-		Name:        rec.GetName(),
-		Kind:        rec.GetKind(),
-		Description: rec.GetDescription(),
-		ExpiresAt:   proto.CloneOf(rec.GetExpiresAt()),
-		State:       stateAt(rec, now),
-		Version:     rec.GetVersion(),
-		CreatedAt:   proto.CloneOf(rec.GetCreatedAt()),
-		UpdatedAt:   proto.CloneOf(rec.GetUpdatedAt()),
-		LastUsedAt:  proto.CloneOf(rec.GetLastUsedAt()),
-		RevokedAt:   proto.CloneOf(rec.GetRevokedAt()),
+		WorkspaceId:  rec.GetWorkspaceId(),
+		Name:         rec.GetName(),
+		Kind:         rec.GetKind(),
+		Description:  rec.GetDescription(),
+		ExpiresAt:    proto.CloneOf(rec.GetExpiresAt()),
+		State:        stateAt(rec, now),
+		Version:      rec.GetVersion(),
+		CreatedAt:    proto.CloneOf(rec.GetCreatedAt()),
+		UpdatedAt:    proto.CloneOf(rec.GetUpdatedAt()),
+		LastUsedAt:   proto.CloneOf(rec.GetLastUsedAt()),
+		RevokedAt:    proto.CloneOf(rec.GetRevokedAt()),
+		AllowedHosts: slices.Clone(rec.GetAllowedHosts()),
 	}
 }
 
@@ -400,6 +468,13 @@ func usable(rec *secretRecord, now time.Time, kind, use string) error {
 		return fail(ErrWrongKind, "secret %q is a %s secret: only integration secrets can be resolved", rec.GetName(), rec.GetKind())
 	}
 	return nil
+}
+
+func hostsDetail(hosts []string) string {
+	if len(hosts) == 0 {
+		return ""
+	}
+	return " allowed-hosts=" + strings.Join(hosts, ",")
 }
 
 func expiryDetail(ts *timestamppb.Timestamp) string {

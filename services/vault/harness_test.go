@@ -289,10 +289,11 @@ func (h *harness) restart(mutate func(*vault.Config)) {
 }
 
 // capture records every response and error message the vault sends,
-// except Resolve's (whose whole point is to return a value).
+// except Resolve's and ResolveConnection's (whose whole point is to return
+// a value).
 func (h *harness) capture(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	err := invoker(ctx, method, req, reply, cc, opts...)
-	if method == vaultv1.VaultInternalService_Resolve_FullMethodName && err == nil {
+	if (method == vaultv1.VaultInternalService_Resolve_FullMethodName || method == vaultv1.VaultInternalService_ResolveConnection_FullMethodName) && err == nil {
 		return err
 	}
 	h.respMu.Lock()

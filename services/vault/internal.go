@@ -3,14 +3,12 @@ package vault
 import (
 	"context"
 	"errors"
-	"path/filepath"
 
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
 	"github.com/backlog/controlplane/services/kit/audit"
-	"github.com/backlog/controlplane/services/kit/errs"
 	"github.com/backlog/controlplane/services/kit/store"
 )
 
@@ -93,11 +91,11 @@ func (s *Service) RotateKek(ctx context.Context, req *vaultv1.RotateKekRequest) 
 	if err := s.checkServiceToken(ctx); err != nil {
 		return nil, err
 	}
-	path := req.GetKekFile()
-	if path == "" || !filepath.IsAbs(path) {
-		return nil, errs.Invalid("kekFile", "must be an absolute path on the vault's host")
+	src, err := kekSourceOf(req)
+	if err != nil {
+		return nil, err
 	}
-	res, err := s.RotateKEK(ctx, path)
+	res, err := s.RotateKEKTo(ctx, src)
 	if err != nil {
 		if !errors.Is(err, ErrSealed) && !errors.Is(err, ErrRotation) {
 			s.lg.Error("key-encryption key rotation failed", zap.Error(err))

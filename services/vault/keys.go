@@ -18,8 +18,7 @@ import (
 // creating (and wrapping with the active key-encryption key) the
 // workspace's first one if needed. It must run in a write transaction.
 func (s *Service) dataKeyForWrite(tx store.WriteTx, ws string) (*dataKey, error) {
-	k := s.keys.activeKEK()
-	if k == nil {
+	if s.keys.sealed() {
 		return nil, ErrSealed
 	}
 	ver, blob, err := latestDataKey(tx, ws)
@@ -28,6 +27,12 @@ func (s *Service) dataKeyForWrite(tx store.WriteTx, ws string) (*dataKey, error)
 	}
 	var key []byte
 	if ver == 0 {
+		// Wrap with the key the store records as current (see kekha.go),
+		// read in this transaction: never with one a rotation is retiring.
+		if err := s.followKEKFor(tx, true); err != nil {
+			return nil, err
+		}
+		k := s.keys.activeKEK()
 		ver = 1
 		key = make([]byte, keyLen)
 		if _, err := rand.Read(key); err != nil {
@@ -40,7 +45,7 @@ func (s *Service) dataKeyForWrite(tx store.WriteTx, ws string) (*dataKey, error)
 		if err := putDataKey(tx, ws, ver, wrapped); err != nil {
 			return nil, err
 		}
-	} else if key, err = s.keys.unwrapDataKey(ws, ver, blob); err != nil {
+	} else if key, err = s.unwrapIn(tx, ws, ver, blob); err != nil {
 		return nil, s.dataKeyErr(ws, err)
 	}
 	aead, err := newGCM(key)
@@ -63,7 +68,7 @@ func (s *Service) dataKeyFor(tx store.ReadTx, ws string, ver uint32) (*dataKey, 
 	if blob == nil {
 		return nil, fmt.Errorf("workspace %s has no data key version %d", ws, ver)
 	}
-	key, err := s.keys.unwrapDataKey(ws, ver, blob)
+	key, err := s.unwrapIn(tx, ws, ver, blob)
 	if err != nil {
 		return nil, s.dataKeyErr(ws, err)
 	}
@@ -146,34 +151,38 @@ type RotateKEKResult struct {
 // with the new key as -vault-kek-file and the old one as a previous key:
 // the rewrap completes at start.
 func (s *Service) RotateKEK(ctx context.Context, newKEKPath string) (*RotateKEKResult, error) {
+	return s.RotateKEKTo(ctx, KEKSource{File: newKEKPath})
+}
+
+// RotateKEKTo is RotateKEK to a key file or a PKCS#11 key: file to token,
+// token to token (another label) and token to file all work the same way.
+// With several replicas on one store, every replica follows it (kekha.go).
+// After it, restart every replica with the new key's flags.
+func (s *Service) RotateKEKTo(ctx context.Context, src KEKSource) (*RotateKEKResult, error) {
 	s.rotateMu.Lock()
 	defer s.rotateMu.Unlock()
 	if s.keys.sealed() {
 		return nil, ErrSealed
 	}
-	raw, err := LoadKEKFile(newKEKPath)
+	k, err := src.load()
 	if err != nil {
 		return nil, fail(ErrRotation, "%s: %v", ErrRotation.Error(), err)
 	}
-	k, err := newKEK(raw)
-	clear(raw)
+	// One replica rewraps at a time, every write fenced by its lead; the
+	// others follow the record it writes (see kekha.go).
+	var res *RotateKEKResult
+	err = s.asKEKLeader(ctx, func(ctx context.Context, l *store.Leadership) (err error) {
+		res, err = s.rotateShared(ctx, l, k, src)
+		return err
+	})
 	if err != nil {
-		return nil, fail(ErrRotation, "%s: %v", ErrRotation.Error(), err)
-	}
-	old := s.keys.activeKEK()
-	s.keys.add(k, true)
-	s.lg.Warn("key-encryption key rotation started", zap.String("kek-id", k.id.String()), zap.String("previous-kek-id", old.id.String()))
-	n, err := s.rewrapAll(ctx)
-	if err != nil {
-		// Every key stays loaded: nothing stops working. Retrying finishes.
+		if s.keys.get(k.id) != k && k.release != nil {
+			k.release()
+		}
 		return nil, err
 	}
-	res := &RotateKEKResult{KEKID: k.id.String(), Rewrapped: n}
-	for _, id := range s.keys.retire() {
-		res.Retired = append(res.Retired, id.String())
-	}
-	s.lg.Warn("key-encryption key rotated: restart the vault with -vault-kek-file set to the new key; the old key file is no longer needed",
-		zap.String("kek-id", res.KEKID), zap.Strings("retired-kek-ids", res.Retired), zap.Int("data-keys-rewrapped", n))
+	s.lg.Warn("key-encryption key rotated: restart the vault with the new key (-vault-kek-file or -vault-kek-pkcs11-*); the old key is no longer needed",
+		zap.String("kek-id", res.KEKID), zap.Strings("retired-kek-ids", res.Retired), zap.Int("data-keys-rewrapped", res.Rewrapped))
 	return res, nil
 }
 
@@ -185,8 +194,9 @@ func (s *Service) RotateKEK(ctx context.Context, newKEKPath string) (*RotateKEKR
 // is wrapped by the old key or the new one, both of which stay loaded; a
 // later call (a retried rotation, or a start with the old key as a previous
 // key) finishes the rest. It fails if some data key is wrapped by a key that
-// is not loaded.
-func (s *Service) rewrapAll(ctx context.Context) (int, error) {
+// is not loaded and not recorded (see loadMissing). fence runs first in each
+// write transaction (the rewrap leader's Fence).
+func (s *Service) rewrapAll(ctx context.Context, fence func(store.ReadTx) error) (int, error) {
 	batch := s.perUpdate(1)
 	total := 0
 	unknown := map[kekID]int{}
@@ -202,6 +212,9 @@ func (s *Service) rewrapAll(ctx context.Context) (int, error) {
 		var next []byte
 		err := s.db.Update(ctx, func(tx store.WriteTx) error {
 			chunk, chunkUnknown = nil, map[kekID]int{}
+			if err := fence(tx); err != nil {
+				return err
+			}
 			active := s.keys.activeKEK()
 			if active == nil {
 				return ErrSealed
@@ -216,8 +229,10 @@ func (s *Service) rewrapAll(ctx context.Context) (int, error) {
 					return false, nil
 				}
 				if s.keys.get(id) == nil {
-					chunkUnknown[id]++
-					return false, nil
+					if ok, err := s.loadMissing(tx, id); err != nil || !ok {
+						chunkUnknown[id]++
+						return false, nil
+					}
 				}
 				key, err := s.keys.unwrapDataKey(ws, ver, blob)
 				if err != nil {

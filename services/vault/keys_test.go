@@ -37,7 +37,7 @@ func TestSealedVaultRefusesValueOperations(t *testing.T) {
 	}
 	wantSealed := func(t *testing.T, err error) {
 		t.Helper()
-		wantCode(t, err, codes.FailedPrecondition, "VAULT_SEALED")
+		wantCode(t, err, codes.Unavailable, "VAULT_SEALED")
 		if msg := status.Convert(err).Message(); msg != "vault is sealed: no key-encryption key loaded (-vault-kek-file)" {
 			t.Fatalf("message = %q", msg)
 		}

@@ -74,7 +74,7 @@ func (s *Service) RunHttpRequest(ctx context.Context, req *vaultv1.RunHttpReques
 	}
 	defer release()
 
-	secrets, err := s.resolveForStep(ctx, ws, st.refs)
+	secrets, err := s.resolveForStep(ctx, ws, st.refs, st.url)
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +165,7 @@ func egressResult(sent bool, err error) string {
 }
 
 // resolveForStep decrypts the secrets refs names, all in one snapshot.
-func (s *Service) resolveForStep(ctx context.Context, ws string, refs []string) ([]resolved, error) {
+func (s *Service) resolveForStep(ctx context.Context, ws string, refs []string, u *url.URL) ([]resolved, error) {
 	if len(refs) == 0 {
 		return nil, nil
 	}
@@ -190,6 +190,10 @@ func (s *Service) resolveForStep(ctx context.Context, ws string, refs []string) 
 			failed = rec.GetName()
 			if err := usable(rec, now, KindWebhook, "HTTP Request steps are"); err != nil {
 				return err
+			}
+			if !hostAllowed(rec.GetAllowedHosts(), u) {
+				return fail(ErrHostDenied, "secret %q may only be sent to %s, and this step goes to %s; nothing was sent",
+					rec.GetName(), strings.Join(rec.GetAllowedHosts(), ", "), u.Host)
 			}
 			v, err := s.decrypt(tx, ws, nameKey(rec.GetName()), rec.GetVersion(), rec.GetName())
 			if err != nil {
@@ -245,20 +249,39 @@ func (s *Service) send(ctx context.Context, st *httpStep, values map[string]stri
 	}
 	out := &vaultv1.RunHttpRequestResponse{StatusCode: int32(hresp.StatusCode), Headers: map[string]string{}}
 	for k, vs := range hresp.Header {
-		out.Headers[strings.ToValidUTF8(red.redactString(k), "\uFFFD")] = strings.ToValidUTF8(red.redactString(strings.Join(vs, ", ")), "\uFFFD")
+		name, ok := red.redact([]byte(k), -1)
+		if !ok {
+			// A short value somewhere in a header name ("v" in "Server")
+			// says nothing; a name made of it ("X-V") may echo it.
+			if red.shortToken(k) {
+				continue
+			}
+			name = []byte(k)
+		}
+		out.Headers[strings.ToValidUTF8(string(name), "\uFFFD")] = strings.ToValidUTF8(red.redactString(strings.Join(vs, ", ")), "\uFFFD")
 	}
 	out.BodyTruncated = len(data) > s.maxResponse
+	withhold := func() {
+		// Status and headers are returned; the body could not be checked
+		// or redacted without mangling it, so it is not.
+		out.Body, out.BodyEncoding, out.BodyWithheld, out.BodyTruncated = "", "withheld", true, false
+	}
 	switch enc := strings.ToLower(hresp.Header.Get("Content-Encoding")); {
 	case len(values) > 0 && !hresp.Uncompressed && enc != "" && enc != "identity":
 		// Compressed in a way we did not ask for: we cannot look inside
 		// for echoed values, so the body is not returned.
-		out.BodyEncoding = "withheld"
-		out.BodyTruncated = false
+		withhold()
+	case len(values) > 0 && compressedMagic(data):
+		// Compressed without saying so: same.
+		withhold()
 	default:
-		b := red.redact(data, s.maxResponse)
-		if utf8.Valid(b) {
+		b, ok := red.redact(data, s.maxResponse)
+		switch {
+		case !ok:
+			withhold()
+		case utf8.Valid(b):
 			out.Body = string(b)
-		} else {
+		default:
 			out.Body, out.BodyEncoding = base64.StdEncoding.EncodeToString(b), "base64"
 		}
 	}
@@ -345,7 +368,7 @@ func (s *Service) recordUses(ctx context.Context, ws string, refs, used []string
 	// A step may reference more secrets than one update may write (an
 	// event and a record each): each chunk records its secrets' events
 	// with their last-used times.
-	per := s.perUpdate(2)
+	per := s.perUpdate(audit.OpsPerEvent + 1)
 	for i := 0; i < len(names); i += per {
 		j := min(i+per, len(names))
 		err := s.db.Update(actx, func(tx store.WriteTx) error {

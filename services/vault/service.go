@@ -25,6 +25,8 @@ import (
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
@@ -74,6 +76,9 @@ type Config struct {
 	// with KEKFile's key (completing an interrupted rotation), after which
 	// the previous keys are dropped from memory.
 	PreviousKEKFiles []string
+	// KEKPKCS11, instead of KEKFile: the key-encryption key is a key in a
+	// PKCS#11 token (see pkcs11.go); PreviousKEKFiles may go with it.
+	KEKPKCS11 PKCS11Config
 	// EgressCAFile holds extra PEM CA certificates trusted, besides the
 	// system roots, by HTTP Request steps.
 	EgressCAFile string
@@ -99,6 +104,19 @@ type Config struct {
 	ServiceToken string
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+
+	// EventPoll is how often pending events are fanned out and due
+	// deliveries attempted (default DefaultEventPoll).
+	EventPoll time.Duration
+	// ReminderInterval is how often secrets are checked for expiry
+	// reminders (default DefaultReminderInterval).
+	ReminderInterval time.Duration
+	// DeliveryBackoff is the wait after a delivery's first failed attempt,
+	// doubled after each further one up to an hour (default
+	// DefaultDeliveryBackoff); DeliveryAttempts is how many attempts are
+	// made before a delivery is given up (default DefaultDeliveryAttempts).
+	DeliveryBackoff  time.Duration
+	DeliveryAttempts int
 }
 
 // Service implements vaultv1.VaultServiceServer and
@@ -115,12 +133,14 @@ type Service struct {
 	audit        *audit.Server
 	keys         *keyring
 	rotateMu     sync.Mutex
+	ha           kekHA
 	egress       *http.Client
 	allowPrivate bool
 	timeout      time.Duration
 	maxResponse  int
 	steps        *stepLimiter
 	serviceToken string
+	loops        *eventLoops
 
 	closeOnce sync.Once
 	closeErr  error
@@ -144,25 +164,11 @@ func New(cfg Config) (*Service, error) {
 	if cfg.EgressMaxResponseBytes <= 0 {
 		cfg.EgressMaxResponseBytes = DefaultEgressMaxResponseBytes
 	}
-	if len(cfg.PreviousKEKFiles) > 0 && cfg.KEKFile == "" {
-		return nil, errors.New("vault: previous key-encryption keys need a current one (-vault-kek-file)")
-	}
 	lg := cfg.Logger.With(zap.String("service", serviceName))
 
-	keys := newKeyring()
-	if cfg.KEKFile != "" {
-		for i, path := range append([]string{cfg.KEKFile}, cfg.PreviousKEKFiles...) {
-			raw, err := LoadKEKFile(path)
-			if err != nil {
-				return nil, fmt.Errorf("vault: %w", err)
-			}
-			k, err := newKEK(raw)
-			clear(raw)
-			if err != nil {
-				return nil, fmt.Errorf("vault: %s: %w", path, err)
-			}
-			keys.add(k, i == 0)
-		}
+	keys, err := loadKeyring(cfg)
+	if err != nil {
+		return nil, err
 	}
 	client, err := newEgressClient(cfg.EgressCAFile, cfg.EgressAllowPrivate, cfg.EgressTimeout)
 	if err != nil {
@@ -181,11 +187,16 @@ func New(cfg Config) (*Service, error) {
 		keys: keys, egress: client, allowPrivate: cfg.EgressAllowPrivate, timeout: cfg.EgressTimeout, maxResponse: cfg.EgressMaxResponseBytes,
 		serviceToken: cfg.ServiceToken, steps: newStepLimiter(cfg.EgressMaxStepsPerWorkspace),
 	}
+	s.noteSources(cfg)
 	if err := s.checkKeys(len(cfg.PreviousKEKFiles) > 0); err != nil {
 		// A store this start created goes again, so that the next start
 		// does not take an empty store for a deliberate one.
 		store.Release(db)
 		return nil, err
+	}
+	s.startEventLoops(cfg)
+	if !s.keys.sealed() {
+		s.watchKEK()
 	}
 	return s, nil
 }
@@ -198,16 +209,7 @@ func (s *Service) checkKeys(previous bool) error {
 		s.lg.Warn(MsgSealed + "; secrets can be listed but not created, updated with a value, or used")
 		return nil
 	}
-	if previous {
-		n, err := s.rewrapAll(context.Background())
-		if err != nil {
-			s.lg.Error("could not rewrap every data key with the current key-encryption key; previous keys stay loaded", zap.Error(err))
-		} else {
-			retired := s.keys.retire()
-			s.lg.Info("rewrapped data keys with the current key-encryption key; the previous key files are no longer needed",
-				zap.Int("data-keys-rewrapped", n), zap.Int("previous-keys-dropped", len(retired)))
-		}
-	}
+	s.startKeys(previous) // kekha.go: shared with the other replicas
 	unknown, err := s.unknownWrappers(context.Background())
 	if err != nil {
 		return fmt.Errorf("vault: %w", err)
@@ -247,6 +249,25 @@ func (s *Service) DB() store.Backend { return s.db }
 // Sealed reports whether no key-encryption key is loaded.
 func (s *Service) Sealed() bool { return s.keys.sealed() }
 
+// SealedHealthService is the grpc.health.v1 service name registered on a
+// sealed vault's health server: a check of it answers (NOT_SERVING) only
+// while the vault is sealed, and NotFound otherwise, so that a readiness
+// probe can name the reason the vault is not serving.
+const SealedHealthService = "backlog.vault.v1.VaultService/sealed"
+
+// ReportHealth sets the health of the server the vault is mounted on, before
+// it serves: a sealed vault is NOT_SERVING (overall and every service) for
+// the life of the process, since it cannot create, update or use a secret
+// value; the health server is shut down so that serving does not mark it
+// SERVING. An unsealed vault leaves health to the server.
+func (s *Service) ReportHealth(hs *health.Server) {
+	if !s.Sealed() {
+		return
+	}
+	hs.SetServingStatus(SealedHealthService, healthpb.HealthCheckResponse_NOT_SERVING)
+	hs.Shutdown() // every registered status NOT_SERVING, later changes ignored
+}
+
 // KEKID is the id (fingerprint) of the key-encryption key in use, or "".
 func (s *Service) KEKID() string {
 	if k := s.keys.activeKEK(); k != nil {
@@ -258,8 +279,11 @@ func (s *Service) KEKID() string {
 // Close closes idle egress connections and the store after pending writes.
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
+		s.stopEventLoops()
+		s.stopWatchKEK()
 		s.egress.CloseIdleConnections()
 		s.closeErr = s.db.Close()
+		s.keys.close()
 	})
 	return s.closeErr
 }
@@ -293,7 +317,7 @@ func (s *Service) recordEvents(ctx context.Context, evs ...*auditEvent) {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
 	defer cancel()
-	for chunk := range slices.Chunk(evs, s.perUpdate(1)) {
+	for chunk := range slices.Chunk(evs, s.perUpdate(audit.OpsPerEvent)) {
 		err := s.db.Update(ctx, func(tx store.WriteTx) error {
 			for _, ev := range chunk {
 				if err := audit.Put(tx, ev); err != nil {
@@ -341,6 +365,8 @@ func failureDetail(cause error, prefix string) string {
 		d += ": ciphertext unreadable"
 	case errors.Is(cause, ErrEgressDenied):
 		d += ": egress refused"
+	case errors.Is(cause, ErrHostDenied):
+		d += ": host not allowed for this secret"
 	case errors.Is(cause, ErrUpstreamSlow):
 		d += ": timed out"
 	case errors.Is(cause, ErrUpstream):

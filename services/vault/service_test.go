@@ -138,8 +138,10 @@ func TestCreateRejectsBadInput(t *testing.T) {
 	}{
 		{"duplicate", &vaultv1.CreateSecretRequest{Name: "taken", Kind: "webhook", Value: "v"}, codes.AlreadyExists, "SECRET_NAME_TAKEN"},
 		{"duplicate in another case", &vaultv1.CreateSecretRequest{Name: "TAKEN", Kind: "webhook", Value: "v"}, codes.AlreadyExists, "SECRET_NAME_TAKEN"},
-		{"name with spaces", &vaultv1.CreateSecretRequest{Name: "my key", Kind: "webhook", Value: "v"}, codes.InvalidArgument, ""},
-		{"name over 128", &vaultv1.CreateSecretRequest{Name: strings.Repeat("a", 129), Kind: "webhook", Value: "v"}, codes.InvalidArgument, ""},
+		{"name with a leading space", &vaultv1.CreateSecretRequest{Name: " my key", Kind: "webhook", Value: "v"}, codes.InvalidArgument, ""},
+		{"name with a line break", &vaultv1.CreateSecretRequest{Name: "my\nkey", Kind: "webhook", Value: "v"}, codes.InvalidArgument, ""},
+		{"name with a bidi override", &vaultv1.CreateSecretRequest{Name: "my\u202ekey", Kind: "webhook", Value: "v"}, codes.InvalidArgument, ""},
+		{"name over 100", &vaultv1.CreateSecretRequest{Name: strings.Repeat("é", 101), Kind: "webhook", Value: "v"}, codes.InvalidArgument, ""},
 		{"empty name", &vaultv1.CreateSecretRequest{Kind: "webhook", Value: "v"}, codes.InvalidArgument, ""},
 		{"name of dots", &vaultv1.CreateSecretRequest{Name: "..", Kind: "webhook", Value: "v"}, codes.InvalidArgument, ""},
 		{"name with slash", &vaultv1.CreateSecretRequest{Name: "a/b", Kind: "webhook", Value: "v"}, codes.InvalidArgument, ""},
@@ -160,7 +162,7 @@ func TestCreateRejectsBadInput(t *testing.T) {
 		})
 	}
 	// Exactly at the limits is fine.
-	if _, err := h.client.CreateSecret(as(bg(), owner), &vaultv1.CreateSecretRequest{WorkspaceId: ws, Name: strings.Repeat("n", 128), Kind: "integration",
+	if _, err := h.client.CreateSecret(as(bg(), owner), &vaultv1.CreateSecretRequest{WorkspaceId: ws, Name: strings.Repeat("é", 100), Kind: "integration",
 		Value: strings.Repeat("x", 64<<10), ExpiresAt: future}); err != nil {
 		t.Fatalf("limits: %v", err)
 	}

@@ -320,7 +320,8 @@ func TestRotationChunkedAndResumable(t *testing.T) {
 	// Stopped after its first chunk: both keys stay loaded, nothing breaks,
 	// and the same call again finishes.
 	k3 := newKEKFile(t, "k3")
-	s.db.(store.Faults).SetFault(failAfter(1))
+	// (Commits: the rewrap lead's claim, the key record, the first chunk.)
+	s.db.(store.Faults).SetFault(failAfter(3))
 	if _, err := s.RotateKEK(ctx, k3); !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("rotation with failing commits: %v", err)
 	}
@@ -345,7 +346,7 @@ func TestRotationChunkedAndResumable(t *testing.T) {
 	// Stopped part-way, then the process goes: a start with the new key and
 	// the old one as a previous key finishes the rewrap.
 	k4 := newKEKFile(t, "k4")
-	s.db.(store.Faults).SetFault(failAfter(2))
+	s.db.(store.Faults).SetFault(failAfter(4))
 	if _, err := s.RotateKEK(ctx, k4); err == nil {
 		t.Fatal("rotation with failing commits succeeded")
 	}

@@ -4,8 +4,9 @@ package vault
 //
 // A header value may reference a webhook secret as {secret:name} or
 // {{secret:name}} (the two forms mean the same); the vault replaces the
-// reference with the secret's value when it sends the request. Names are 1 to
-// 128 letters, digits, '_', '-' or '.', as for secrets themselves.
+// reference with the secret's value when it sends the request. The name is
+// everything up to the closing brace(s), as readable as the secret's own
+// ("{secret:HubSpot API key – production}"), matched regardless of case.
 //
 // Escape: a backslash right before "{secret:" or "{{secret:" makes it
 // literal text: `\{secret:x}` sends `{secret:x}` and `\{{secret:x}}` sends
@@ -130,23 +131,22 @@ func parseRef(s string, i int, open string) (name string, end int, err error) {
 	}
 	j := i + len(open)
 	k := j
-	for k < len(s) && isNameByte(s[k]) {
+	for k < len(s) && s[k] != '}' && s[k] != '{' {
 		k++
 	}
 	name = s[j:k]
 	switch {
 	case k == len(s):
 		return "", 0, &templateError{i, fmt.Sprintf("%q is not closed with %q", open, closer)}
+	case s[k] == '{':
+		return "", 0, &templateError{i, "a secret name cannot contain '{'"}
 	case !strings.HasPrefix(s[k:], closer):
-		if s[k] == '}' && closer == "}}" {
-			return "", 0, &templateError{i, `a reference opened with "{{secret:" must close with "}}"`}
-		}
-		return "", 0, &templateError{i, fmt.Sprintf("a secret name is 1 to %d letters, digits, '_', '-' or '.', followed by %q", maxNameLen, closer)}
+		return "", 0, &templateError{i, `a reference opened with "{{secret:" must close with "}}"`}
 	case name == "":
 		return "", 0, &templateError{i, "the secret name is empty"}
 	}
-	if err := checkName(name); err != nil {
-		return "", 0, &templateError{i, err.Error()}
+	if err := checkExistingName(name); err != nil {
+		return "", 0, &templateError{i, "the secret name " + err.Error()}
 	}
 	return name, k + len(closer), nil
 }

@@ -29,6 +29,10 @@ func TestParseTemplate(t *testing.T) {
 		{"{not:a} {secret {Secret:a} { secret:a}", []part{{lit: "{not:a} {secret {Secret:a} { secret:a}"}}},
 		{"x{", []part{{lit: "x{"}}},
 		{`trailing\`, []part{{lit: `trailing\`}}},
+		// Names are readable text.
+		{"{secret:a b}", []part{{ref: "a b"}}},
+		{"x {secret:é}", []part{{lit: "x "}, {ref: "é"}}},
+		{"Bearer {{secret:HubSpot API key – production}}", []part{{lit: "Bearer "}, {ref: "HubSpot API key – production"}}},
 	} {
 		got, err := parseTemplate(tc.in)
 		if err != nil {
@@ -41,7 +45,7 @@ func TestParseTemplate(t *testing.T) {
 	}
 	for _, bad := range []string{
 		"{secret:", "{secret:a", "{{secret:a}", "{{secret:a", "{secret:}", "{{secret:}}",
-		"{secret:a b}", "{secret: a}", "{secret:a/b}", "{secret:..}", "x {secret:é}",
+		"{secret: a}", "{secret:a }", "{secret:a/b}", "{secret:..}", "{secret:a{b}", "{secret:a\u202eb}",
 		"{secret:" + strings.Repeat("a", 129) + "}", `\\{secret:a`,
 	} {
 		_, err := parseTemplate(bad)

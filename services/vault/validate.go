@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/net/http/httpguts"
+	"golang.org/x/text/unicode/norm"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
@@ -21,7 +22,8 @@ import (
 
 // Limits on what callers send.
 const (
-	maxNameLen        = 128
+	maxNameLen        = 100 // characters
+	maxLegacyNameLen  = 128
 	maxDescriptionLen = 1000
 	// MaxValueBytes caps a secret's value.
 	MaxValueBytes = 64 << 10
@@ -70,23 +72,58 @@ func isNameByte(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.'
 }
 
-// checkName checks a secret name: 1 to 128 letters, digits, '_', '-' or
-// '.', and not only dots (which a URL path would swallow).
-func checkName(s string) error {
+// checkSlug checks an identifier-like label (a Resolve caller, an
+// integration): 1 to max letters, digits, '_', '-' or '.', not only dots.
+func checkSlug(s string, max int) error {
 	switch {
 	case s == "":
 		return errors.New("is required")
-	case len(s) > maxNameLen:
-		return fmt.Errorf("must be at most %d characters", maxNameLen)
+	case len(s) > max:
+		return fmt.Errorf("must be at most %d characters", max)
 	case strings.Trim(s, ".") == "":
 		return errors.New(`must not consist of dots only`)
 	}
 	for i := 0; i < len(s); i++ {
 		if !isNameByte(s[i]) {
-			if s[i] == ' ' {
-				return errors.New("must not contain spaces: use letters, digits, '_', '-' and '.'")
-			}
 			return errors.New("may only contain letters, digits, '_', '-' and '.'")
+		}
+	}
+	return nil
+}
+
+// checkName checks a new secret name: 1 to 100 printable characters,
+// spaces and Unicode punctuation included ("HubSpot API key – production");
+// no '{' or '}' (they delimit references), no '/' (paths), nothing that can
+// disguise it (control, bidi-formatting, invisible characters), no leading
+// or trailing space, not only dots (which a URL path would swallow).
+func checkName(s string) error { return checkNameLen(s, maxNameLen) }
+
+// checkExistingName checks a name that refers to a secret: as checkName,
+// but up to 128 characters, the limit names had before they became
+// readable text, so that every stored secret stays reachable.
+func checkExistingName(s string) error { return checkNameLen(s, maxLegacyNameLen) }
+
+func checkNameLen(s string, max int) error {
+	switch {
+	case s == "":
+		return errors.New("is required")
+	case !utf8.ValidString(s):
+		return errors.New("is not valid UTF-8")
+	case utf8.RuneCountInString(s) > max:
+		return fmt.Errorf("must be at most %d characters", max)
+	case strings.TrimSpace(s) != s:
+		return errors.New("must not begin or end with a space")
+	case strings.Trim(s, ".") == "":
+		return errors.New(`must not consist of dots only`)
+	}
+	for _, r := range s {
+		switch {
+		case r == '{' || r == '}' || r == '/':
+			return errors.New("must not contain '{', '}' or '/'")
+		case validate.Disguising(r):
+			return fmt.Errorf("must not contain control, bidirectional-formatting or invisible characters (found U+%04X)", r)
+		case r != ' ' && !unicode.IsPrint(r):
+			return fmt.Errorf("must contain only printable characters and spaces (found U+%04X)", r)
 		}
 	}
 	return nil
@@ -100,13 +137,19 @@ func validName(s string) (string, error) {
 }
 
 // nameKey is the form under which names are unique and looked up:
-// case-insensitive, so "Stripe" and "stripe" cannot both exist.
-func nameKey(s string) string { return strings.ToLower(s) }
+// case-insensitive, so "Stripe" and "stripe" cannot both exist, and in
+// Unicode normal form C, so that "é" typed either way is one name. Each
+// character is mapped to upper then lower case (so "ſ", "S" and "s" agree);
+// for the ASCII names of earlier versions this is strings.ToLower, so keys
+// (and the AAD sealed values are bound to) are unchanged for them.
+func nameKey(s string) string {
+	return strings.Map(func(r rune) rune { return unicode.ToLower(unicode.ToUpper(r)) }, norm.NFC.String(s))
+}
 
 // existingName checks a name that must name an existing secret: a name that
 // cannot exist is NotFound, decided without I/O.
 func existingName(s string) error {
-	if checkName(s) != nil {
+	if checkExistingName(s) != nil {
 		return fail(ErrNotFound, "secret %q not found", clip(s))
 	}
 	return nil
@@ -162,12 +205,13 @@ func validWorkspace(ws string) error { return validate.Required(fieldWorkspace, 
 // Update mask paths. Callers may spell them in proto (snake_case) or JSON
 // (lowerCamelCase) form; the gateway derives them from the PATCH body.
 const (
-	pathValue       = "value"
-	pathDescription = "description"
-	pathExpiresAt   = "expires_at"
+	pathValue        = "value"
+	pathDescription  = "description"
+	pathExpiresAt    = "expires_at"
+	pathAllowedHosts = "allowed_hosts"
 )
 
-var maskPaths = validate.MaskSpellings(pathValue, pathDescription, pathExpiresAt)
+var maskPaths = validate.MaskSpellings(pathValue, pathDescription, pathExpiresAt, pathAllowedHosts)
 
 // changeSet is a validated update.
 type changeSet struct {
@@ -175,6 +219,8 @@ type changeSet struct {
 	value       string
 	description string
 	expiresAt   *timestamppb.Timestamp // nil with pathExpiresAt clears the expiry
+	// allowedHosts, normalised; nil with pathAllowedHosts: any host.
+	allowedHosts []string
 }
 
 func (c *changeSet) has(p string) bool { return c.paths[p] }
@@ -182,7 +228,7 @@ func (c *changeSet) has(p string) bool { return c.paths[p] }
 // fields lists the changed fields in a fixed order, for the audit trail.
 func (c *changeSet) fields() []string {
 	var out []string
-	for _, p := range []string{pathValue, pathDescription, pathExpiresAt} {
+	for _, p := range []string{pathValue, pathDescription, pathExpiresAt, pathAllowedHosts} {
 		if c.has(p) {
 			out = append(out, p)
 		}
@@ -211,6 +257,16 @@ func validMask(paths []string, in *vaultv1.Secret, now time.Time) (*changeSet, e
 	}
 	if c.has(pathExpiresAt) {
 		if c.expiresAt, err = validExpiry(in.GetExpiresAt(), now); err != nil {
+			return nil, err
+		}
+	}
+	if c.has(pathAllowedHosts) {
+		// Rebinding a stored secret to other hosts takes knowing it: else
+		// anyone who may edit it could send it to a host of their own.
+		if !c.has(pathValue) {
+			return nil, errs.Invalid(fieldAllowedHosts, "changing allowedHosts requires the secret's value in the same update: send value too")
+		}
+		if c.allowedHosts, err = validAllowedHosts(KindWebhook, in.GetAllowedHosts()); err != nil {
 			return nil, err
 		}
 	}
@@ -351,7 +407,7 @@ func validCaller(s string) (string, error) {
 	if s == "" {
 		return "service", nil
 	}
-	if len(s) > maxCallerLen || checkName(s) != nil {
+	if checkSlug(s, maxCallerLen) != nil {
 		return "", errs.Invalid(fieldCaller, "must be 1 to %d letters, digits, '_', '-' or '.'", maxCallerLen)
 	}
 	return s, nil
