@@ -28,5 +28,6 @@ func errorTable() *errs.Table {
 		Add(errLastOwner, codes.FailedPrecondition, "LAST_OWNER").
 		Add(errNotOwner, codes.PermissionDenied, "OWNER_REQUIRED").
 		Add(errDuplicateEmail, codes.AlreadyExists, "DUPLICATE_EMAIL").
+		Add(errSignInNotFound, codes.NotFound, "SIGN_IN_NOT_FOUND").
 		Add(store.ErrUnavailable, codes.Unavailable, "STORE_UNAVAILABLE")
 }

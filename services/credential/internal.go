@@ -148,12 +148,14 @@ func (s *Service) RotateCredentials(ctx context.Context, req *credentialv1.Rotat
 	}
 	raws := newRaws(kinds)
 	var out []*credentialv1.IssuedCredential
+	var rotated *credentialv1.Subject
 	err := s.db.Update(ctx, func(tx store.WriteTx) error {
 		out = out[:0]
 		subj, err := getSubject(tx, req.GetWorkspaceId(), req.GetSubjectId())
 		if err != nil {
 			return err
 		}
+		rotated = subj.Subject
 		if subj.Revoked {
 			return fmt.Errorf("subject %s: %w", req.GetSubjectId(), errSubjectNotFound)
 		}
@@ -180,6 +182,7 @@ func (s *Service) RotateCredentials(ctx context.Context, req *credentialv1.Rotat
 		return nil, err
 	}
 	s.hub.publish(ctx, []string{req.GetSubjectId()})
+	s.publishEvent(req.GetWorkspaceId(), rotationEvent(rotated.GetKind()), subjectData(rotated))
 	return &credentialv1.RotateCredentialsResponse{Credentials: out}, nil
 }
 
@@ -242,11 +245,13 @@ func (s *Service) RotateCredential(ctx context.Context, req *credentialv1.Rotate
 	}
 	raw := credfmt.New(prefixOf[req.GetKind()])
 	var rec *credentialstorev1.CredentialRecord
+	var rotated *credentialv1.Subject
 	err := s.db.Update(ctx, func(tx store.WriteTx) error {
 		subj, err := getSubject(tx, req.GetWorkspaceId(), req.GetSubjectId())
 		if err != nil {
 			return err
 		}
+		rotated = subj.Subject
 		if subj.Revoked {
 			return fmt.Errorf("subject %s: %w", req.GetSubjectId(), errSubjectNotFound)
 		}
@@ -260,6 +265,9 @@ func (s *Service) RotateCredential(ctx context.Context, req *credentialv1.Rotate
 		return nil, err
 	}
 	s.hub.publish(ctx, []string{req.GetSubjectId()})
+	data := subjectData(rotated)
+	data["credentialId"] = rec.GetId()
+	s.publishEvent(req.GetWorkspaceId(), rotationEvent(rotated.GetKind()), data)
 	return &credentialv1.RotateCredentialResponse{Credential: raw, Info: infoOf(rec)}, nil
 }
 
@@ -290,12 +298,20 @@ func (s *Service) UpdateSubject(ctx context.Context, req *credentialv1.UpdateSub
 func (s *Service) RevokeSubject(ctx context.Context, req *credentialv1.RevokeSubjectRequest) (*credentialv1.RevokeSubjectResponse, error) {
 	now := s.cfg.Now()
 	var more bool
+	var revoked *credentialv1.Subject
 	err := s.db.Update(ctx, func(tx store.WriteTx) (err error) {
+		revoked = nil
+		if subj, err := getSubject(tx, req.GetWorkspaceId(), req.GetSubjectId()); err == nil && !subj.Revoked {
+			revoked = subj.Subject
+		}
 		more, err = s.revokeSubjectTx(tx, req.GetWorkspaceId(), req.GetSubjectId(), now)
 		return err
 	})
 	if err != nil {
 		return nil, err
+	}
+	if revoked != nil {
+		s.publishEvent(req.GetWorkspaceId(), eventCredentialRevoked, subjectData(revoked))
 	}
 	if more {
 		// The subject is revoked: every credential of it is refused already.

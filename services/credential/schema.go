@@ -31,6 +31,13 @@ var (
 	// sealed under a key derived from the request (kit/idem); expires after
 	// idem.TTL
 	bucketReplays = store.Bucket("idempotent_replays")
+	// console_sign_ins: SHA-256 of a console sign-in code →
+	// consolev1.RedeemSignInResponse (sealed by the gateway); expires with
+	// the code (console.go)
+	bucketConsoleSignIns = store.Bucket("console_sign_ins")
+	// console_ended_sessions: SHA-256 of a signed-out console session's id
+	// → empty; expires when the session would have (console.go)
+	bucketConsoleEnded = store.Bucket("console_ended_sessions")
 
-	schema = []store.Bucket{bucketWorkspaces, bucketMembers, bucketSubjects, bucketCredentials, bucketHashes, bucketSubjectCreds, bucketLiveCreds, bucketMigrations, bucketReplays, audit.Bucket}
+	schema = []store.Bucket{bucketWorkspaces, bucketMembers, bucketSubjects, bucketCredentials, bucketHashes, bucketSubjectCreds, bucketLiveCreds, bucketMigrations, bucketReplays, bucketConsoleSignIns, bucketConsoleEnded, audit.Bucket, audit.ChainBucket}
 )

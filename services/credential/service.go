@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
+	consolev1 "github.com/backlog/controlplane/gen/go/backlog/console/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	credentialstorev1 "github.com/backlog/controlplane/gen/go/backlog/credentialstore/v1"
 	"github.com/backlog/controlplane/services/kit/audit"
@@ -51,6 +52,9 @@ type Config struct {
 	// AuditPeers are the other services' audit endpoints, merged into the
 	// workspace trail served by ListAuditEvents.
 	AuditPeers map[string]auditv1.AuditServiceClient
+	// Events, when set, receives the workspace events of rotations and
+	// revocations (see events.go): the vault's internal API.
+	Events EventPublisher
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -215,6 +219,7 @@ func (s *Service) Register(g grpc.ServiceRegistrar) {
 	credentialv1.RegisterCredentialServiceServer(g, s)
 	credentialv1.RegisterCredentialInternalServiceServer(g, s)
 	auditv1.RegisterAuditServiceServer(g, s)
+	consolev1.RegisterConsoleServiceServer(g, consoleService{s: s})
 }
 
 // Errors is the service's error table.
@@ -227,6 +232,8 @@ func (s *Service) Authenticator() auth.Authenticator { return localAuth{s} }
 // automation secret itself; the internal API is for sibling services.
 func (s *Service) NoAuth(fullMethod string) bool {
 	return fullMethod == credentialv1.CredentialService_Exchange_FullMethodName ||
+		fullMethod == consolev1.ConsoleService_RedeemSignIn_FullMethodName || // the code is the credential
+		fullMethod == consolev1.ConsoleService_CheckSession_FullMethodName || // tells only whether a random id was ended
 		strings.HasPrefix(fullMethod, "/"+credentialv1.CredentialInternalService_ServiceDesc.ServiceName+"/")
 }
 
