@@ -30,10 +30,13 @@ import (
 	agentv1 "github.com/backlog/controlplane/gen/go/backlog/agent/v1"
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	automationv1 "github.com/backlog/controlplane/gen/go/backlog/automation/v1"
+	consolev1 "github.com/backlog/controlplane/gen/go/backlog/console/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
+	"github.com/backlog/controlplane/services/gateway/console"
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/clientip"
+	"github.com/backlog/controlplane/services/kit/replicas"
 	"github.com/backlog/controlplane/services/kit/server"
 )
 
@@ -67,7 +70,8 @@ type Config struct {
 	// TrustedProxies are the peers whose X-Forwarded-For is believed; nil
 	// or empty trusts no one: the client IP is the TCP peer's address.
 	TrustedProxies []netip.Prefix
-	// Logger receives one debug line per request; nil logs nothing.
+	// Logger receives the access log (one info line per request: method,
+	// route template, status, duration, request id); nil logs nothing.
 	Logger *zap.Logger
 	// TransportCredentials secure the connections to the services (mTLS);
 	// nil dials in plaintext.
@@ -119,6 +123,7 @@ type Gateway struct {
 	ips     clientip.Resolver
 	mux     *runtime.ServeMux
 	handler http.Handler
+	console *console.Console
 	conns   []*grpc.ClientConn
 	// backends are checked by /readyz, in this order.
 	backends []backend
@@ -209,6 +214,13 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, fmt.Errorf("gateway: register handlers: %w", err)
 	}
 
+	// The web console (/, /console/…): its own package, over the same mux.
+	var err error
+	if g.console, err = console.New(console.Config{API: g.mux, SignIns: consolev1.NewConsoleServiceClient(conn("credential")),
+		Secret: cfg.ForwardingToken, Logger: cfg.Logger, Metadata: func(r *http.Request) metadata.MD { return g.annotate(r.Context(), r) }}); err != nil {
+		g.Close()
+		return nil, fmt.Errorf("gateway: console: %w", err)
+	}
 	g.handler = g.middleware(g.routes())
 	return g, nil
 }
@@ -257,7 +269,9 @@ func dial(addr string, creds credentials.TransportCredentials, forwardingToken s
 	if forwardingToken != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(auth.ForwarderCredentials{Token: forwardingToken, Secure: secure}))
 	}
-	return grpc.NewClient(addr, append(opts,
+	// addr may be a comma list of the service's replicas.
+	target, extra := replicas.Target(addr)
+	return grpc.NewClient(target, append(append(opts, extra...),
 		grpc.WithTransportCredentials(creds),
 		// Services are on loopback or a private network: reconnect quickly
 		// after a restart instead of backing off for up to two minutes.
@@ -317,6 +331,10 @@ func (g *Gateway) annotate(ctx context.Context, _ *http.Request) metadata.MD {
 	if ri == nil {
 		return nil
 	}
+	if pattern, ok := runtime.HTTPPathPattern(ctx); ok { // for the access log
+		route := routeTemplate(pattern)
+		ri.route.Store(&route)
+	}
 	md := metadata.Pairs(server.RequestIDKey, ri.requestID)
 	if ri.clientIP != "" {
 		md.Set(clientip.MetadataKey, ri.clientIP)
@@ -335,6 +353,10 @@ func (g *Gateway) routes() http.Handler {
 		case "/openapi.json":
 			h = g.openapi
 		default:
+			if console.Owns(r.URL.Path) {
+				g.console.ServeHTTP(w, r)
+				return
+			}
 			g.mux.ServeHTTP(w, r)
 			return
 		}

@@ -27,12 +27,38 @@ type readyResponse struct {
 	// NotReady lists the services that are not SERVING, in a fixed order
 	// ([] when every one is).
 	NotReady []string `json:"notReady"`
+	// Reasons says why each service in NotReady is not ready (absent when
+	// every one is), e.g. {"vault": "sealed: …"}.
+	Reasons map[string]string `json:"reasons,omitempty"`
+}
+
+// vaultSealedHealth is the health service name a sealed vault registers
+// (vault.SealedHealthService): a check of it answers only while the vault is
+// sealed.
+const vaultSealedHealth = "backlog.vault.v1.VaultService/sealed"
+
+// notReadyReason says why a service that is not SERVING is not ready.
+func notReadyReason(ctx context.Context, b backend, state string) string {
+	if state == healthpb.HealthCheckResponse_NOT_SERVING.String() && b.name == "vault" {
+		if _, err := healthpb.NewHealthClient(b.conn).Check(ctx, &healthpb.HealthCheckRequest{Service: vaultSealedHealth}); err == nil {
+			return "sealed: no key-encryption key loaded; start the vault with -vault-kek-file (or -vault-kek-pkcs11-*): secret values cannot be created, updated or used"
+		}
+	}
+	switch state {
+	case healthpb.HealthCheckResponse_NOT_SERVING.String():
+		return "not serving (starting or shutting down)"
+	case "Unavailable", "DeadlineExceeded":
+		return "unreachable from the gateway"
+	}
+	return "health check failed: " + state
 }
 
 // readyz answers 200 when every service reports SERVING on grpc.health.v1
-// (overall server health, service ""), else 503 naming those that do not.
+// (overall server health, service ""), else 503 naming those that do not
+// and why (a sealed vault is not ready: it cannot handle secret values).
 func (g *Gateway) readyz(w http.ResponseWriter, r *http.Request) {
 	states := make([]string, len(g.backends))
+	reasons := make([]string, len(g.backends))
 	var wg sync.WaitGroup
 	for i, b := range g.backends {
 		wg.Go(func() {
@@ -41,9 +67,12 @@ func (g *Gateway) readyz(w http.ResponseWriter, r *http.Request) {
 			resp, err := healthpb.NewHealthClient(b.conn).Check(ctx, &healthpb.HealthCheckRequest{})
 			if err != nil {
 				states[i] = status.Code(err).String()
-				return
+			} else {
+				states[i] = resp.GetStatus().String()
 			}
-			states[i] = resp.GetStatus().String()
+			if states[i] != healthpb.HealthCheckResponse_SERVING.String() {
+				reasons[i] = notReadyReason(ctx, b, states[i])
+			}
 		})
 	}
 	wg.Wait()
@@ -53,6 +82,10 @@ func (g *Gateway) readyz(w http.ResponseWriter, r *http.Request) {
 		out.Services[b.name] = states[i]
 		if states[i] != healthpb.HealthCheckResponse_SERVING.String() {
 			out.NotReady = append(out.NotReady, b.name)
+			if out.Reasons == nil {
+				out.Reasons = map[string]string{}
+			}
+			out.Reasons[b.name] = reasons[i]
 		}
 	}
 	code := http.StatusOK
@@ -62,7 +95,7 @@ func (g *Gateway) readyz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, code, out)
 }
 
-// openapi serves the merged OpenAPI (Swagger 2.0) document.
+// openapi serves the OpenAPI 3 document (gen/openapi/openapi.json).
 func (g *Gateway) openapi(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)

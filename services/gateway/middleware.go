@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -32,6 +33,54 @@ type requestInfo struct {
 	// bodyTimedOut once the body was not received within BodyTimeout.
 	bodyTooLarge atomic.Bool
 	bodyTimedOut atomic.Bool
+	// route is the matched route's template ("/v1/workspaces/{workspaceId}/automations"),
+	// set when the REST mux routes the request (annotate).
+	route atomic.Pointer[string]
+}
+
+// routeTemplate writes a grpc-gateway path pattern's variables the way the
+// OpenAPI document does: "/v1/workspaces/{workspace_id}" → "/v1/workspaces/{workspaceId}".
+func routeTemplate(pattern string) string {
+	if !strings.Contains(pattern, "_") {
+		return pattern
+	}
+	b := make([]byte, 0, len(pattern))
+	inVar, upper := false, false
+	for i := 0; i < len(pattern); i++ {
+		c := pattern[i]
+		switch {
+		case c == '{':
+			inVar = true
+		case c == '}':
+			inVar = false
+		case inVar && c == '_':
+			upper = true
+			continue
+		case upper && c >= 'a' && c <= 'z':
+			c -= 'a' - 'A'
+		}
+		upper = false
+		b = append(b, c)
+	}
+	return string(b)
+}
+
+// fixedRoutes are served by the gateway itself; their path is their route.
+var fixedRoutes = []string{"/healthz", "/readyz", "/openapi.json"}
+
+// routeFor is the route template for the access log: the REST route the mux
+// matched, a fixed route, the console, or "unmatched".
+func (ri *requestInfo) routeFor(path string) string {
+	if p := ri.route.Load(); p != nil {
+		return *p
+	}
+	switch {
+	case slices.Contains(fixedRoutes, path):
+		return path
+	case path == "/" || path == "/console" || strings.HasPrefix(path, "/console/"):
+		return "/console/*"
+	}
+	return "unmatched"
 }
 
 func infoFrom(ctx context.Context) *requestInfo {
@@ -67,14 +116,23 @@ func (g *Gateway) middleware(next http.Handler) http.Handler {
 					writeError(rec, http.StatusInternalServerError, codes.Internal, "internal error")
 				}
 			}
-			if ce := g.lg.Check(zapcore.DebugLevel, "http request"); ce != nil {
+			// The access log: one line per request, at info. The route
+			// template, never the path or query (they may hold names or
+			// tokens), and no header.
+			if ce := g.lg.Check(zapcore.InfoLevel, "http request"); ce != nil {
 				ce.Write(
 					zap.String("method", r.Method),
-					zap.String("path", r.URL.Path), // never the query: it may hold tokens
+					zap.String("route", ri.routeFor(r.URL.Path)),
 					zap.Int("status", rec.statusCode()),
 					zap.Duration("duration", time.Since(start)),
 					zap.String("request-id", ri.requestID),
 				)
+			}
+			// At debug, who asked and how. Never the path: a mistyped
+			// request may carry a token in it.
+			if ce := g.lg.Check(zapcore.DebugLevel, "http request detail"); ce != nil {
+				ce.Write(zap.String("request-id", ri.requestID), zap.String("client-ip", ri.clientIP),
+					zap.String("proto", r.Proto), zap.Bool("tls", r.TLS != nil))
 			}
 		}()
 
