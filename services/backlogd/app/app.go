@@ -11,14 +11,17 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
 
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
+	vaultv1 "github.com/backlog/controlplane/gen/go/backlog/vault/v1"
 	"github.com/backlog/controlplane/services/agent"
 	"github.com/backlog/controlplane/services/automation"
 	"github.com/backlog/controlplane/services/credential"
@@ -30,6 +33,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/server"
 	"github.com/backlog/controlplane/services/kit/store"
 	"github.com/backlog/controlplane/services/kit/store/boltstore"
+	"github.com/backlog/controlplane/services/kit/store/etcdstore"
 	"github.com/backlog/controlplane/services/vault"
 )
 
@@ -42,10 +46,14 @@ type App struct {
 	// mTLS, when the -tls-* flags are set.
 	serverTLS grpc.ServerOption
 	clientTLS credentials.TransportCredentials
-	lg        *zap.Logger
-	closers   []func()
-	errc      chan error
-	cancel    context.CancelFunc
+	// httpCert is the REST listener's certificate, when it serves TLS.
+	httpCert *certReloader
+	lg       *zap.Logger
+	closers  []func()
+	errc     chan error
+	cancel   context.CancelFunc
+	etcd     *clientv3.Client // -store=etcd: one client for every store of the process
+	auditw   *auditWiring     // the audit signing key and export sink, shared by the services
 }
 
 // Start opens every selected target's store and starts its listener. It
@@ -114,23 +122,42 @@ func (a *App) Stop() {
 func (a *App) onClose(f func()) { a.closers = append(a.closers, f) }
 
 // dial connects to a sibling service, presenting the service credential
-// (over mTLS when configured).
+// (over mTLS when configured). addr may be a comma list of the service's
+// replicas: calls are balanced over those that are up (round robin), and a
+// replica that goes down is skipped until it is back.
 func (a *App) dial(addr string) (*grpc.ClientConn, error) {
 	var creds credentials.TransportCredentials = insecure.NewCredentials()
 	if a.clientTLS != nil {
 		creds = a.clientTLS
 	}
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
+	target, extra := replicaTarget(addr)
+	return grpc.NewClient(target, append(extra, grpc.WithTransportCredentials(creds),
 		grpc.WithPerRPCCredentials(auth.ServiceCredentials{Token: a.svcToken, Secure: a.clientTLS != nil}),
 		// Reconnect quickly after a sibling restarts (gRPC's default grows to 2 minutes).
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
 			BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second,
-		}, MinConnectTimeout: 5 * time.Second}))
+		}, MinConnectTimeout: 5 * time.Second}))...)
 }
 
-// stores opens each service's store: a bbolt file in the data dir.
-func (a *App) stores() store.Opener {
-	return boltstore.Dir(a.cfg.DataDir, a.lg, a.cfg.InitStores...)
+// stores opens each service's store: a bbolt file in the data dir, or
+// (-store=etcd) a prefix in the etcd cluster, shared by every replica.
+func (a *App) stores() (store.Opener, error) {
+	if a.cfg.Store != "etcd" {
+		return boltstore.Dir(a.cfg.DataDir, a.lg, a.cfg.InitStores...), nil
+	}
+	if a.etcd == nil {
+		cli, err := etcdstore.Dial(context.Background(), etcdstore.ClientConfig{
+			Endpoints: a.cfg.EtcdEndpoints, CAFile: a.cfg.EtcdCAFile, CertFile: a.cfg.EtcdCertFile, KeyFile: a.cfg.EtcdKeyFile, Logger: a.lg,
+		})
+		if err != nil {
+			return nil, err
+		}
+		a.etcd = cli
+		a.onClose(func() { cli.Close() }) // after every store: closers run in reverse
+	}
+	return etcdstore.Opener(a.etcd, a.cfg.EtcdPrefix, etcdstore.Options{
+		Logger: a.lg, MarkerDir: a.cfg.DataDir, Fingerprint: etcdstore.Fingerprint([]byte(a.svcToken)),
+	}, a.cfg.InitStores...), nil
 }
 
 // forwardingToken is the credential the gateway presents so that services
@@ -169,8 +196,19 @@ func (a *App) serverOptions() []grpc.ServerOption {
 // serve mounts svc (mount.New: the one wiring tests use too) and serves it
 // on addr.
 func (a *App) serve(name, addr string, svc mount.Service, authn auth.Authenticator) error {
+	if addr == "" {
+		return fmt.Errorf("-%s-addr lists several replicas: give this replica's own address with -%s-listen-addr", name, name)
+	}
+	if err := a.startAuditTrail(name, svc.DB()); err != nil {
+		return err
+	}
 	srv := mount.New(svc, mount.Options{Name: name, Logger: a.lg, Auth: authn,
 		ServiceToken: a.svcToken, ServerOptions: a.serverOptions()})
+	// A service that knows it cannot serve (a sealed vault) says so in its
+	// health before it serves.
+	if h, ok := svc.(interface{ ReportHealth(*health.Server) }); ok {
+		h.ReportHealth(srv.Health)
+	}
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", addr, err)
@@ -186,6 +224,7 @@ func (a *App) serve(name, addr string, svc mount.Service, authn auth.Authenticat
 
 func (a *App) startCredential() error {
 	peers := map[string]auditv1.AuditServiceClient{}
+	var events credential.EventPublisher // rotations and revocations, as workspace events
 	for name, addr := range map[string]string{TargetAutomation: a.cfg.AutomationAddr, TargetAgent: a.cfg.AgentAddr, TargetVault: a.cfg.VaultAddr} {
 		conn, err := a.dial(addr)
 		if err != nil {
@@ -193,10 +232,17 @@ func (a *App) startCredential() error {
 		}
 		a.onClose(func() { conn.Close() })
 		peers[name] = auditv1.NewAuditServiceClient(conn)
+		if name == TargetVault {
+			events = vaultv1.NewVaultInternalServiceClient(conn)
+		}
+	}
+	opener, err := a.stores()
+	if err != nil {
+		return err
 	}
 	svc, err := credential.New(credential.Config{
-		DataDir: a.cfg.DataDir, Store: a.stores(), Logger: a.lg, DefaultTokenTTL: a.cfg.DefaultTokenTTL,
-		MaxTokenTTL: a.cfg.MaxTokenTTL, AuditPeers: peers,
+		DataDir: a.cfg.DataDir, Store: opener, Logger: a.lg, DefaultTokenTTL: a.cfg.DefaultTokenTTL,
+		MaxTokenTTL: a.cfg.MaxTokenTTL, AuditPeers: peers, Events: events,
 	})
 	if err != nil {
 		return err
@@ -223,6 +269,20 @@ func (a *App) remoteAuth(ctx context.Context) (auth.Authenticator, credentialv1.
 	remote.Forward = func(ctx context.Context) []string {
 		return []string{clientip.MetadataKey, server.ClientIP(ctx), server.RequestIDKey, server.RequestID(ctx)}
 	}
+	// Each credential replica fans out the revocations made on it and waits
+	// for its watchers: watch every replica on a connection of its own.
+	if addrs := splitAddrs(a.cfg.CredentialAddr); len(addrs) > 1 {
+		var watched []credentialv1.CredentialInternalServiceClient
+		for _, addr := range addrs {
+			c, err := a.dial(addr)
+			if err != nil {
+				return nil, nil, err
+			}
+			a.onClose(func() { c.Close() })
+			watched = append(watched, credentialv1.NewCredentialInternalServiceClient(c))
+		}
+		remote.WatchReplicas(watched...)
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); remote.Watch(ctx) }()
@@ -235,7 +295,11 @@ func (a *App) startAutomation(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	svc, err := automation.New(automation.Config{DataDir: a.cfg.DataDir, Store: a.stores(), Logger: a.lg, Credential: client, SweepOrphans: true})
+	opener, err := a.stores()
+	if err != nil {
+		return err
+	}
+	svc, err := automation.New(automation.Config{DataDir: a.cfg.DataDir, Store: opener, Logger: a.lg, Credential: client, SweepOrphans: true})
 	if err != nil {
 		return err
 	}
@@ -248,7 +312,11 @@ func (a *App) startAgent(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	svc, err := agent.New(agent.Config{DataDir: a.cfg.DataDir, Store: a.stores(), Logger: a.lg, Credential: client, SweepOrphans: true})
+	opener, err := a.stores()
+	if err != nil {
+		return err
+	}
+	svc, err := agent.New(agent.Config{DataDir: a.cfg.DataDir, Store: opener, Logger: a.lg, Credential: client, SweepOrphans: true})
 	if err != nil {
 		return err
 	}
@@ -261,11 +329,16 @@ func (a *App) startVault(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	opener, err := a.stores()
+	if err != nil {
+		return err
+	}
 	svc, err := vault.New(vault.Config{
-		DataDir: a.cfg.DataDir, Store: a.stores(), Logger: a.lg,
-		KEKFile: a.cfg.VaultKEKFile, PreviousKEKFiles: a.cfg.VaultKEKPreviousFiles,
+		DataDir: a.cfg.DataDir, Store: opener, Logger: a.lg,
+		KEKFile: a.cfg.VaultKEKFile, PreviousKEKFiles: a.cfg.VaultKEKPreviousFiles, KEKPKCS11: a.cfg.VaultKEKPKCS11,
 		EgressCAFile: a.cfg.VaultEgressCAFile, EgressAllowPrivate: a.cfg.VaultEgressAllowPrivate,
 		ServiceToken: a.svcToken, EgressMaxStepsPerWorkspace: a.cfg.VaultMaxStepsPerWorkspace,
+		ReminderInterval: a.cfg.VaultReminderInterval, EventPoll: a.cfg.VaultEventPoll,
 	})
 	if err != nil {
 		return err
@@ -290,18 +363,32 @@ func (a *App) startGateway() error {
 	if err != nil {
 		return err
 	}
+	hs := gw.Server()
+	scheme := "http"
+	if a.cfg.httpTLSConfigured() {
+		if a.httpCert, err = newCertReloader(a.cfg.HTTPTLSCertFile, a.cfg.HTTPTLSKeyFile); err != nil {
+			gw.Close()
+			return err
+		}
+		hs.TLSConfig, hs.Handler, scheme = a.httpCert.tlsConfig(), hsts(hs.Handler), "https"
+	}
 	lis, err := net.Listen("tcp", a.cfg.HTTPAddr)
 	if err != nil {
 		gw.Close()
 		return fmt.Errorf("listen %s: %w", a.cfg.HTTPAddr, err)
 	}
-	hs := gw.Server()
 	go func() {
-		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if hs.TLSConfig != nil {
+			err = hs.ServeTLS(lis, "", "") // the certificate comes from TLSConfig.GetCertificate
+		} else {
+			err = hs.Serve(lis)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.errc <- fmt.Errorf("gateway: %w", err)
 		}
 	}()
-	a.lg.Info("serving", zap.String("service", TargetGateway), zap.String("addr", lis.Addr().String()))
+	a.lg.Info("serving", zap.String("service", TargetGateway), zap.String("addr", lis.Addr().String()), zap.String("scheme", scheme))
 	a.onClose(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 		defer cancel()
@@ -318,7 +405,9 @@ func (a *App) startMetrics() error {
 		return err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(metrics.NewRegistry(), promhttp.HandlerOpts{}))
+	reg := metrics.NewRegistry()
+	reg.MustRegister(buildInfoMetric())
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go hs.Serve(lis)
 	a.onClose(func() { hs.Close() })

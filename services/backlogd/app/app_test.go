@@ -48,6 +48,7 @@ func TestAllTargetsServeAndExposeMetrics(t *testing.T) {
 	dir := t.TempDir()
 	cfg, err := ParseFlags("t", []string{
 		"-data-dir", dir, "-http-addr", freeAddr(t), "-metrics-addr", freeAddr(t),
+		"-vault-kek-file", testKEK(t), // a sealed vault is not ready
 		"-credential-addr", freeAddr(t), "-automation-addr", freeAddr(t), "-agent-addr", freeAddr(t), "-vault-addr", freeAddr(t),
 	}, func(string) string { return "" })
 	if err != nil {

@@ -2,6 +2,9 @@ package app
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -24,10 +27,13 @@ func (c Config) storeAddrs() []struct{ name, addr string } {
 	}
 }
 
-// Manifest describes a backup directory.
+// Manifest describes a backup directory (MANIFEST.json).
 type Manifest struct {
 	Time   time.Time        `json:"time"`
 	Stores map[string]int64 `json:"stores"` // file → bytes
+	// SHA256 is each file's SHA-256 (hex); restore refuses a file that
+	// does not match. (Backups made before checksums have none.)
+	SHA256 map[string]string `json:"sha256,omitempty"`
 }
 
 // Backup takes an online snapshot of every store through the running
@@ -47,38 +53,42 @@ func Backup(ctx context.Context, cfg Config, out string) (*Manifest, error) {
 	if a.serverTLS, a.clientTLS, err = cfg.loadTLS(); err != nil {
 		return nil, err
 	}
-	m := &Manifest{Time: time.Now().UTC(), Stores: map[string]int64{}}
+	m := &Manifest{Time: time.Now().UTC(), Stores: map[string]int64{}, SHA256: map[string]string{}}
 	for _, s := range cfg.storeAddrs() {
 		conn, err := a.dial(s.addr)
 		if err != nil {
 			return nil, err
 		}
-		name, n, err := snapshotTo(ctx, adminv1.NewAdminServiceClient(conn), out)
+		name, n, sum, err := snapshotTo(ctx, adminv1.NewAdminServiceClient(conn), out)
 		conn.Close()
 		if err != nil {
 			return nil, fmt.Errorf("%s service at %s: %w", s.name, s.addr, err)
 		}
-		m.Stores[name] = n
+		m.Stores[name], m.SHA256[name] = n, sum
 	}
 	b, _ := json.MarshalIndent(m, "", "  ")
 	return m, writeAtomic(filepath.Join(out, "MANIFEST.json"), func(w io.Writer) error { _, err := w.Write(b); return err })
 }
 
-func snapshotTo(ctx context.Context, c adminv1.AdminServiceClient, dir string) (string, int64, error) {
+// snapshotTo writes one store's snapshot into dir and returns its file
+// name, size and SHA-256 (hex).
+func snapshotTo(ctx context.Context, c adminv1.AdminServiceClient, dir string) (string, int64, string, error) {
 	stream, err := c.Snapshot(ctx, &adminv1.SnapshotRequest{})
 	if err != nil {
-		return "", 0, err
+		return "", 0, "", err
 	}
 	first, err := stream.Recv()
 	if err != nil {
-		return "", 0, err
+		return "", 0, "", err
 	}
 	name := filepath.Base(first.GetStore())
 	if name == "." || name == "/" || filepath.Ext(name) != ".db" {
-		return "", 0, fmt.Errorf("snapshot names an odd store %q", first.GetStore())
+		return "", 0, "", fmt.Errorf("snapshot names an odd store %q", first.GetStore())
 	}
 	var n int64
-	err = writeAtomic(filepath.Join(dir, name), func(w io.Writer) error {
+	h := sha256.New()
+	err = writeAtomic(filepath.Join(dir, name), func(f io.Writer) error {
+		w := io.MultiWriter(f, h)
 		msg := first
 		for {
 			k, err := w.Write(msg.GetChunk())
@@ -97,7 +107,35 @@ func snapshotTo(ctx context.Context, c adminv1.AdminServiceClient, dir string) (
 		}
 		return nil
 	}, checkBolt)
-	return name, n, err
+	return name, n, hex.EncodeToString(h.Sum(nil)), err
+}
+
+// fileSHA256 is the SHA-256 (hex) of the file at path.
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// checkSum returns a check that the file at a path has the SHA-256 want.
+func checkSum(name, want string) func(string) error {
+	return func(path string) error {
+		got, err := fileSHA256(path)
+		if err != nil {
+			return err
+		}
+		if subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+			return fmt.Errorf("%s does not match the backup's MANIFEST.json: SHA-256 %s, the manifest says %s (the file is damaged or not the one backed up)", name, got, want)
+		}
+		return nil
+	}
 }
 
 // writeAtomic writes path through a temp file (mode 0600), runs checks on
@@ -146,7 +184,19 @@ func Restore(from, dataDir string) ([]string, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("MANIFEST.json: %w", err)
 	}
+	if m.SHA256 == nil {
+		fmt.Fprintf(os.Stderr, "warning: %s has no checksums (a backup made before they were added): only bbolt's consistency check is run\n", filepath.Join(from, "MANIFEST.json"))
+	}
 	for name := range m.Stores {
+		if m.SHA256 != nil {
+			want, ok := m.SHA256[name]
+			if !ok {
+				return nil, fmt.Errorf("MANIFEST.json has no SHA-256 for %s: refusing to restore it", name)
+			}
+			if err := checkSum(name, want)(filepath.Join(from, filepath.Base(name))); err != nil {
+				return nil, err
+			}
+		}
 		if err := checkBolt(filepath.Join(from, filepath.Base(name))); err != nil {
 			return nil, err
 		}
@@ -165,7 +215,11 @@ func Restore(from, dataDir string) ([]string, error) {
 			return restored, err
 		}
 		dst := filepath.Join(dataDir, name)
-		err = writeAtomic(dst, func(w io.Writer) error { _, err := io.Copy(w, src); return err })
+		var checks []func(string) error
+		if m.SHA256 != nil { // the copy too, before it takes the store's place
+			checks = append(checks, checkSum(name, m.SHA256[name]))
+		}
+		err = writeAtomic(dst, func(w io.Writer) error { _, err := io.Copy(w, src); return err }, checks...)
 		src.Close()
 		if err != nil {
 			return restored, err

@@ -18,6 +18,7 @@ func startAll(t *testing.T, dir string) (Config, *App) {
 	t.Helper()
 	cfg, err := ParseFlags("t", []string{
 		"-data-dir", dir, "-http-addr", freeAddr(t),
+		"-vault-kek-file", testKEK(t), // a sealed vault is not ready
 		"-credential-addr", freeAddr(t), "-automation-addr", freeAddr(t), "-agent-addr", freeAddr(t), "-vault-addr", freeAddr(t),
 	}, func(string) string { return "" })
 	if err != nil {

@@ -58,6 +58,7 @@ func TestMutualTLSBetweenServices(t *testing.T) {
 	ca, cert, key := writePKI(t, t.TempDir())
 	cfg, err := ParseFlags("t", []string{
 		"-data-dir", dir, "-http-addr", freeAddr(t), "-tls-ca-file", ca, "-tls-cert-file", cert, "-tls-key-file", key,
+		"-vault-kek-file", testKEK(t), // a sealed vault is not ready
 		"-credential-addr", freeAddr(t), "-automation-addr", freeAddr(t), "-agent-addr", freeAddr(t), "-vault-addr", freeAddr(t),
 	}, func(string) string { return "" })
 	if err != nil {

@@ -38,6 +38,23 @@ func run(args []string) error {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(gcPercent)
 	}
+	if handled, err := app.Help(os.Stdout, args); handled {
+		return err
+	}
+	if len(args) > 0 && args[0] == "version" {
+		fmt.Println(app.Build())
+		return nil
+	}
+	if len(args) > 0 && args[0] == "service-token" {
+		if len(args) < 2 {
+			return errors.New("usage: backlogd service-token create -out FILE")
+		}
+		msg, err := app.ServiceTokenCommand(args[1], args[2:])
+		if err == nil {
+			fmt.Println(msg)
+		}
+		return err
+	}
 	if len(args) > 0 && (args[0] == "backup" || args[0] == "restore") {
 		return runBackup(args[0], args[1:])
 	}
@@ -49,9 +66,15 @@ func run(args []string) error {
 		fmt.Println(tok)
 		return nil
 	}
+	if len(args) > 0 && args[0] == "audit" {
+		if len(args) < 2 {
+			return errors.New("usage: backlogd audit verify -data-dir DIR | backlogd audit verify -export-file FILE[,FILE…]")
+		}
+		return app.AuditCommand(args[1], args[2:], os.Stdout)
+	}
 	if len(args) > 0 && args[0] == "vault" {
 		if len(args) < 2 {
-			return errors.New("usage: backlogd vault gen-kek -out FILE | backlogd vault rotate-kek -new-kek-file FILE")
+			return errors.New("usage: backlogd vault gen-kek -out FILE | backlogd vault gen-kek -vault-kek-pkcs11-module M -vault-kek-pkcs11-token T -vault-kek-pkcs11-key K -vault-kek-pkcs11-pin-file F | backlogd vault rotate-kek -new-kek-file FILE | backlogd vault rotate-kek -new-kek-pkcs11-key K [-vault-kek-pkcs11-*]")
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		defer cancel()
@@ -74,17 +97,28 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	lg.Info("backlogd started", zap.Strings("targets", cfg.Targets), zap.String("data-dir", cfg.DataDir))
+	lg.Info("backlogd started", zap.Strings("targets", cfg.Targets), zap.String("data-dir", cfg.DataDir), zap.String("version", app.Build().Version))
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	select {
-	case s := <-sig:
-		lg.Info("shutting down", zap.String("signal", s.String()))
-		a.Stop()
-		return nil
-	case err := <-a.Errc():
-		a.Stop()
-		return err
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	for {
+		select {
+		case s := <-sig:
+			if s == syscall.SIGHUP {
+				// Renewed certificates, without a restart.
+				if err := a.Reload(); err != nil {
+					lg.Error("reload on SIGHUP failed; the previous certificate stays in use", zap.Error(err))
+				} else {
+					lg.Info("reloaded on SIGHUP")
+				}
+				continue
+			}
+			lg.Info("shutting down", zap.String("signal", s.String()))
+			a.Stop()
+			return nil
+		case err := <-a.Errc():
+			a.Stop()
+			return err
+		}
 	}
 }
 
@@ -107,6 +141,15 @@ func runBackup(cmd string, args []string) error {
 		}
 		fmt.Println("key files (credential.key, the vault key-encryption key, service-token) are not in the backup: keep copies of them apart")
 		return nil
+	}
+	if cfg.Store == "etcd" {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+		defer cancel()
+		restored, err := app.RestoreEtcd(ctx, dir, cfg)
+		for _, name := range restored {
+			fmt.Printf("restored %s into etcd under %s\n", name, cfg.EtcdPrefix)
+		}
+		return err
 	}
 	restored, err := app.Restore(dir, cfg.DataDir)
 	for _, name := range restored {
