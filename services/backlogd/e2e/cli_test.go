@@ -121,7 +121,7 @@ func TestCLISeedWorkflows(t *testing.T) {
 
 	// Rotate an Automation Secret.
 	mustCLI(t, backlogSh(t, c, cfg, "auth", "use", "personal"), "auth use personal")
-	r = backlogSh(t, c, cfg, "automations", "rotate-secret", id, "--label", "second", "-o", "json")
+	r = backlogSh(t, c, cfg, "automations", "rotate-secret", id, "--label", "second", "-o", "json", "--yes")
 	mustCLI(t, r, "automations rotate-secret")
 	var rotated struct {
 		Secret     string

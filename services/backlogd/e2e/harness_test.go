@@ -20,16 +20,25 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/backlog/controlplane/services/kit/proctest"
+	"github.com/backlog/controlplane/services/vault"
 )
 
 const (
 	layoutAll   = "all"
 	layoutSplit = "split"
+	// layoutHA is 2 replicas of every service and 2 gateways, each its own
+	// process, on a 3-member etcd cluster (-store=etcd) shared by the
+	// package's tests, each under a prefix of its own; requests alternate
+	// between the gateways.
+	layoutHA = "ha"
 
 	readyTimeout = 15 * time.Second
 	stopTimeout  = 5 * time.Second
@@ -38,7 +47,7 @@ const (
 	maxTokenTTL = 2 * time.Hour
 )
 
-var layouts = []string{layoutAll, layoutSplit}
+var layouts = []string{layoutAll, layoutSplit, layoutHA}
 
 // binary is the backlogd executable built by TestMain.
 var binary string
@@ -72,7 +81,64 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: building backlogd:", err)
 		return 1
 	}
+	defer func() {
+		if sharedEtcd != nil {
+			sharedEtcd.Close()
+		}
+	}()
 	return m.Run()
+}
+
+// The HA layout's etcd cluster, started by the first test that needs it.
+var (
+	etcdOnce     sync.Once
+	sharedEtcd   *proctest.EtcdCluster
+	etcdErr      error
+	etcdPrefixes atomic.Int64
+)
+
+func haEtcd(t testing.TB) *proctest.EtcdCluster {
+	t.Helper()
+	etcdOnce.Do(func() {
+		root, err := proctest.RepoRoot()
+		if err != nil {
+			etcdErr = err
+			return
+		}
+		bin, err := proctest.EtcdBinary(context.Background(), root)
+		if err != nil {
+			etcdErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "backlogd-e2e-etcd-")
+		if err != nil {
+			etcdErr = err
+			return
+		}
+		sharedEtcd, etcdErr = proctest.StartEtcdCluster(context.Background(), proctest.EtcdConfig{Binary: bin, Dir: dir, Members: 3})
+	})
+	if etcdErr != nil {
+		t.Fatalf("etcd for the HA layout: %v", etcdErr)
+	}
+	return sharedEtcd
+}
+
+// haRoundRobin sends each request to the next gateway in turn.
+type haRoundRobin struct {
+	c    *proctest.Cluster
+	next atomic.Uint64
+	base http.RoundTripper
+}
+
+func (r *haRoundRobin) RoundTrip(req *http.Request) (*http.Response, error) {
+	gws := r.c.Addrs(proctest.TargetGateway)
+	req = req.Clone(req.Context())
+	u := *req.URL
+	if u.Host == r.c.Addr(proctest.TargetGateway) && len(gws) > 1 {
+		u.Host = gws[r.next.Add(1)%uint64(len(gws))]
+		req.URL, req.Host = &u, u.Host
+	}
+	return r.base.RoundTrip(req)
 }
 
 // cluster is a running control plane in one layout, with what the leak
@@ -98,9 +164,23 @@ func startCluster(t *testing.T, layout string, extra ...string) *cluster {
 	if binary == "" {
 		t.Skip("end-to-end tests need the backlogd binary (not built in -short mode)")
 	}
-	l, err := proctest.LayoutNamed(layout)
-	if err != nil {
+	var l proctest.Layout
+	var err error
+	if layout == layoutHA {
+		l = proctest.Replicas(2)
+		extra = append([]string{"-store=etcd", "-etcd-endpoints=" + haEtcd(t).EndpointsFlag(),
+			fmt.Sprintf("-etcd-prefix=/e2e-%d", etcdPrefixes.Add(1))}, extra...)
+	} else if l, err = proctest.LayoutNamed(layout); err != nil {
 		t.Fatal(err)
+	}
+	// A sealed vault is not ready: every cluster gets a key-encryption key
+	// unless the test brings its own.
+	if !slices.ContainsFunc(extra, func(f string) bool { return strings.HasPrefix(f, "-vault-kek-") }) {
+		kek := filepath.Join(t.TempDir(), "vault.kek")
+		if err := vault.GenerateKEKFile(kek); err != nil {
+			t.Fatal(err)
+		}
+		extra = append([]string{"-vault-kek-file=" + kek}, extra...)
 	}
 	// The split layout's processes have separate data dirs, as on separate
 	// hosts, so proctest gives them one -service-token-file (the first to
@@ -114,6 +194,9 @@ func startCluster(t *testing.T, layout string, extra ...string) *cluster {
 		t.Fatal(err)
 	}
 	c := &cluster{Cluster: pc, layout: layout, creds: newCredSet(), http: &http.Client{Timeout: 10 * time.Second}}
+	if layout == layoutHA {
+		c.http.Transport = &haRoundRobin{c: pc, base: http.DefaultTransport}
+	}
 	t.Cleanup(func() {
 		c.stop(t)
 		if !c.leaksChecked {
@@ -184,6 +267,19 @@ func (c *cluster) dbFiles(t testing.TB) map[string][]byte {
 	})
 	if err != nil {
 		t.Errorf("reading the data dirs: %v", err)
+	}
+	if c.layout == layoutHA {
+		// What etcd keeps on disk: every member's bbolt file and WAL.
+		for _, m := range sharedEtcd.Members() {
+			filepath.WalkDir(m.DataDir, func(path string, d fs.DirEntry, err error) error {
+				if err == nil && !d.IsDir() {
+					if b, err := os.ReadFile(path); err == nil {
+						out["etcd:"+filepath.Base(m.DataDir)+"/"+filepath.Base(path)] = b
+					}
+				}
+				return nil
+			})
+		}
 	}
 	return out
 }
