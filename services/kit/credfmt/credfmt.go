@@ -30,10 +30,13 @@ const (
 	// Service is held by the control plane's own services to call each
 	// other's internal RPCs.
 	Service Kind = "svc"
+	// WebhookSigning keys the signatures of event deliveries (the vault's
+	// event subscriptions); the receiver holds it to verify them.
+	WebhookSigning Kind = "whsec"
 )
 
 // Kinds lists every known kind.
-var Kinds = []Kind{Operator, Personal, Automation, AccessToken, AgentKey, RotationSecret, Service}
+var Kinds = []Kind{Operator, Personal, Automation, AccessToken, AgentKey, RotationSecret, Service, WebhookSigning}
 
 const (
 	base62       = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

@@ -46,6 +46,19 @@ var (
 		Name: "backlog_vault_egress_total",
 		Help: "HTTP Request steps run by the vault, by result (sent, refused, failed).",
 	}, []string{"result"})
+
+	// VaultEventDeliveries counts attempts to deliver events to
+	// subscriptions by result.
+	VaultEventDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "backlog_vault_event_deliveries_total",
+		Help: "Event delivery attempts by result (delivered, retry, failed: gave up).",
+	}, []string{"result"})
+
+	// VaultReminders counts secret expiry reminders raised, by threshold.
+	VaultReminders = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "backlog_vault_expiry_reminders_total",
+		Help: "Secret expiry reminders raised (each once per secret and threshold), by threshold (30d, 7d, 1d, expired).",
+	}, []string{"threshold"})
 )
 
 // NewRegistry returns a registry with every backlog collector plus the Go
@@ -56,6 +69,7 @@ func NewRegistry() *prometheus.Registry {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		RPC, StoreCommitSeconds, StoreBatchSize, Exchanges, RateLimited, VaultEgress,
+		VaultEventDeliveries, VaultReminders,
 	)
 	return reg
 }

@@ -44,6 +44,10 @@ type ProcSpec struct {
 	Targets []string
 	// Flags are added to this process's command line only.
 	Flags []string
+	// DataDir, when set, names the process's data dir (<Dir>/<DataDir>)
+	// instead of Name. Replicas of one service in etcd mode share one, and
+	// with it their key files (credential.key, operator-token).
+	DataDir string
 }
 
 // Layout is the processes of a cluster, in start order (each waits for the
@@ -52,9 +56,15 @@ type ProcSpec struct {
 // is told with -<target>-addr, -http-addr for the gateway, and what Addr
 // returns) is that of the first process serving it; another process serving
 // the same target listens on its own address (-<target>-listen-addr).
+//
+// With AddrLists, -<target>-addr is instead the comma list of every
+// replica's address, in layout order (callers balance over them and fail
+// over), and each replica of a target served more than once is given its
+// own -<target>-listen-addr.
 type Layout struct {
-	Name  string
-	Procs []ProcSpec
+	Name      string
+	Procs     []ProcSpec
+	AddrLists bool
 }
 
 // All is one process running every target (-target=all).
@@ -72,15 +82,37 @@ func Split() Layout {
 	return l
 }
 
-// LayoutNamed is All or Split by name.
+// Replicas is n processes per target (named <target>-1 … <target>-n),
+// dependencies first and replica by replica, with address lists. The
+// replicas of a service share its data dir (<Dir>/<target>: its key
+// files); they need a shared store, so Config.Flags must select one
+// (-store=etcd -etcd-endpoints=… -etcd-prefix=…). Gateways are stateless
+// and get their own data dirs.
+func Replicas(n int) Layout {
+	l := Layout{Name: fmt.Sprintf("replicas-%d", n), AddrLists: true}
+	for _, t := range Targets {
+		for i := 1; i <= n; i++ {
+			s := ProcSpec{Name: fmt.Sprintf("%s-%d", t, i), Targets: []string{t}}
+			if t != TargetGateway {
+				s.DataDir = t
+			}
+			l.Procs = append(l.Procs, s)
+		}
+	}
+	return l
+}
+
+// LayoutNamed is All, Split or Replicas(2) ("replicas") by name.
 func LayoutNamed(name string) (Layout, error) {
 	switch name {
 	case "all":
 		return All(), nil
 	case "split":
 		return Split(), nil
+	case "replicas":
+		return Replicas(2), nil
 	}
-	return Layout{}, fmt.Errorf("unknown layout %q (want all or split)", name)
+	return Layout{}, fmt.Errorf("unknown layout %q (want all, split or replicas)", name)
 }
 
 // Config is a cluster to start.
@@ -114,10 +146,11 @@ type Config struct {
 
 // Cluster is backlogd in a layout on loopback.
 type Cluster struct {
-	cfg   Config
-	procs []*Proc
-	addrs map[string]string // cluster address per target
-	poll  *http.Client      // readiness polls
+	cfg      Config
+	procs    []*Proc
+	addrs    map[string]string   // cluster address per target
+	replicas map[string][]string // every serving process's address per target, in layout order
+	poll     *http.Client        // readiness polls
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
@@ -157,6 +190,13 @@ func NewCluster(cfg Config) (*Cluster, error) {
 			return nil, fmt.Errorf("proctest: process name %q is empty, repeated or not a file name", s.Name)
 		}
 		seen[s.Name] = true
+		dataDir := s.Name
+		if s.DataDir != "" {
+			if strings.ContainsAny(s.DataDir, `/\`) || s.DataDir == "." || s.DataDir == ".." {
+				return nil, fmt.Errorf("proctest: process %s: data dir %q is not a file name", s.Name, s.DataDir)
+			}
+			dataDir = s.DataDir
+		}
 		targets := s.Targets
 		if len(targets) == 0 || slices.Equal(targets, []string{"all"}) {
 			targets = Targets
@@ -168,7 +208,7 @@ func NewCluster(cfg Config) (*Cluster, error) {
 		}
 		c.procs = append(c.procs, &Proc{
 			Name: s.Name, Targets: slices.Clone(targets),
-			DataDir: filepath.Join(cfg.Dir, s.Name), LogPath: filepath.Join(cfg.Dir, s.Name+".log"),
+			DataDir: filepath.Join(cfg.Dir, dataDir), LogPath: filepath.Join(cfg.Dir, s.Name+".log"),
 			c: c, spec: s,
 		})
 	}
@@ -202,6 +242,7 @@ func (c *Cluster) allocate() error {
 		return err
 	}
 	c.addrs = map[string]string{}
+	c.replicas = map[string][]string{}
 	for _, p := range c.procs {
 		p.addrs = map[string]string{}
 		for _, t := range p.Targets {
@@ -209,6 +250,7 @@ func (c *Cluster) allocate() error {
 			if c.addrs[t] == "" {
 				c.addrs[t] = p.addrs[t]
 			}
+			c.replicas[t] = append(c.replicas[t], p.addrs[t])
 		}
 	}
 	for _, t := range Targets {
@@ -230,6 +272,13 @@ func (c *Cluster) addrFlags(p *Proc) []string {
 				a = p.addrs[t]
 			}
 			out = append(out, "-http-addr="+a)
+			continue
+		}
+		if c.cfg.Layout.AddrLists && len(c.replicas[t]) > 1 {
+			out = append(out, "-"+t+"-addr="+strings.Join(c.replicas[t], ","))
+			if p.Serves(t) {
+				out = append(out, "-"+t+"-listen-addr="+p.addrs[t])
+			}
 			continue
 		}
 		out = append(out, "-"+t+"-addr="+c.addrs[t])
@@ -351,6 +400,21 @@ func (c *Cluster) ProcFor(target string) *Proc {
 // Addr is target's cluster address ("gateway": the REST address); "" before
 // the first start.
 func (c *Cluster) Addr(target string) string { return c.addrs[target] }
+
+// Addrs is the address of every process serving target, in layout order
+// ("gateway": every REST address); nil before the first start.
+func (c *Cluster) Addrs(target string) []string { return slices.Clone(c.replicas[target]) }
+
+// ProcsFor are the processes serving target, in layout order.
+func (c *Cluster) ProcsFor(target string) []*Proc {
+	var out []*Proc
+	for _, p := range c.procs {
+		if p.Serves(target) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
 
 // URL is the gateway's http:// URL of path.
 func (c *Cluster) URL(path string) string { return "http://" + c.addrs[TargetGateway] + path }
