@@ -84,7 +84,9 @@ func shellCommands(r *Report, where, block string) {
 		}
 		var args []string
 		for _, a := range f[1:] {
-			if a == "#" || strings.ContainsAny(a[:1], "|&;>#") {
+			// A comment, a pipe or redirection, or "…" (the rest elided)
+			// ends what is checked.
+			if a == "#" || a == "…" || a == "..." || strings.ContainsAny(a[:1], "|&;>#") {
 				break
 			}
 			args = append(args, a)
@@ -93,11 +95,16 @@ func shellCommands(r *Report, where, block string) {
 			r.errorf(where, "%q: write backlogd examples literally, so that they can be checked", line)
 			continue
 		}
-		// The examples may use the two-word form, -flag value.
+		// The examples may use the two-word form, -flag value, after the
+		// subcommand's words.
 		var joined []string
+		words := 0
+		for words < len(args) && !strings.HasPrefix(args[words], "-") {
+			words++
+		}
 		for i := 0; i < len(args); i++ {
 			a := args[i]
-			if (i == 0 && (a == "backup" || a == "restore" || a == "vault")) || (i == 1 && args[0] == "vault") {
+			if i < words {
 				joined = append(joined, a)
 				continue
 			}

@@ -7,12 +7,11 @@
 package deploycheck
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -26,7 +25,15 @@ import (
 // that is being built, mapped to why. Where backlogd's parser does not know
 // one yet, the checks drop it (and say so in Report.Notes); once backlogd
 // defines it, it is checked like any other flag.
-var PendingFlags = map[string]string{}
+var PendingFlags = map[string]string{
+	"store":                  "etcd mode, issue 13",
+	"etcd-endpoints":         "etcd mode, issue 13",
+	"etcd-prefix":            "etcd mode, issue 13",
+	"etcd-ca-file":           "etcd mode, issue 13",
+	"etcd-cert-file":         "etcd mode, issue 13",
+	"etcd-key-file":          "etcd mode, issue 13",
+	"audit-signing-key-file": "signed audit digests, issue 18",
+}
 
 // StoreTargets are the targets that own a bbolt store: one writer each.
 var StoreTargets = []string{app.TargetCredential, app.TargetAutomation, app.TargetAgent, app.TargetVault}
@@ -74,20 +81,45 @@ func (r *Report) Merge(o Report) {
 	}
 }
 
-// Subcommands of backlogd and the path flag each requires.
-var subcommands = map[string]string{
-	"backup":           "out",
-	"restore":          "from",
-	"vault gen-kek":    "out",
-	"vault rotate-kek": "new-kek-file",
+// findSubcommand is the backlogd subcommand (app.Subcommands: "backup",
+// "vault gen-kek", ...) args start with, and how many words it takes.
+func findSubcommand(args []string) (app.Subcommand, int, bool) {
+	for _, sc := range app.Subcommands {
+		words := strings.Fields(sc.Name)
+		if len(args) >= len(words) && slices.Equal(args[:len(words)], words) {
+			return sc, len(words), true
+		}
+	}
+	return app.Subcommand{}, 0, false
+}
+
+var (
+	synopsisFlag = regexp.MustCompile(`-([a-z][a-z0-9-]*)`)
+	optional     = regexp.MustCompile(`\[[^\]]*\]`)
+)
+
+// synopsisFlags reads a subcommand's synopsis ("-out FILE | -a A [-b B]"):
+// every flag it names, and the leading flag of each alternative (one of
+// which is required).
+func synopsisFlags(syn string) (all, leads []string) {
+	for _, m := range synopsisFlag.FindAllStringSubmatch(syn, -1) {
+		all = append(all, m[1])
+	}
+	for _, alt := range strings.Split(syn, "|") {
+		if m := synopsisFlag.FindStringSubmatch(optional.ReplaceAllString(alt, "")); m != nil {
+			leads = append(leads, m[1])
+		}
+	}
+	return all, leads
 }
 
 // Command is one backlogd invocation, parsed by backlogd's own parser.
 type Command struct {
-	// Sub is "" for the server, or a key of subcommands ("backup", "vault
-	// rotate-kek", ...).
+	// Sub is "" for the server, or the name of one of app.Subcommands
+	// ("backup", "vault rotate-kek", ...).
 	Sub string
-	// Dir is the subcommand's path flag (-out, -from, -new-kek-file).
+	// Dir is the subcommand's path flag (-out, -from, -new-kek-file): the
+	// first of its synopsis's alternatives that is given.
 	Dir string
 	Cfg app.Config
 	// Given holds every flag set on the command line or through a BACKLOG_*
@@ -137,6 +169,19 @@ func (c *Command) Stores() bool {
 	return slices.ContainsFunc(StoreTargets, c.Serves)
 }
 
+// Etcd reports whether the command keeps its stores in etcd (-store=etcd,
+// as a flag or BACKLOG_STORE), where any number of replicas share them.
+// It reads the given value, so it holds while -store is a pending flag.
+func (c *Command) Etcd() bool { return c.Given["store"] == "etcd" }
+
+// EtcdPrefix is the command's -etcd-prefix (backlogd's default /backlog).
+func (c *Command) EtcdPrefix() string {
+	if p, ok := c.Given["etcd-prefix"]; ok {
+		return p
+	}
+	return "/backlog"
+}
+
 var argRE = regexp.MustCompile(`^-([a-z][a-z0-9-]*)=(.*)$`)
 
 // ParseCommand parses a backlogd argument list (without the program name)
@@ -148,15 +193,16 @@ func ParseCommand(r *Report, where string, args []string, env map[string]string)
 	c := &Command{Given: map[string]string{}}
 	ok := true
 	rest := args
-	switch {
-	case len(rest) > 0 && (rest[0] == "backup" || rest[0] == "restore"):
-		c.Sub, rest = rest[0], rest[1:]
-	case len(rest) > 1 && rest[0] == "vault":
-		c.Sub, rest = "vault "+rest[1], rest[2:]
-		if subcommands[c.Sub] == "" {
-			r.errorf(where, "backlogd has no subcommand %q", c.Sub)
-			return nil, false
+	var sc app.Subcommand
+	if found, n, ok := findSubcommand(args); ok {
+		sc, c.Sub, rest = found, found.Name, args[n:]
+	} else if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name := args[0]
+		if len(args) > 1 && !strings.HasPrefix(args[1], "-") {
+			name += " " + args[1]
 		}
+		r.errorf(where, "backlogd has no subcommand %q", name)
+		return nil, false
 	}
 	for _, a := range rest {
 		m := argRE.FindStringSubmatch(a)
@@ -204,14 +250,38 @@ func ParseCommand(r *Report, where string, args []string, env map[string]string)
 	case "backup", "restore":
 		c.Cfg, c.Dir, err = app.ParseBackupFlags(c.Sub, rest, getenv)
 	default:
-		// The vault subcommands: the server flags plus their path flag.
-		want := subcommands[c.Sub]
-		c.Dir = c.Given[want]
-		rest = slices.DeleteFunc(slices.Clone(rest), func(a string) bool { return strings.HasPrefix(a, "-"+want+"=") })
-		if c.Dir == "" {
-			err = fmt.Errorf("-%s PATH is required", want)
-		} else {
-			c.Cfg, err = app.ParseFlags("backlogd", rest, getenv)
+		// The other subcommands: the flags of their synopsis (one
+		// alternative's leading flag required), plus the server's flags
+		// when they take them.
+		all, leads := synopsisFlags(sc.Synopsis)
+		for _, l := range leads {
+			if v, ok := c.Given[l]; ok {
+				c.Dir = v
+				break
+			}
+		}
+		var server []string
+		for _, a := range rest {
+			name := argRE.FindStringSubmatch(a)[1]
+			switch {
+			case slices.Contains(all, name) && !defined(name):
+				// the subcommand's own flag
+			case !sc.ServerFlags && !slices.Contains(all, name):
+				err = fmt.Errorf("backlogd %s takes no -%s", c.Sub, name)
+			default:
+				server = append(server, a)
+			}
+		}
+		switch {
+		case err != nil:
+		case len(leads) > 0 && !slices.ContainsFunc(leads, func(l string) bool { _, ok := c.Given[l]; return ok }):
+			if len(leads) == 1 {
+				err = fmt.Errorf("-%s PATH is required", leads[0])
+			} else {
+				err = fmt.Errorf("one of -%s is required", strings.Join(leads, ", -"))
+			}
+		default:
+			c.Cfg, err = app.ParseFlags("backlogd", server, getenv)
 		}
 	}
 	if err != nil {
@@ -268,31 +338,20 @@ func flagOfEnv(env string) (string, bool) {
 	return name, app.EnvName(name) == env
 }
 
-// FlagNames lists every backlogd flag, read from the parser's -help output.
-// It swaps os.Stderr while it runs: call it from one goroutine only (the
-// checks use knownFlags, which calls it once).
+// FlagNames lists every backlogd flag, read from the parser's --help
+// output (app.UsageOutput). It swaps that writer while it runs: call it from
+// one goroutine only (the checks use knownFlags, which calls it once).
 func FlagNames() ([]string, error) {
-	rd, w, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	out := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(rd)
-		out <- b
-	}()
-	saved := os.Stderr
-	os.Stderr = w
+	var usage bytes.Buffer
+	saved := app.UsageOutput
+	app.UsageOutput = &usage
 	_, perr := app.ParseFlags("backlogd", []string{"-help"}, func(string) string { return "" })
-	os.Stderr = saved
-	w.Close()
-	usage := <-out
-	rd.Close()
+	app.UsageOutput = saved
 	if !errors.Is(perr, flag.ErrHelp) {
 		return nil, fmt.Errorf("backlogd -help: %v", perr)
 	}
 	var names []string
-	for _, line := range strings.Split(string(usage), "\n") {
+	for _, line := range strings.Split(usage.String(), "\n") {
 		if rest, ok := strings.CutPrefix(line, "  -"); ok {
 			names = append(names, strings.Fields(rest)[0])
 		}

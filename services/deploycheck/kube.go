@@ -301,13 +301,14 @@ func (k *kcheck) checkWorkload(w *Workload) {
 	if len(w.pod().InitContainers) > 0 {
 		k.r.errorf(o.String(), "init containers are not checked here: add them to deploycheck first")
 	}
-	stores, gateway := false, false
+	stores, gateway, etcd := false, false, false
 	for _, name := range sortedKeys(w.Cmds) {
 		cmd := w.Cmds[name]
 		c := w.container(name)
 		where := fmt.Sprintf("%s container %s", o, name)
 		k.container(w, c, cmd, where)
 		stores = stores || cmd.Stores()
+		etcd = etcd || (cmd.Stores() && cmd.Etcd())
 		gateway = gateway || cmd.Serves(app.TargetGateway)
 		k.component(w, cmd, where)
 	}
@@ -316,7 +317,9 @@ func (k *kcheck) checkWorkload(w *Workload) {
 		if !stores {
 			k.r.errorf(o.String(), "a StatefulSet that runs no store-owning target: make it a Deployment")
 		}
-		if w.Replicas == nil || *w.Replicas != 1 {
+		if etcd {
+			k.etcdReplicas(w)
+		} else if w.Replicas == nil || *w.Replicas != 1 {
 			k.r.errorf(o.String(), "replicas must be exactly 1: each store has one writer")
 		}
 		sts := o.Value.(*appsv1.StatefulSet)
@@ -335,8 +338,11 @@ func (k *kcheck) checkWorkload(w *Workload) {
 			k.r.errorf(o.String(), "persistentVolumeClaimRetentionPolicy.whenDeleted must be Retain: deleting the StatefulSet must not delete the store")
 		}
 	case "Deployment":
-		if stores {
-			k.r.errorf(o.String(), "a Deployment runs a store-owning target: stores need a StatefulSet of one replica")
+		if stores && !etcd {
+			k.r.errorf(o.String(), "a Deployment runs a store-owning target: stores need a StatefulSet of one replica (or -store=etcd)")
+		}
+		if etcd {
+			k.etcdReplicas(w)
 		}
 		if gateway && (w.Replicas == nil || *w.Replicas < 2) {
 			k.r.errorf(o.String(), "run at least 2 gateway replicas")
@@ -345,6 +351,9 @@ func (k *kcheck) checkWorkload(w *Workload) {
 		if stores || gateway {
 			k.r.errorf(o.String(), "a Job runs a server target")
 		}
+	}
+	if etcd {
+		k.etcdWorkload(w)
 	}
 }
 
@@ -582,6 +591,10 @@ func (k *kcheck) container(w *Workload, c *corev1.Container, cmd *Command, where
 					name = "grpc-" + t
 				}
 			}
+			if _, own := cmd.Given[listenFlag(t)]; !own && t != app.TargetGateway && strings.Contains(cmd.Addr(t), ",") {
+				k.r.errorf(where, "-%s=%s lists several replicas: give this one its own -%s", flagOfTarget(t), cmd.Addr(t), listenFlag(t))
+				continue
+			}
 			listen("-"+listenFlag(t), cmd.Listen(t), name)
 		}
 		if cmd.Cfg.MetricsAddr == "" {
@@ -608,6 +621,8 @@ func (k *kcheck) container(w *Workload, c *corev1.Container, cmd *Command, where
 
 	// Files: the data dir on the claim, the keys in secrets.
 	switch {
+	case cmd.Stores() && cmd.Etcd():
+		k.etcdFiles(w, c, cmd, where)
 	case cmd.Stores():
 		if !k.onClaim(w, c, cmd.Cfg.DataDir) {
 			k.r.errorf(where, "-data-dir=%s is not the mountPath of a volumeClaimTemplate", cmd.Cfg.DataDir)
@@ -665,9 +680,15 @@ func listenFlag(t string) string {
 	return t + "-listen-addr"
 }
 
-// dial checks the address cmd finds target t at.
+// dial checks the addresses cmd finds target t at: one, or a comma list of
+// every replica (etcd mode).
 func (k *kcheck) dial(w *Workload, cmd *Command, t, where string) {
-	addr := cmd.Addr(t)
+	for _, addr := range strings.Split(cmd.Addr(t), ",") {
+		k.dialOne(w, cmd, t, strings.TrimSpace(addr), where)
+	}
+}
+
+func (k *kcheck) dialOne(w *Workload, cmd *Command, t, addr, where string) {
 	host, port, err := splitAddr(addr)
 	if err != nil {
 		k.r.errorf(where, "-%s=%s: %v", flagOfTarget(t), addr, err)
@@ -1139,10 +1160,15 @@ func (k *kcheck) pdb(o *Object, pdb *policyv1.PodDisruptionBudget) {
 		k.r.errorf(o.String(), "selects no pod")
 	}
 	for _, w := range sel {
-		if w.Obj.Kind != "Deployment" {
+		if w.Obj.Kind != "Deployment" && !k.etcdMode(w) {
 			k.r.errorf(o.String(), "selects %s: a budget for a one-replica StatefulSet blocks every node drain", w.Obj)
-		} else if m := pdb.Spec.MinAvailable; m != nil && m.Type == intstr.Int && w.Replicas != nil && m.IntVal >= *w.Replicas {
+			continue
+		}
+		if m := pdb.Spec.MinAvailable; m != nil && m.Type == intstr.Int && w.Replicas != nil && m.IntVal >= *w.Replicas {
 			k.r.errorf(o.String(), "minAvailable %d leaves no disruption for %d replicas", m.IntVal, *w.Replicas)
+		}
+		if m := pdb.Spec.MaxUnavailable; m != nil && m.Type == intstr.Int && m.IntVal < 1 {
+			k.r.errorf(o.String(), "maxUnavailable %d blocks every node drain", m.IntVal)
 		}
 	}
 }
@@ -1179,6 +1205,7 @@ func (k *kcheck) complete() {
 			k.r.errorf(where, "%s runs in %d workloads (%s): its store has one writer", t, len(by), strings.Join(by, ", "))
 		}
 	}
+	k.etcdComplete()
 	if len(k.tokenRefs) > 1 {
 		var refs []string
 		for _, ref := range sortedKeys(k.tokenRefs) {

@@ -113,12 +113,29 @@ func TestMutations(t *testing.T) {
 		{"docker go", "deploy/docker/Dockerfile", "ARG GO_VERSION=1.26", "ARG GO_VERSION=1.24", "go.work wants Go"},
 		{"docs flag", "docs/operations.md", "| `-token-ttl` |", "| token ttl |", "does not document the flag `-token-ttl`"},
 		{"docs command", "docs/operations.md", "bin/backlogd restore -from=/backups/2026-11-22", "bin/backlogd restore -form=/backups/2026-11-22", "-from PATH is required"},
+		{"docs subcommand flag", "docs/operations.md", "bin/backlogd service-token create -out=./service-token", "bin/backlogd service-token create -oot=./service-token", "backlogd service-token create takes no -oot"},
+		{"docs unknown subcommand", "docs/operations.md", "bin/backlogd service-token create -out=./service-token", "bin/backlogd service-tokens create -out=./service-token", `backlogd has no subcommand "service-tokens create"`},
 		{"docs job", "docs/operations.md", "            - -out=/backups/latest\n", "            - -out=/tmp/latest\n", "-out=/tmp/latest is not on a writable volume"},
+	}
+	// Edits a case needs beyond its own: a base both overlays use is unused
+	// only once neither does.
+	also := map[string][][3]string{
+		"unused base": {{"deploy/kubernetes/overlays/ha/kustomization.yaml", "  - ../../base/agent\n", ""}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			root := copyTree(t)
+			for _, e := range also[c.name] {
+				p := filepath.Join(root, e[0])
+				b, err := os.ReadFile(p)
+				if err != nil || !strings.Contains(string(b), e[1]) {
+					t.Fatalf("%s does not contain %q (%v): update the test", e[0], e[1], err)
+				}
+				if err := os.WriteFile(p, []byte(strings.Replace(string(b), e[1], e[2], 1)), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
 			path := filepath.Join(root, c.file)
 			b, err := os.ReadFile(path)
 			if err != nil {
