@@ -45,7 +45,10 @@ type gwOp struct {
 	Response     string // definition name of the 200 response
 }
 
-// gwSchema is the subset of a Swagger schema the checks read.
+// gwSchemaRef prefixes a $ref to a schema of the OpenAPI 3 document.
+const gwSchemaRef = "#/components/schemas/"
+
+// gwSchema is the subset of an OpenAPI schema the checks read.
 type gwSchema struct {
 	Ref        string               `json:"$ref"`
 	Type       string               `json:"type"`
@@ -68,11 +71,18 @@ type gwDoc struct {
 			Name string `json:"name"`
 			In   string `json:"in"`
 		} `json:"parameters"`
-		Responses map[string]struct {
-			Schema gwSchema `json:"schema"`
+		RequestBody json.RawMessage `json:"requestBody"`
+		Responses   map[string]struct {
+			Content map[string]struct {
+				Schema gwSchema `json:"schema"`
+			} `json:"content"`
 		} `json:"responses"`
 	} `json:"paths"`
-	Definitions map[string]*gwSchema `json:"definitions"`
+	Components struct {
+		Schemas map[string]*gwSchema `json:"schemas"`
+	} `json:"components"`
+	// Definitions are Components.Schemas (the OpenAPI 3 document's).
+	Definitions map[string]*gwSchema `json:"-"`
 }
 
 func gwOpenAPI(t *testing.T) (gwDoc, []gwOp) {
@@ -81,19 +91,19 @@ func gwOpenAPI(t *testing.T) (gwDoc, []gwOp) {
 	if err := json.Unmarshal(gen.OpenAPI, &doc); err != nil {
 		t.Fatalf("gen.OpenAPI: %v", err)
 	}
+	doc.Definitions = doc.Components.Schemas
 	var ops []gwOp
 	for path, methods := range doc.Paths {
 		for method, op := range methods {
 			o := gwOp{Method: strings.ToUpper(method), Path: path,
-				Response: strings.TrimPrefix(op.Responses["200"].Schema.Ref, "#/definitions/")}
+				Response: strings.TrimPrefix(op.Responses["200"].Content["application/json"].Schema.Ref, gwSchemaRef),
+				HasBody:  len(op.RequestBody) > 0}
 			for _, p := range op.Parameters {
 				switch p.In {
 				case "path":
 					o.PathParams = append(o.PathParams, p.Name)
 				case "query":
 					o.QueryParams = append(o.QueryParams, p.Name)
-				case "body":
-					o.HasBody = true
 				}
 			}
 			ops = append(ops, o)
@@ -519,7 +529,7 @@ func gwShape(doc gwDoc, def string, v any, at string) []string {
 
 func gwShapeOf(doc gwDoc, s *gwSchema, v any, at string) []string {
 	if s.Ref != "" {
-		return gwShape(doc, strings.TrimPrefix(s.Ref, "#/definitions/"), v, at)
+		return gwShape(doc, strings.TrimPrefix(s.Ref, gwSchemaRef), v, at)
 	}
 	var problems []string
 	switch {
@@ -551,7 +561,7 @@ func gwShapeOf(doc gwDoc, s *gwSchema, v any, at string) []string {
 			pv, present := o[k]
 			ps := p
 			if ps.Ref != "" {
-				ps = doc.Definitions[strings.TrimPrefix(ps.Ref, "#/definitions/")]
+				ps = doc.Definitions[strings.TrimPrefix(ps.Ref, gwSchemaRef)]
 			}
 			collection := ps != nil && (ps.Type == "array" || ps.isMap())
 			switch {
@@ -571,7 +581,11 @@ func gwShapeOf(doc gwDoc, s *gwSchema, v any, at string) []string {
 func TestGatewayHardeningEmptyLists(t *testing.T) {
 	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
 	defer target.Close()
-	c := startCluster(t, layoutAll, "-vault-egress-allow-private=true")
+	// Event deliveries go over HTTPS only: to hook, trusted through
+	// -vault-egress-ca-file.
+	hook := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	defer hook.Close()
+	c := startCluster(t, layoutAll, "-vault-egress-allow-private=true", "-vault-egress-ca-file="+suWriteCA(t, hook))
 	rc := c.rest()
 	doc, ops := gwOpenAPI(t)
 	respDef := map[string]string{}
@@ -623,11 +637,17 @@ func TestGatewayHardeningEmptyLists(t *testing.T) {
 	exact(ws+"/installations", owner, `{"installations":[]}`)
 	exact(ws+"/secrets", owner, `{"secrets":[]}`)
 	exact(ws+"/audit-events?action=nothing.happened", owner, `{"auditEvents":[]}`)
+	exact(ws+"/connections", owner, `{"connections":[]}`)
+	exact(ws+"/actions", owner, `{"actions":[]}`)
+	exact(ws+"/event-subscriptions", owner, `{"subscriptions":[]}`)
 	call("GET /v1/workspaces/{workspaceId}/automations", ws+"/automations", owner, nil)
 	call("GET /v1/workspaces/{workspaceId}/agents", ws+"/agents", owner, nil)
 	call("GET /v1/workspaces/{workspaceId}/installations", ws+"/installations", owner, nil)
 	call("GET /v1/workspaces/{workspaceId}/secrets", ws+"/secrets?kind=webhook", owner, nil)
 	call("GET /v1/workspaces/{workspaceId}/audit-events", ws+"/audit-events?action=nothing.happened", owner, nil)
+	call("GET /v1/workspaces/{workspaceId}/connections", ws+"/connections", owner, nil)
+	call("GET /v1/workspaces/{workspaceId}/actions", ws+"/actions", owner, nil)
+	call("GET /v1/workspaces/{workspaceId}/event-subscriptions", ws+"/event-subscriptions", owner, nil)
 
 	// Objects with empty repeated fields: scopes, teamIds, secretsUsed, …
 	call("GET /v1/workspaces/{workspaceId}", ws, owner, nil)
@@ -677,6 +697,62 @@ func TestGatewayHardeningEmptyLists(t *testing.T) {
 	}
 	call("GET /v1/workspaces/{workspaceId}/audit-events", ws+"/audit-events", owner, nil)
 	call("DELETE /v1/workspaces/{workspaceId}/automations/{automationId}", ws+"/automations/"+autoID, owner, nil)
+
+	// Secrets in use. A secret nothing uses: usedBy is [], versions lists
+	// one; after a rollback, two.
+	if got := fmt.Sprint(call("GET /v1/workspaces/{workspaceId}/secrets/{name}", ws+"/secrets/hook", owner, nil).get("secret.usedBy")); got != "[]" {
+		t.Errorf("a secret nothing uses: usedBy = %s, want []", got)
+	}
+	call("GET /v1/workspaces/{workspaceId}/secrets/{name}/versions", ws+"/secrets/hook/versions", owner, nil)
+	call("POST /v1/workspaces/{workspaceId}/secrets/{name}/rollback", ws+"/secrets/hook/rollback", owner, map[string]any{"version": 1})
+	if n := len(call("GET /v1/workspaces/{workspaceId}/secrets/{name}/versions", ws+"/secrets/hook/versions", owner, nil).list("versions")); n != 2 {
+		t.Errorf("versions after a rollback: %d, want 2", n)
+	}
+
+	// An event subscription with no deliveries yet; then one delivered
+	// (the integration secret created next raises secret.created).
+	sub := call("POST /v1/workspaces/{workspaceId}/event-subscriptions", ws+"/event-subscriptions", owner, map[string]any{"url": hook.URL + "/events", "events": []string{"secret.created"}})
+	subID := sub.str("subscription.id")
+	call("GET /v1/workspaces/{workspaceId}/event-subscriptions/{subscriptionId}", ws+"/event-subscriptions/"+subID, owner, nil)
+	call("GET /v1/workspaces/{workspaceId}/event-subscriptions", ws+"/event-subscriptions", owner, nil)
+	exact(ws+"/event-subscriptions/"+subID+"/deliveries", owner, `{"deliveries":[]}`)
+	call("GET /v1/workspaces/{workspaceId}/event-subscriptions/{subscriptionId}/deliveries", ws+"/event-subscriptions/"+subID+"/deliveries", owner, nil)
+
+	call("POST /v1/workspaces/{workspaceId}/secrets", ws+"/secrets", owner, map[string]any{"name": "crm", "kind": "integration", "value": "gw-empty-crm-value"})
+	conn := call("POST /v1/workspaces/{workspaceId}/connections", ws+"/connections", owner, map[string]any{"name": "CRM", "integration": "hubspot", "secretName": "crm"})
+	connID := conn.str("connection.id")
+	call("GET /v1/workspaces/{workspaceId}/connections/{connectionId}", ws+"/connections/"+connID, owner, nil)
+	call("PATCH /v1/workspaces/{workspaceId}/connections/{connectionId}", ws+"/connections/"+connID, owner, map[string]any{"description": "d"})
+	call("GET /v1/workspaces/{workspaceId}/connections", ws+"/connections", owner, nil)
+
+	// An action without headers: headers {} and secretNames [].
+	act := call("POST /v1/workspaces/{workspaceId}/actions", ws+"/actions", owner, map[string]any{"name": "ping", "method": "GET", "url": target.URL + "/y"})
+	if got := fmt.Sprint(act.get("action.headers"), act.get("action.secretNames")); got != "map[] []" {
+		t.Errorf("an action without headers: headers, secretNames = %s, want map[] []", got)
+	}
+	actID := act.str("action.id")
+	call("GET /v1/workspaces/{workspaceId}/actions/{actionId}", ws+"/actions/"+actID, owner, nil)
+	call("PATCH /v1/workspaces/{workspaceId}/actions/{actionId}", ws+"/actions/"+actID, owner, map[string]any{"description": "d"})
+	call("GET /v1/workspaces/{workspaceId}/actions", ws+"/actions", owner, nil)
+	ran := call("POST /v1/workspaces/{workspaceId}/actions/{actionId}/run", ws+"/actions/"+actID+"/run", owner, map[string]any{})
+	if got := fmt.Sprint(ran.get("secretsUsed")); got != "[]" {
+		t.Errorf("an action that used no secret: secretsUsed = %s, want []", got)
+	}
+
+	var delivered bool
+	for deadline := time.Now().Add(15 * time.Second); !delivered && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		for _, d := range rc.expect(t, http.StatusOK, http.MethodGet, ws+"/event-subscriptions/"+subID+"/deliveries", owner, nil).list("deliveries") {
+			delivered = delivered || d.str("status") == "delivered"
+		}
+	}
+	if !delivered {
+		t.Error("the secret.created delivery was not delivered within 15 s")
+	}
+	call("GET /v1/workspaces/{workspaceId}/event-subscriptions/{subscriptionId}/deliveries", ws+"/event-subscriptions/"+subID+"/deliveries", owner, nil)
+
+	call("DELETE /v1/workspaces/{workspaceId}/actions/{actionId}", ws+"/actions/"+actID, owner, nil)
+	call("DELETE /v1/workspaces/{workspaceId}/connections/{connectionId}", ws+"/connections/"+connID, owner, nil)
+	call("DELETE /v1/workspaces/{workspaceId}/event-subscriptions/{subscriptionId}", ws+"/event-subscriptions/"+subID, owner, nil)
 
 	var keys []string
 	for _, op := range ops {

@@ -159,8 +159,8 @@ func inWorkspace(scope string, grant ...string) rule {
 }
 
 // adminRole is a route for people who are owners or admins: managing
-// members. An agent's role sets its control-plane scopes only; managing
-// people is not a scope, so an agent of role admin is refused.
+// members and event subscriptions. An agent's role sets its control-plane
+// scopes only; neither is a scope, so an agent of role admin is refused.
 func adminRole(c who) int {
 	if st, ok := gate(c); ok {
 		return st
@@ -247,6 +247,14 @@ type matrixFixture struct {
 	agentID        string
 	secretName     string
 	httpTarget     string
+	// The "secrets in use" targets: a connection (to integrationSecret),
+	// an action (a step to hookTarget, an HTTPS endpoint, using
+	// secretName) and an event subscription (to hookTarget too).
+	integrationSecret string
+	connectionID      string
+	actionID          string
+	hookTarget        string
+	subscriptionID    string
 
 	n  atomic.Int64
 	ip atomic.Int64
@@ -306,6 +314,32 @@ func matrixRoutes() map[string]route {
 			name := f.createSecret(t)
 			return f.wsPath("/secrets/" + name + rest), body
 		}
+	}
+	freshConnection := func(rest string, body any) prep {
+		return func(t *testing.T, f *matrixFixture, _ who) (string, any) {
+			return f.wsPath("/connections/" + f.createConnection(t) + rest), body
+		}
+	}
+	freshAction := func(rest string, body any) prep {
+		return func(t *testing.T, f *matrixFixture, _ who) (string, any) {
+			return f.wsPath("/actions/" + f.createAction(t) + rest), body
+		}
+	}
+	// A workspace keeps at most 20 subscriptions: each cell's fresh one
+	// goes when the cell ends, whoever the caller was.
+	freshSubscription := func(rest string, body any) prep {
+		return func(t *testing.T, f *matrixFixture, _ who) (string, any) {
+			id := f.createSubscription(t)
+			t.Cleanup(func() {
+				if r := f.rc.call(t, http.MethodDelete, f.wsPath("/event-subscriptions/"+id), f.ws.OwnerToken, nil); r.Status != http.StatusOK && r.Status != http.StatusNotFound {
+					t.Errorf("cleaning up subscription %s: %s", id, r)
+				}
+			})
+			return f.wsPath("/event-subscriptions/" + id + rest), body
+		}
+	}
+	standing := func(rest func(f *matrixFixture) string, body any) prep {
+		return func(_ *testing.T, f *matrixFixture, _ who) (string, any) { return f.wsPath(rest(f)), body }
 	}
 	return map[string]route{
 		// credential service
@@ -376,6 +410,47 @@ func matrixRoutes() map[string]route {
 		"POST /v1/workspaces/{workspaceId}/http-requests": {"vault", inWorkspace("secrets:use"), func(_ *testing.T, f *matrixFixture, _ who) (string, any) {
 			return f.wsPath("/http-requests"), map[string]any{"method": "GET", "url": f.httpTarget + "/ping", "headers": map[string]string{"X-Matrix": "1"}}
 		}},
+
+		// vault service: secrets in use. Connections and actions are
+		// written with secrets:write (owners, admins) and read with
+		// secrets:read (members too); running an action is secrets:use;
+		// event subscriptions are for people who are owners or admins.
+		"GET /v1/workspaces/{workspaceId}/secrets/{name}/versions": {"vault", inWorkspace("secrets:read"), standing(func(f *matrixFixture) string {
+			return "/secrets/" + f.secretName + "/versions"
+		}, nil)},
+		"POST /v1/workspaces/{workspaceId}/secrets/{name}/rollback": {"vault", inWorkspace("secrets:write"), freshSecret("/rollback", map[string]any{"version": 1})},
+		"GET /v1/workspaces/{workspaceId}/connections":              {"vault", inWorkspace("secrets:read"), wsp("/connections", nil)},
+		"POST /v1/workspaces/{workspaceId}/connections": {"vault", inWorkspace("secrets:write"), wsp("/connections", func(f *matrixFixture) any {
+			return map[string]any{"name": f.unique("conn"), "integration": "hubspot", "secretName": f.integrationSecret}
+		})},
+		"GET /v1/workspaces/{workspaceId}/connections/{connectionId}": {"vault", inWorkspace("secrets:read"), standing(func(f *matrixFixture) string {
+			return "/connections/" + f.connectionID
+		}, nil)},
+		"PATCH /v1/workspaces/{workspaceId}/connections/{connectionId}":  {"vault", inWorkspace("secrets:write"), freshConnection("", map[string]any{"description": "changed"})},
+		"DELETE /v1/workspaces/{workspaceId}/connections/{connectionId}": {"vault", inWorkspace("secrets:write"), freshConnection("", nil)},
+		"GET /v1/workspaces/{workspaceId}/actions":                       {"vault", inWorkspace("secrets:read"), wsp("/actions", nil)},
+		"POST /v1/workspaces/{workspaceId}/actions": {"vault", inWorkspace("secrets:write"), wsp("/actions", func(f *matrixFixture) any {
+			return f.actionBody()
+		})},
+		"GET /v1/workspaces/{workspaceId}/actions/{actionId}": {"vault", inWorkspace("secrets:read"), standing(func(f *matrixFixture) string {
+			return "/actions/" + f.actionID
+		}, nil)},
+		"PATCH /v1/workspaces/{workspaceId}/actions/{actionId}":  {"vault", inWorkspace("secrets:write"), freshAction("", map[string]any{"description": "changed"})},
+		"DELETE /v1/workspaces/{workspaceId}/actions/{actionId}": {"vault", inWorkspace("secrets:write"), freshAction("", nil)},
+		"POST /v1/workspaces/{workspaceId}/actions/{actionId}/run": {"vault", inWorkspace("secrets:use"), standing(func(f *matrixFixture) string {
+			return "/actions/" + f.actionID + "/run"
+		}, map[string]any{})},
+		"GET /v1/workspaces/{workspaceId}/event-subscriptions": {"vault", adminRole, wsp("/event-subscriptions", nil)},
+		"POST /v1/workspaces/{workspaceId}/event-subscriptions": {"vault", adminRole, wsp("/event-subscriptions", func(f *matrixFixture) any {
+			return f.subscriptionBody()
+		})},
+		"GET /v1/workspaces/{workspaceId}/event-subscriptions/{subscriptionId}": {"vault", adminRole, standing(func(f *matrixFixture) string {
+			return "/event-subscriptions/" + f.subscriptionID
+		}, nil)},
+		"DELETE /v1/workspaces/{workspaceId}/event-subscriptions/{subscriptionId}": {"vault", adminRole, freshSubscription("", nil)},
+		"GET /v1/workspaces/{workspaceId}/event-subscriptions/{subscriptionId}/deliveries": {"vault", adminRole, standing(func(f *matrixFixture) string {
+			return "/event-subscriptions/" + f.subscriptionID + "/deliveries"
+		}, nil)},
 	}
 }
 
@@ -426,11 +501,15 @@ func TestAuthorizationMatrix(t *testing.T) {
 		_, _ = w.Write([]byte("pong"))
 	}))
 	defer target.Close()
+	// An HTTPS endpoint (trusted through -vault-egress-ca-file): actions
+	// send a secret, so they go over HTTPS; event subscriptions point there
+	// too, for an event the matrix never raises.
+	hook := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	defer hook.Close()
 	// The cells send X-Forwarded-For from loopback: the gateway believes
 	// it only from proxies it is told to trust (none by default).
-	c := startCluster(t, layoutAll, "-vault-egress-allow-private=true", "-trusted-proxies=127.0.0.0/8,::1/128")
-	f := newMatrixFixture(t, c)
-	f.httpTarget = target.URL
+	c := startCluster(t, layoutAll, "-vault-egress-allow-private=true", "-vault-egress-ca-file="+suWriteCA(t, hook), "-trusted-proxies=127.0.0.0/8,::1/128")
+	f := newMatrixFixture(t, c, target.URL, hook.URL)
 
 	// The served document is the one the table is checked against.
 	if r := f.rc.call(t, http.MethodGet, "/openapi.json", "", nil); r.Status != http.StatusOK || string(r.Body) != string(gen.OpenAPI) {
@@ -517,9 +596,9 @@ func (f *matrixFixture) setRotation(c who, rot string) {
 	f.rotation[c] = rot
 }
 
-func newMatrixFixture(t *testing.T, c *cluster) *matrixFixture {
+func newMatrixFixture(t *testing.T, c *cluster, httpTarget, hookTarget string) *matrixFixture {
 	t.Helper()
-	f := &matrixFixture{c: c, rc: c.rest(), tokens: map[who]string{}, rotation: map[who]string{}}
+	f := &matrixFixture{c: c, rc: c.rest(), tokens: map[who]string{}, rotation: map[who]string{}, httpTarget: httpTarget, hookTarget: hookTarget}
 	rc := f.rc
 
 	f.ws = rc.createWorkspace(t, c.OperatorToken, "matrix")
@@ -583,7 +662,61 @@ func newMatrixFixture(t *testing.T, c *cluster) *matrixFixture {
 		rc.expect(t, http.StatusOK, http.MethodPost, f.wsPath("/agents/"+revID+"/revoke"), f.ws.OwnerToken, map[string]any{})
 	}
 	f.secretName = f.createSecret(t)
+	f.integrationSecret = f.unique("integration")
+	rc.expect(t, http.StatusOK, http.MethodPost, f.wsPath("/secrets"), f.ws.OwnerToken,
+		map[string]any{"name": f.integrationSecret, "kind": "integration", "value": "matrix-" + f.unique("value")})
+	f.connectionID = f.createConnection(t)
+	f.actionID = f.createAction(t)
+	f.subscriptionID = f.createSubscription(t)
 	return f
+}
+
+// createConnection saves a connection using the fixture's integration
+// secret and returns its id.
+func (f *matrixFixture) createConnection(t *testing.T) string {
+	t.Helper()
+	o := f.rc.expect(t, http.StatusOK, http.MethodPost, f.wsPath("/connections"), f.ws.OwnerToken,
+		map[string]any{"name": f.unique("connection"), "integration": "hubspot", "secretName": f.integrationSecret})
+	id := o.str("connection.id")
+	if id == "" {
+		t.Fatalf("create connection: no id in %v", o)
+	}
+	return id
+}
+
+// actionBody is a step to the HTTPS hook target that sends the fixture's
+// webhook secret in a header.
+func (f *matrixFixture) actionBody() map[string]any {
+	return map[string]any{"name": f.unique("action"), "method": "GET", "url": f.hookTarget + "/ping",
+		"headers": map[string]string{"X-Matrix": "{secret:" + f.secretName + "}"}}
+}
+
+// createAction saves an action (actionBody) and returns its id.
+func (f *matrixFixture) createAction(t *testing.T) string {
+	t.Helper()
+	o := f.rc.expect(t, http.StatusOK, http.MethodPost, f.wsPath("/actions"), f.ws.OwnerToken, f.actionBody())
+	id := o.str("action.id")
+	if id == "" {
+		t.Fatalf("create action: no id in %v", o)
+	}
+	return id
+}
+
+// subscriptionBody subscribes the HTTPS hook target to secret.expired,
+// which no secret of the matrix ever raises.
+func (f *matrixFixture) subscriptionBody() map[string]any {
+	return map[string]any{"url": f.hookTarget + "/matrix", "events": []string{"secret.expired"}}
+}
+
+// createSubscription subscribes (subscriptionBody) and returns its id.
+func (f *matrixFixture) createSubscription(t *testing.T) string {
+	t.Helper()
+	o := f.rc.expect(t, http.StatusOK, http.MethodPost, f.wsPath("/event-subscriptions"), f.ws.OwnerToken, f.subscriptionBody())
+	id := o.str("subscription.id")
+	if id == "" {
+		t.Fatalf("create event subscription: no id in %s", redact(fmt.Sprint(o)))
+	}
+	return id
 }
 
 // createAgent registers an agent under the fixture's installation.
