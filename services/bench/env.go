@@ -30,6 +30,7 @@ type Env struct {
 	Cluster *proctest.Cluster
 	Server  *proctest.Proc
 	Dir     string // temp dir: binary, data dir, log
+	Bin     string // the backlogd binary
 
 	CredConn, AutoConn, AgentConn, VaultConn *grpc.ClientConn
 	Cred                                     credentialv1.CredentialServiceClient
@@ -88,6 +89,7 @@ func Setup(ctx context.Context, cfg Config) (*Env, error) {
 			return e, err
 		}
 	}
+	e.Bin = bin
 	// The vault's key-encryption key (as `make run` makes one), so that the
 	// vault is unsealed; kept outside the data dir.
 	kek := filepath.Join(dir, "vault.kek")
