@@ -59,10 +59,22 @@ func TestBalancesAndFailsOver(t *testing.T) {
 		t.Fatalf("calls were not spread: %d and %d", ha.calls.Load(), hb.calls.Load())
 	}
 	sa.Stop()
+	// A call already on its way to the stopped replica fails (Unavailable,
+	// retryable); once the connection noticed, every call goes to the other.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no call succeeded after a replica stopped")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	before := hb.calls.Load()
 	for i := range 20 {
-		if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true)); err != nil {
-			t.Fatalf("call %d after a replica stopped: %v", i, err)
+		if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+			t.Fatalf("call %d after the stop was noticed: %v", i, err)
 		}
 	}
 	if hb.calls.Load()-before != 20 {
