@@ -14,13 +14,13 @@ import (
 	"go.uber.org/zap/zaptest"
 )
 
-func startAll(t *testing.T, dir string) (Config, *App) {
+func startAll(t *testing.T, dir string, extra ...string) (Config, *App) {
 	t.Helper()
-	cfg, err := ParseFlags("t", []string{
+	cfg, err := ParseFlags("t", append([]string{
 		"-data-dir", dir, "-http-addr", freeAddr(t),
 		"-vault-kek-file", testKEK(t), // a sealed vault is not ready
 		"-credential-addr", freeAddr(t), "-automation-addr", freeAddr(t), "-agent-addr", freeAddr(t), "-vault-addr", freeAddr(t),
-	}, func(string) string { return "" })
+	}, extra...), func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}

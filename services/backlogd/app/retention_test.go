@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"go.uber.org/zap/zaptest"
 )
 
 // -audit-retention defaults to 90 days with etcd and to keeping events for
@@ -32,35 +30,7 @@ func TestAuditRetentionDefaults(t *testing.T) {
 // the trail still verifies.
 func TestAuditRetentionPrunes(t *testing.T) {
 	dir := t.TempDir()
-	args := []string{
-		"-data-dir", dir, "-http-addr", freeAddr(t), "-vault-kek-file", testKEK(t), "-audit-retention=2s",
-		"-credential-addr", freeAddr(t), "-automation-addr", freeAddr(t), "-agent-addr", freeAddr(t), "-vault-addr", freeAddr(t),
-	}
-	start := func() (Config, *App) {
-		cfg, err := ParseFlags("t", args, func(string) string { return "" })
-		if err != nil {
-			t.Fatal(err)
-		}
-		a, err := Start(cfg, zaptest.NewLogger(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			resp, err := http.Get("http://" + cfg.HTTPAddr + "/readyz")
-			if err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == 200 {
-					return cfg, a
-				}
-			}
-			if time.Now().After(deadline) {
-				a.Stop()
-				t.Fatalf("not ready: %v", err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	start := func() (Config, *App) { return startAll(t, dir, "-audit-retention=2s") }
 	cfg, a := start()
 	op, _ := os.ReadFile(filepath.Join(dir, "operator-token"))
 	code, out := call(t, http.MethodPost, "http://"+cfg.HTTPAddr+"/v1/workspaces", strings.TrimSpace(string(op)), `{"name":"old"}`)
