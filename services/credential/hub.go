@@ -88,28 +88,67 @@ func (w *watcher) waitFor(seq uint64, deadline <-chan time.Time) bool {
 // publish tells every watcher to drop subjects and returns once all have
 // acknowledged, or were cut off after auth.CacheTTL.
 func (h *hub) publish(ctx context.Context, subjects []string) {
+	// Events are queued under the lock, so every watcher's queue is in
+	// sequence order: acknowledgements are cumulative (acked ≥ seq), and an
+	// acknowledgement of a later event must never release this publisher
+	// before its own event was delivered.
 	h.mu.Lock()
 	h.seq++
 	seq := h.seq
+	ev := &credentialv1.WatchRevocationsResponse{SubjectIds: subjects, Sequence: seq}
 	ws := make([]*watcher, 0, len(h.watchers))
 	for w := range h.watchers {
 		ws = append(ws, w)
-	}
-	h.mu.Unlock()
-	ev := &credentialv1.WatchRevocationsResponse{SubjectIds: subjects, Sequence: seq}
-	for _, w := range ws {
 		select {
 		case w.events <- ev:
 		default:
 			w.cancel() // hopelessly behind: cut it off, its cache goes dark
 		}
 	}
+	h.mu.Unlock()
 	deadline := time.After(auth.CacheTTL)
 	for _, w := range ws {
 		if !w.waitFor(seq, deadline) {
 			w.cancel()
 		}
 	}
+}
+
+// maxCoalesced bounds the subject ids of one coalesced event.
+const maxCoalesced = 1000
+
+// coalesce returns the event to send after ev: ev itself or, when more
+// events are already queued behind it, one event carrying all their subject
+// ids (up to maxCoalesced) under the highest sequence. A watcher applies
+// and acknowledges a burst as one message, and that one acknowledgement
+// releases every publisher of the burst; one round trip per event made
+// concurrent rotations queue behind each other's acknowledgements. The
+// queue is in sequence order (see publish), so the merged sequence covers
+// exactly the merged events. ev, shared by every watcher, is never changed.
+func (w *watcher) coalesce(ev *credentialv1.WatchRevocationsResponse) *credentialv1.WatchRevocationsResponse {
+	var merged *credentialv1.WatchRevocationsResponse
+	for merged == nil || len(merged.SubjectIds) < maxCoalesced {
+		var next *credentialv1.WatchRevocationsResponse
+		select {
+		case next = <-w.events:
+		default:
+		}
+		if next == nil {
+			break
+		}
+		if merged == nil {
+			merged = &credentialv1.WatchRevocationsResponse{
+				SubjectIds: append([]string(nil), ev.GetSubjectIds()...), DropAll: ev.GetDropAll(), Sequence: ev.GetSequence(),
+			}
+		}
+		merged.SubjectIds = append(merged.SubjectIds, next.GetSubjectIds()...)
+		merged.DropAll = merged.DropAll || next.GetDropAll()
+		merged.Sequence = max(merged.Sequence, next.GetSequence())
+	}
+	if merged == nil {
+		return ev
+	}
+	return merged
 }
 
 func errField(err error) zap.Field { return zap.Error(err) }

@@ -459,7 +459,7 @@ func (s *Service) WatchRevocations(stream credentialv1.CredentialInternalService
 		case <-w.ctx.Done():
 			return errs.Unauthenticated("watch dropped: acknowledgements too slow")
 		case ev := <-w.events:
-			if err := stream.Send(ev); err != nil {
+			if err := stream.Send(w.coalesce(ev)); err != nil {
 				return err
 			}
 		}
