@@ -45,8 +45,7 @@ func CheckService(ctx context.Context, want string) error {
 	if want == "" {
 		return errs.Forbidden("internal RPC disabled: this service has no service token configured")
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	got := md.Get(ServiceTokenKey)
+	got := metadata.ValueFromIncomingContext(ctx, ServiceTokenKey) // no copy of the whole metadata
 	if len(got) != 1 || subtle.ConstantTimeCompare([]byte(got[0]), []byte(want)) != 1 {
 		return errs.Unauthenticated("internal RPC: a valid service credential is required")
 	}
