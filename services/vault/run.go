@@ -60,7 +60,7 @@ func (s *Service) RunHttpRequest(ctx context.Context, req *vaultv1.RunHttpReques
 	if err := checkHost(st.url, !s.allowPrivate); err != nil {
 		if d, ok := isEgressDenied(err); ok {
 			err := s.egressErr(host, d)
-			s.recordUses(ctx, ws, st.refs, nil, err, st.method, host, 0)
+			s.recordUses(ctx, ws, st.refs, nil, err, st.method, host)
 			return nil, err
 		}
 		return nil, err
@@ -89,13 +89,28 @@ func (s *Service) RunHttpRequest(ctx context.Context, req *vaultv1.RunHttpReques
 	red := newRedactor(byName)
 
 	sent = true
+	// The use is recorded durably while the request is on its way, not
+	// after it: the commit and the round trip overlap, and no response is
+	// returned before its use is in the audit trail.
+	var recorded <-chan error
+	if len(used) > 0 {
+		recorded = s.startUses(ctx, ws, used, st.method, host)
+	}
 	resp, err = s.send(ctx, st, values, red)
+	var recErr error
+	if recorded != nil {
+		recErr = <-recorded
+	}
 	if err != nil {
-		s.recordUses(ctx, ws, st.refs, used, err, st.method, host, 0)
+		s.recordUses(ctx, ws, st.refs, used, err, st.method, host)
 		return nil, err
 	}
+	if recErr != nil {
+		s.lg.Warn("http request step answered but its secret use could not be recorded: response withheld", zap.String("workspace-id", ws),
+			zap.String("host", host), zap.Strings("secrets", used), zap.String("request-id", server.RequestID(ctx)), zap.Error(recErr))
+		return nil, fail(store.ErrUnavailable, "the request to %s was sent, but the vault could not record that it used the step's secrets, so the response is withheld; retry when the vault's store is available", host)
+	}
 	resp.SecretsUsed = used
-	s.recordUses(ctx, ws, st.refs, used, nil, st.method, host, resp.StatusCode)
 	s.lg.Info("http request step sent", zap.String("workspace-id", ws), zap.String("method", st.method),
 		zap.String("host", host), zap.Int32("status", resp.StatusCode), zap.Strings("secrets", used))
 	return resp, nil
@@ -170,7 +185,7 @@ func (s *Service) resolveForStep(ctx context.Context, ws string, refs []string, 
 		return nil, nil
 	}
 	if s.keys.sealed() {
-		s.recordUses(ctx, ws, refs, nil, ErrSealed, "", "", 0)
+		s.recordUses(ctx, ws, refs, nil, ErrSealed, "", "")
 		return nil, ErrSealed
 	}
 	now := s.now()
@@ -334,10 +349,9 @@ func (s *Service) egressErr(host string, d *egressDenied) error {
 	return fail(ErrEgressDenied, "%s: %s; HTTP Request steps may only reach public addresses (an operator can allow private ones with -vault-egress-allow-private)", host, d.Error())
 }
 
-// recordUses writes one secret.use event per secret of the step, and sets
-// last-used times when the request was sent and answered. cause nil means
-// success (status is the response's).
-func (s *Service) recordUses(ctx context.Context, ws string, refs, used []string, cause error, method, host string, status int32) {
+// recordUses writes one secret.use failure event per secret of a step
+// that failed (cause): the secrets it used, or else those it referenced.
+func (s *Service) recordUses(ctx context.Context, ws string, refs, used []string, cause error, method, host string) {
 	names := used
 	if names == nil {
 		names = refs
@@ -345,44 +359,60 @@ func (s *Service) recordUses(ctx context.Context, ws string, refs, used []string
 	if len(names) == 0 {
 		return
 	}
-	var evs []*auditEvent
-	for _, name := range names {
-		if cause == nil {
-			evs = append(evs, s.rec.Event(ctx, ws, actionUse, "secret", name, audit.Success,
-				fmt.Sprintf("http-request method=%s host=%s status=%d", method, host, status)))
-		} else {
-			prefix := "http-request"
-			if method != "" {
-				prefix = fmt.Sprintf("http-request method=%s host=%s", method, host)
-			}
-			evs = append(evs, s.rec.Event(ctx, ws, actionUse, "secret", name, audit.Failure, failureDetail(cause, prefix)))
-		}
+	prefix := "http-request"
+	if method != "" {
+		prefix = fmt.Sprintf("http-request method=%s host=%s", method, host)
 	}
-	if cause != nil {
-		s.recordEvents(ctx, evs...)
-		return
+	evs := make([]*auditEvent, 0, len(names))
+	for _, name := range names {
+		evs = append(evs, s.rec.Event(ctx, ws, actionUse, "secret", name, audit.Failure, failureDetail(cause, prefix)))
+	}
+	s.recordEvents(ctx, evs...)
+}
+
+// startUses starts committing one secret.use success event per secret a
+// step is about to send, with the secrets' last-used times, and returns
+// where the commit's outcome arrives (nil once every chunk is durable).
+// The caller sends the request meanwhile and waits for the outcome before
+// it returns the response: a use whose response was returned is in the
+// audit trail even if the process dies right after. The event records
+// that the values were released to a request to host; the target's
+// answer (or the failure to get one: then a failure event follows) is the
+// response's and the log's.
+func (s *Service) startUses(ctx context.Context, ws string, names []string, method, host string) <-chan error {
+	detail := fmt.Sprintf("http-request method=%s host=%s", method, host)
+	evs := make([]*auditEvent, 0, len(names))
+	for _, name := range names {
+		evs = append(evs, s.rec.Event(ctx, ws, actionUse, "secret", name, audit.Success, detail))
 	}
 	now := timestamppb.New(s.now())
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
-	defer cancel()
-	// A step may reference more secrets than one update may write (an
-	// event and a record each): each chunk records its secrets' events
-	// with their last-used times.
-	per := s.perUpdate(audit.OpsPerEvent + 1)
-	for i := 0; i < len(names); i += per {
-		j := min(i+per, len(names))
-		err := s.db.Update(actx, func(tx store.WriteTx) error {
-			for _, ev := range evs[i:j] {
-				if err := audit.Put(tx, ev); err != nil {
-					return err
+	done := make(chan error, 1)
+	actx := context.WithoutCancel(ctx)
+	go func() {
+		actx, cancel := context.WithTimeout(actx, auditTimeout)
+		defer cancel()
+		// A step may reference more secrets than one update may write (an
+		// event and a record each): each chunk records its secrets' events
+		// with their last-used times.
+		per := s.perUpdate(audit.OpsPerEvent + 1)
+		var first error
+		for i := 0; i < len(names); i += per {
+			j := min(i+per, len(names))
+			err := s.db.Update(actx, func(tx store.WriteTx) error {
+				for _, ev := range evs[i:j] {
+					if err := audit.Put(tx, ev); err != nil {
+						return err
+					}
 				}
+				return touch(tx, ws, names[i:j], now)
+			})
+			if err != nil && first == nil {
+				first = err
 			}
-			return touch(tx, ws, names[i:j], now)
-		})
-		if err != nil {
-			s.lg.Warn("could not record secret use", zap.String("workspace-id", ws), zap.Error(err))
 		}
-	}
+		done <- first
+	}()
+	return done
 }
 
 // touch sets the last-used time of names that still exist.
