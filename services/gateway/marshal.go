@@ -123,27 +123,31 @@ func withEmptyLists(b []byte, m protoreflect.Message) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	byName := make(map[string]int, len(members))
-	for i, mem := range members {
-		byName[mem.name] = i
+	// A message has a handful of members: a linear search beats a map.
+	find := func(name string) (int, bool) {
+		for j := range members {
+			if members[j].name == name {
+				return j, true
+			}
+		}
+		return 0, false
 	}
 	used := make([]bool, len(members))
-	var out bytes.Buffer
-	out.WriteByte('{')
+	out := make([]byte, 0, len(b)+64)
+	out = append(out, '{')
 	write := func(name string, raw []byte) {
-		if out.Len() > 1 {
-			out.WriteByte(',')
+		if len(out) > 1 {
+			out = append(out, ',')
 		}
-		k, _ := json.Marshal(name)
-		out.Write(k)
-		out.WriteByte(':')
-		out.Write(raw)
+		out = appendName(out, name)
+		out = append(out, ':')
+		out = append(out, raw...)
 	}
 	fields := md.Fields()
 	for i := 0; i < fields.Len(); i++ {
 		fd := fields.Get(i)
 		name := fd.JSONName()
-		j, present := byName[name]
+		j, present := find(name)
 		switch {
 		case present:
 			used[j] = true
@@ -165,8 +169,7 @@ func withEmptyLists(b []byte, m protoreflect.Message) ([]byte, error) {
 			write(mem.name, mem.raw)
 		}
 	}
-	out.WriteByte('}')
-	return out.Bytes(), nil
+	return append(out, '}'), nil
 }
 
 // fieldWithEmptyLists applies withEmptyLists to the messages inside a
@@ -177,8 +180,8 @@ func fieldWithEmptyLists(fd protoreflect.FieldDescriptor, v protoreflect.Value, 
 		if fd.Message() == nil {
 			return raw, nil
 		}
-		var elems []json.RawMessage
-		if err := json.Unmarshal(raw, &elems); err != nil {
+		elems, err := arrayElems(raw)
+		if err != nil {
 			return nil, err
 		}
 		l := v.List()
@@ -243,32 +246,4 @@ func fieldWithEmptyLists(fd protoreflect.FieldDescriptor, v protoreflect.Value, 
 type member struct {
 	name string
 	raw  json.RawMessage
-}
-
-// objectMembers splits a JSON object into its members, in order.
-func objectMembers(b []byte) ([]member, error) {
-	d := json.NewDecoder(bytes.NewReader(b))
-	if t, err := d.Token(); err != nil || t != json.Delim('{') {
-		return nil, fmt.Errorf("not a JSON object: %v", err)
-	}
-	var out []member
-	for d.More() {
-		t, err := d.Token()
-		if err != nil {
-			return nil, err
-		}
-		name, ok := t.(string)
-		if !ok {
-			return nil, fmt.Errorf("object key %v", t)
-		}
-		var raw json.RawMessage
-		if err := d.Decode(&raw); err != nil {
-			return nil, err
-		}
-		out = append(out, member{name: name, raw: raw})
-	}
-	if t, err := d.Token(); err != nil || t != json.Delim('}') {
-		return nil, fmt.Errorf("unterminated JSON object: %v", err)
-	}
-	return out, nil
 }
