@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"time"
@@ -83,6 +84,10 @@ type Config struct {
 	// Without it the services count the gateway's own address as every
 	// client's.
 	ForwardingToken string
+	// Dialer, when set, opens the connections to the services instead of
+	// TCP (backlogd -target=all: in memory to the services of its own
+	// process); it is given each service address.
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 
 	// Limits of the HTTP server (Server) and the handler; zero means the
 	// Default… constant of the same name.
@@ -179,7 +184,7 @@ func New(cfg Config) (*Gateway, error) {
 		conn, ok := byAddr[a.addr]
 		if !ok {
 			var err error
-			conn, err = dial(a.addr, cfg.TransportCredentials, cfg.ForwardingToken)
+			conn, err = dial(a.addr, cfg.TransportCredentials, cfg.ForwardingToken, cfg.Dialer)
 			if err != nil {
 				g.Close()
 				return nil, fmt.Errorf("gateway: %s service at %q: %w", a.name, a.addr, err)
@@ -260,12 +265,15 @@ func (g *Gateway) Close() error {
 	return errors.Join(errs...)
 }
 
-func dial(addr string, creds credentials.TransportCredentials, forwardingToken string) (*grpc.ClientConn, error) {
+func dial(addr string, creds credentials.TransportCredentials, forwardingToken string, dialer func(context.Context, string) (net.Conn, error)) (*grpc.ClientConn, error) {
 	secure := creds != nil
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
 	var opts []grpc.DialOption
+	if dialer != nil {
+		opts = append(opts, grpc.WithContextDialer(dialer))
+	}
 	if forwardingToken != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(auth.ForwarderCredentials{Token: forwardingToken, Secure: secure}))
 	}

@@ -45,6 +45,9 @@ type App struct {
 	svcToken string
 	// mTLS, when the -tls-* flags are set.
 	serverTLS grpc.ServerOption
+	// local carries the gateway's calls to the services of this process
+	// in memory (nil: over TCP). See localHop.
+	local     *localHop
 	clientTLS credentials.TransportCredentials
 	// httpCert is the REST listener's certificate, when it serves TLS.
 	httpCert *certReloader
@@ -66,6 +69,9 @@ func Start(cfg Config, lg *zap.Logger) (*App, error) {
 	if a.serverTLS, a.clientTLS, err = cfg.loadTLS(); err != nil {
 		cancel()
 		return nil, err
+	}
+	if a.serverTLS == nil && a.clientTLS == nil && len(cfg.Targets) > 1 && slices.Contains(cfg.Targets, TargetGateway) {
+		a.local = newLocalHop()
 	}
 	if !(len(cfg.Targets) == 1 && cfg.Targets[0] == TargetGateway) { // the gateway never holds it
 		tok, err := auth.LoadOrCreateServiceToken(cfg.ServiceTokenFile, true)
@@ -218,6 +224,14 @@ func (a *App) serve(name, addr string, svc mount.Service, authn auth.Authenticat
 			a.errc <- fmt.Errorf("%s: %w", name, err)
 		}
 	}()
+	if a.local != nil {
+		ll := a.local.listen(addr, a.cfg.serviceAddr(name))
+		go func() {
+			if err := srv.Serve(ll); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				a.errc <- fmt.Errorf("%s (in-process): %w", name, err)
+			}
+		}()
+	}
 	a.onClose(func() { srv.Stop(shutdownGrace) })
 	return nil
 }
@@ -358,7 +372,7 @@ func (a *App) startGateway() error {
 		TrustedProxies: a.cfg.TrustedProxies, Logger: a.lg, TransportCredentials: a.clientTLS,
 		MaxBodyBytes: a.cfg.HTTPMaxBodyBytes, MaxHeaderBytes: a.cfg.HTTPMaxHeaderBytes,
 		ReadHeaderTimeout: a.cfg.HTTPReadHeaderTimeout, BodyTimeout: a.cfg.HTTPBodyTimeout, IdleTimeout: a.cfg.HTTPIdleTimeout,
-		ForwardingToken: fwd,
+		ForwardingToken: fwd, Dialer: a.local.dialer(),
 	})
 	if err != nil {
 		return err
