@@ -13,6 +13,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -59,6 +60,12 @@ func RunAll(ctx context.Context, cfg Config) (*Report, error) {
 		cfg.logf("%s: %s", sc.Name, sc.About)
 		if err := sc.Run(ctx, e); err != nil {
 			skipped[sc.Name] = true
+			var se *SkipError
+			if errors.As(err, &se) {
+				rep.Skipped = append(rep.Skipped, Skip{Scenario: sc.Name, Reason: se.Reason})
+				cfg.logf("  skipped: %s", se.Reason)
+				continue
+			}
 			rep.Failed = append(rep.Failed, Skip{Scenario: sc.Name, Reason: err.Error()})
 			cfg.logf("  %s: %v", sc.Name, err)
 			if ctx.Err() != nil {

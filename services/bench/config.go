@@ -34,6 +34,9 @@ type Config struct {
 	TempDir string
 	// Keep leaves the temp dir (data dir, log) behind.
 	Keep bool
+	// Hydra is an Ory Hydra binary for the peer scenario (empty: the
+	// scenario is skipped).
+	Hydra string
 	// Log receives progress lines (nil: silent).
 	Log io.Writer
 }

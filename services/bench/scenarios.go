@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,24 +47,44 @@ var Scenarios = []Scenario{
 
 // measure runs one load and adds it to the report under key.
 func (e *Env) measure(ctx context.Context, key, scenario, name, transport string, conc int, op Op) Stats {
-	pid := e.Server.Pid()
-	var cpu0, cpu1 time.Duration
+	return e.measureCPU(ctx, key, scenario, name, transport, conc, false, op)
+}
+
+// measurePid is measure with the CPU window on another server process (a
+// peer's).
+func (e *Env) measurePid(ctx context.Context, pid int, key, scenario, name, transport string, conc int, op Op) Stats {
+	return e.measureOn(ctx, pid, key, scenario, name, transport, conc, false, op)
+}
+
+// measureCPU is measure; with total, it also reads the harness's own CPU
+// time over the window and fills Stats.TotalCPU (backlogd + harness).
+func (e *Env) measureCPU(ctx context.Context, key, scenario, name, transport string, conc int, total bool, op Op) Stats {
+	return e.measureOn(ctx, e.Server.Pid(), key, scenario, name, transport, conc, total, op)
+}
+
+func (e *Env) measureOn(ctx context.Context, pid int, key, scenario, name, transport string, conc int, total bool, op Op) Stats {
+	self := os.Getpid()
+	var cpu0, cpu1, own0, own1 time.Duration
 	var cpuErr error
 	st := Run(ctx, Load{Concurrency: conc, Duration: e.Cfg.Duration, Warmup: e.Cfg.Warmup, Op: op, Window: func(start bool) {
 		c, err := ProcessCPU(pid)
-		if err != nil {
+		o, err2 := ProcessCPU(self)
+		if err = errors.Join(err, err2); err != nil {
 			cpuErr = err
 		}
 		if start {
-			cpu0 = c
+			cpu0, own0 = c, o
 		} else {
-			cpu1 = c
+			cpu1, own1 = c, o
 		}
 	}})
 	// Only under real load: with few clients, a Go server's idle CPUs spin
 	// looking for work between requests, which inflates CPU per request.
 	if ok := st.Requests - st.Errors; cpuErr == nil && ok > 0 && conc >= 16 {
 		st.ServerCPU = float64(cpu1-cpu0) / float64(time.Microsecond) / float64(ok)
+		if total {
+			st.TotalCPU = float64(cpu1-cpu0+own1-own0) / float64(time.Microsecond) / float64(ok)
+		}
 	}
 	e.Report.add(Result{Key: key, Scenario: scenario, Name: name, Transport: transport, Stats: &st})
 	e.Cfg.logf("  %-28s %s", name, st)

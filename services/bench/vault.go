@@ -158,7 +158,7 @@ func runHTTPRequest(ctx context.Context, e *Env) error {
 	})
 	for _, c := range []int{1, e.Cfg.Concurrency} {
 		n0 := e.Target.conns.Load()
-		vst := e.measure(ctx, fmt.Sprintf("http-request.vault.c%d", c), "http-request", fmt.Sprintf("RunHttpRequest c=%d", c), "gRPC→HTTPS", c, func(context.Context, int, int) error {
+		vst := e.measureCPU(ctx, fmt.Sprintf("http-request.vault.c%d", c), "http-request", fmt.Sprintf("RunHttpRequest c=%d", c), "gRPC→HTTPS", c, true, func(context.Context, int, int) error {
 			resp, err := vc.RunHttpRequest(octx, step)
 			if err == nil && resp.GetStatusCode() != http.StatusOK {
 				err = fmt.Errorf("target answered %d", resp.GetStatusCode())
@@ -167,7 +167,7 @@ func runHTTPRequest(ctx context.Context, e *Env) error {
 		})
 		e.noteConns(fmt.Sprintf("http-request.vault.c%d", c), vst, e.Target.conns.Load()-n0)
 		n0 = e.Target.conns.Load()
-		dst := e.measure(ctx, fmt.Sprintf("http-request.direct.c%d", c), "http-request", fmt.Sprintf("direct request c=%d", c), "HTTPS", c, func(ctx context.Context, _, _ int) error {
+		dst := e.measureCPU(ctx, fmt.Sprintf("http-request.direct.c%d", c), "http-request", fmt.Sprintf("direct request c=%d", c), "HTTPS", c, true, func(ctx context.Context, _, _ int) error {
 			return send(ctx)
 		})
 		e.noteConns(fmt.Sprintf("http-request.direct.c%d", c), dst, e.Target.conns.Load()-n0)

@@ -32,6 +32,7 @@ func run() int {
 	large := flag.Int("list-large", 0, "automations in the large list workspace (default 100000 full, 1000 tiny)")
 	backlogd := flag.String("backlogd", "", "a prebuilt backlogd binary (default: go build it into the temp dir)")
 	keep := flag.Bool("keep", false, "keep the temp dir (data dir and backlogd log)")
+	hydra := flag.String("hydra", "", "an Ory Hydra binary: the peer scenario runs the same mint/create/rotate loads against it, interleaved with backlogd's (default: peer is skipped)")
 	flag.Parse()
 
 	cfg, err := bench.DefaultConfig(*scale)
@@ -57,7 +58,7 @@ func run() int {
 	if *only != "" {
 		cfg.Only = strings.Split(*only, ",")
 	}
-	cfg.Backlogd, cfg.Keep, cfg.Log = *backlogd, *keep, os.Stderr
+	cfg.Backlogd, cfg.Keep, cfg.Hydra, cfg.Log = *backlogd, *keep, *hydra, os.Stderr
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
