@@ -292,21 +292,7 @@ Needs the secrets:use scope.`,
 			if err != nil {
 				return err
 			}
-			var r httpRequestResult
-			if err := decode(raw, &r); err != nil {
-				return err
-			}
-			if a.jsonOut() {
-				if err := a.printJSON(raw); err != nil {
-					return err
-				}
-			} else if err := a.printHTTPResult(r, include); err != nil {
-				return err
-			}
-			if fail && r.StatusCode >= 400 {
-				return fmt.Errorf("the target answered HTTP %d", r.StatusCode)
-			}
-			return nil
+			return a.stepOutcome(raw, include, fail)
 		},
 	}
 	cmd.Flags().BoolVarP(&include, "include", "i", false, "also print the target's response headers (on stderr)")

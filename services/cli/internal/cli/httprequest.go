@@ -99,21 +99,7 @@ have it).`,
 			if err != nil {
 				return err
 			}
-			var r httpRequestResult
-			if err := decode(raw, &r); err != nil {
-				return err
-			}
-			if a.jsonOut() {
-				if err := a.printJSON(raw); err != nil {
-					return err
-				}
-			} else if err := a.printHTTPResult(r, include); err != nil {
-				return err
-			}
-			if fail && r.StatusCode >= 400 {
-				return fmt.Errorf("the target answered HTTP %d", r.StatusCode)
-			}
-			return nil
+			return a.stepOutcome(raw, include, fail)
 		},
 	}
 	f := cmd.Flags()
@@ -181,4 +167,25 @@ func (a *app) printHTTPResult(r httpRequestResult, include bool) error {
 	}
 	_, err := io.WriteString(a.stdout(), r.Body)
 	return err
+}
+
+// stepOutcome prints a step's answer (http-request run, actions run): the
+// whole answer with -o json, else the target's body and, on stderr, its
+// status; with fail, a target status of 400 or more is an error.
+func (a *app) stepOutcome(raw []byte, include, fail bool) error {
+	var r httpRequestResult
+	if err := decode(raw, &r); err != nil {
+		return err
+	}
+	if a.jsonOut() {
+		if err := a.printJSON(raw); err != nil {
+			return err
+		}
+	} else if err := a.printHTTPResult(r, include); err != nil {
+		return err
+	}
+	if fail && r.StatusCode >= 400 {
+		return fmt.Errorf("the target answered HTTP %d", r.StatusCode)
+	}
+	return nil
 }
