@@ -745,42 +745,12 @@ func validEventTypes(in []string) ([]string, error) {
 // ListEventSubscriptions lists a workspace's subscriptions.
 func (s *Service) ListEventSubscriptions(ctx context.Context, req *vaultv1.ListEventSubscriptionsRequest) (*vaultv1.ListEventSubscriptionsResponse, error) {
 	ws := req.GetWorkspaceId()
-	if err := validWorkspace(ws); err != nil {
-		return nil, err
-	}
-	size, err := page.Size(req.GetPageSize())
+	items, next, err := listRecords[subscriptionRecord](ctx, s, ws, "event-subscriptions", req.GetPageSize(), req.GetPageToken(),
+		func() error { _, err := auth.RequireRole(ctx, ws, auth.RoleAdmin); return err }, subscriptionsBucket, presentSubscription)
 	if err != nil {
 		return nil, err
 	}
-	scope := ws + "|event-subscriptions"
-	after, err := page.Decode(ctx, scope, req.GetPageToken())
-	if err != nil {
-		return nil, err
-	}
-	if len(after) > 0 && !listStartIn(ws, after) {
-		return nil, errs.Invalid("pageToken", "does not belong to this workspace")
-	}
-	if _, err := auth.RequireRole(ctx, ws, auth.RoleAdmin); err != nil {
-		return nil, err
-	}
-	resp := &vaultv1.ListEventSubscriptionsResponse{}
-	err = s.db.View(ctx, func(tx store.ReadTx) error {
-		resp.Subscriptions = nil
-		next, err := tx.Scan(subscriptionsBucket, store.ScanOptions{Prefix: workspacePrefix(ws), After: after, Limit: size}, func(_, v []byte) (bool, error) {
-			r := &subscriptionRecord{}
-			if err := proto.Unmarshal(v, r); err != nil {
-				return false, err
-			}
-			resp.Subscriptions = append(resp.Subscriptions, presentSubscription(r))
-			return true, nil
-		})
-		resp.NextPageToken = page.Encode(ctx, scope, next)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return resp, nil
+	return &vaultv1.ListEventSubscriptionsResponse{Subscriptions: items, NextPageToken: next}, nil
 }
 
 // CreateEventSubscription subscribes an endpoint; the signing secret is

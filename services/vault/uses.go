@@ -227,45 +227,63 @@ func connectionSecret(tx store.ReadTx, ws, name string) (string, error) {
 
 // ---- connections ----
 
-// ListConnections lists a workspace's connections, oldest first.
-func (s *Service) ListConnections(ctx context.Context, req *vaultv1.ListConnectionsRequest) (*vaultv1.ListConnectionsResponse, error) {
-	ws := req.GetWorkspaceId()
+// listRecords serves a workspace-scoped list of one record kind: it checks
+// the workspace, the page size and a page token bound to scope (and to the
+// workspace), runs authz, then decodes up to a page of records R from
+// bucket under the workspace's prefix and presents each as P.
+func listRecords[R any, P any, RP interface {
+	*R
+	proto.Message
+}](ctx context.Context, s *Service, ws, kind string, pageSize int32, pageToken string, authz func() error,
+	bucket store.Bucket, present func(*R) P) ([]P, string, error) {
 	if err := validWorkspace(ws); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	size, err := page.Size(req.GetPageSize())
+	size, err := page.Size(pageSize)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	scope := ws + "|connections"
-	after, err := page.Decode(ctx, scope, req.GetPageToken())
+	scope := ws + "|" + kind
+	after, err := page.Decode(ctx, scope, pageToken)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if len(after) > 0 && !listStartIn(ws, after) {
-		return nil, errs.Invalid("pageToken", "does not belong to this workspace")
+		return nil, "", errs.Invalid("pageToken", "does not belong to this workspace")
 	}
-	if _, err := auth.Require(ctx, ws, auth.SecretsRead); err != nil {
-		return nil, err
+	if err := authz(); err != nil {
+		return nil, "", err
 	}
-	resp := &vaultv1.ListConnectionsResponse{}
+	var out []P
+	var token string
 	err = s.db.View(ctx, func(tx store.ReadTx) error {
-		resp.Connections = nil
-		next, err := tx.Scan(connectionsBucket, store.ScanOptions{Prefix: workspacePrefix(ws), After: after, Limit: size}, func(_, v []byte) (bool, error) {
-			c := &connectionRecord{}
-			if err := proto.Unmarshal(v, c); err != nil {
+		out = nil
+		next, err := tx.Scan(bucket, store.ScanOptions{Prefix: workspacePrefix(ws), After: after, Limit: size}, func(_, v []byte) (bool, error) {
+			r := RP(new(R))
+			if err := proto.Unmarshal(v, r); err != nil {
 				return false, err
 			}
-			resp.Connections = append(resp.Connections, presentConnection(c))
+			out = append(out, present((*R)(r)))
 			return true, nil
 		})
-		resp.NextPageToken = page.Encode(ctx, scope, next)
+		token = page.Encode(ctx, scope, next)
 		return err
 	})
 	if err != nil {
+		return nil, "", err
+	}
+	return out, token, nil
+}
+
+// ListConnections lists a workspace's connections, oldest first.
+func (s *Service) ListConnections(ctx context.Context, req *vaultv1.ListConnectionsRequest) (*vaultv1.ListConnectionsResponse, error) {
+	ws := req.GetWorkspaceId()
+	items, next, err := listRecords[connectionRecord](ctx, s, ws, "connections", req.GetPageSize(), req.GetPageToken(),
+		func() error { _, err := auth.Require(ctx, ws, auth.SecretsRead); return err }, connectionsBucket, presentConnection)
+	if err != nil {
 		return nil, err
 	}
-	return resp, nil
+	return &vaultv1.ListConnectionsResponse{Connections: items, NextPageToken: next}, nil
 }
 
 // CreateConnection saves a connection using an integration secret.
@@ -547,42 +565,12 @@ func setUses(tx store.WriteTx, ws, id string, old, names []string) error {
 // ListActions lists a workspace's actions, oldest first.
 func (s *Service) ListActions(ctx context.Context, req *vaultv1.ListActionsRequest) (*vaultv1.ListActionsResponse, error) {
 	ws := req.GetWorkspaceId()
-	if err := validWorkspace(ws); err != nil {
-		return nil, err
-	}
-	size, err := page.Size(req.GetPageSize())
+	items, next, err := listRecords[actionRecord](ctx, s, ws, "actions", req.GetPageSize(), req.GetPageToken(),
+		func() error { _, err := auth.Require(ctx, ws, auth.SecretsRead); return err }, actionsBucket, presentAction)
 	if err != nil {
 		return nil, err
 	}
-	scope := ws + "|actions"
-	after, err := page.Decode(ctx, scope, req.GetPageToken())
-	if err != nil {
-		return nil, err
-	}
-	if len(after) > 0 && !listStartIn(ws, after) {
-		return nil, errs.Invalid("pageToken", "does not belong to this workspace")
-	}
-	if _, err := auth.Require(ctx, ws, auth.SecretsRead); err != nil {
-		return nil, err
-	}
-	resp := &vaultv1.ListActionsResponse{}
-	err = s.db.View(ctx, func(tx store.ReadTx) error {
-		resp.Actions = nil
-		next, err := tx.Scan(actionsBucket, store.ScanOptions{Prefix: workspacePrefix(ws), After: after, Limit: size}, func(_, v []byte) (bool, error) {
-			a := &actionRecord{}
-			if err := proto.Unmarshal(v, a); err != nil {
-				return false, err
-			}
-			resp.Actions = append(resp.Actions, presentAction(a))
-			return true, nil
-		})
-		resp.NextPageToken = page.Encode(ctx, scope, next)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return resp, nil
+	return &vaultv1.ListActionsResponse{Actions: items, NextPageToken: next}, nil
 }
 
 // CreateAction saves an HTTP Request step.
