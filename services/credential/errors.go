@@ -18,6 +18,7 @@ var (
 	errLastOwner         = errors.New("a workspace must keep at least one owner")
 	errNotOwner          = errors.New("only an owner can make, change or remove an owner")
 	errDuplicateEmail    = errors.New("a member with this email already exists")
+	errCredentialIDTaken = errors.New("a credential with this id exists already")
 )
 
 func errorTable() *errs.Table {
@@ -28,6 +29,7 @@ func errorTable() *errs.Table {
 		Add(errLastOwner, codes.FailedPrecondition, "LAST_OWNER").
 		Add(errNotOwner, codes.PermissionDenied, "OWNER_REQUIRED").
 		Add(errDuplicateEmail, codes.AlreadyExists, "DUPLICATE_EMAIL").
+		Add(errCredentialIDTaken, codes.AlreadyExists, "CREDENTIAL_ID_TAKEN").
 		Add(errSignInNotFound, codes.NotFound, "SIGN_IN_NOT_FOUND").
 		Add(store.ErrUnavailable, codes.Unavailable, "STORE_UNAVAILABLE")
 }

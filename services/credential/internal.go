@@ -69,9 +69,16 @@ func (s *Service) IssueCredential(ctx context.Context, req *credentialv1.IssueCr
 	if len(req.GetLabel()) > 100 {
 		return nil, errs.Invalid("label", "at most 100 characters")
 	}
+	chosen, err := s.checkChosen(req.GetCredentialId(), req.GetCreatedAt())
+	if err != nil {
+		return nil, err
+	}
+	if chosen.id != "" && len(kinds) != 1 {
+		return nil, errs.Invalid("credential_id", "is taken only with one kind")
+	}
 	raws := newRaws(kinds)
 	var out []*credentialv1.IssuedCredential
-	err := s.db.Update(ctx, func(tx store.WriteTx) error {
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
 		out = out[:0]
 		existing, ok, err := findSubject(tx, subj.Id)
 		if err != nil {
@@ -88,7 +95,7 @@ func (s *Service) IssueCredential(ctx context.Context, req *credentialv1.IssueCr
 			return err
 		}
 		for i, k := range kinds {
-			rec, err := s.issue(tx, subj, k, raws[i], req.GetLabel())
+			rec, err := s.issueAs(tx, subj, k, raws[i], req.GetLabel(), chosen)
 			if err != nil {
 				return err
 			}
@@ -243,10 +250,14 @@ func (s *Service) RotateCredential(ctx context.Context, req *credentialv1.Rotate
 	if len(req.GetLabel()) > 100 {
 		return nil, errs.Invalid("label", "at most 100 characters")
 	}
+	chosen, err := s.checkChosen(req.GetCredentialId(), req.GetCreatedAt())
+	if err != nil {
+		return nil, err
+	}
 	raw := credfmt.New(prefixOf[req.GetKind()])
 	var rec *credentialstorev1.CredentialRecord
 	var rotated *credentialv1.Subject
-	err := s.db.Update(ctx, func(tx store.WriteTx) error {
+	err = s.db.Update(ctx, func(tx store.WriteTx) error {
 		subj, err := getSubject(tx, req.GetWorkspaceId(), req.GetSubjectId())
 		if err != nil {
 			return err
@@ -258,7 +269,7 @@ func (s *Service) RotateCredential(ctx context.Context, req *credentialv1.Rotate
 		if _, err := revokeLive(tx, subj.Subject.Id, req.GetKind(), s.cfg.Now(), 0); err != nil {
 			return err
 		}
-		rec, err = s.issue(tx, subj.Subject, req.GetKind(), raw, req.GetLabel())
+		rec, err = s.issueAs(tx, subj.Subject, req.GetKind(), raw, req.GetLabel(), chosen)
 		return err
 	})
 	if err != nil {
@@ -412,6 +423,44 @@ func (s *Service) ListSubjects(ctx context.Context, req *credentialv1.ListSubjec
 		return err
 	})
 	return resp, err
+}
+
+// GetSubject returns one live subject of a workspace with its live
+// credentials, and the one asked for by id if it was issued to it;
+// NotFound when the subject does not exist or is revoked.
+func (s *Service) GetSubject(ctx context.Context, req *credentialv1.GetSubjectRequest) (*credentialv1.GetSubjectResponse, error) {
+	if req.GetWorkspaceId() == "" || req.GetSubjectId() == "" {
+		return nil, errs.Invalid("subject_id", "workspace_id and subject_id are required")
+	}
+	resp := &credentialv1.GetSubjectResponse{}
+	err := s.db.View(ctx, func(tx store.ReadTx) error {
+		rec, err := getSubject(tx, req.GetWorkspaceId(), req.GetSubjectId())
+		if err != nil {
+			return err
+		}
+		if rec.Revoked {
+			return fmt.Errorf("subject %s: %w", req.GetSubjectId(), errSubjectNotFound)
+		}
+		sum := &credentialv1.SubjectSummary{Id: rec.Subject.Id, WorkspaceId: rec.Subject.WorkspaceId, CreatedAt: rec.CreatedAt}
+		if sum.LiveCredentials, err = liveCredentials(tx, rec.Subject.Id); err != nil {
+			return err
+		}
+		resp.Subject = sum
+		if id := req.GetCredentialId(); id != "" {
+			c, ok, err := getCredential(tx, id)
+			if err != nil {
+				return err
+			}
+			if ok && c.SubjectId == rec.Subject.Id {
+				resp.Credential = infoOf(c)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
 }
 
 // liveCredentials lists the metadata of a subject's live credentials.

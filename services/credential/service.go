@@ -32,6 +32,7 @@ import (
 	"github.com/backlog/controlplane/services/kit/auth"
 	"github.com/backlog/controlplane/services/kit/credfmt"
 	"github.com/backlog/controlplane/services/kit/errs"
+	"github.com/backlog/controlplane/services/kit/ids"
 	"github.com/backlog/controlplane/services/kit/store"
 	"github.com/backlog/controlplane/services/kit/store/boltstore"
 )
@@ -374,9 +375,59 @@ func (s *Service) hash(raw string) []byte {
 
 // issue stores the keyed hash of raw as a new live credential of subj.
 func (s *Service) issue(tx store.WriteTx, subj *credentialv1.Subject, kind credentialv1.CredentialKind, raw, label string) (*credentialstorev1.CredentialRecord, error) {
+	return s.issueAs(tx, subj, kind, raw, label, chosenID{})
+}
+
+// chosenID is a credential id and creation time chosen by the caller of
+// IssueCredential or RotateCredential (see checkChosen); zero: ours.
+type chosenID struct {
+	id      string
+	created *timestamppb.Timestamp
+}
+
+// chosenSkew bounds how far a caller's creation time may be from our clock.
+const chosenSkew = time.Minute
+
+// checkChosen validates a credential id and creation time sent by a caller.
+func (s *Service) checkChosen(id string, created *timestamppb.Timestamp) (chosenID, error) {
+	if id == "" {
+		if created != nil {
+			return chosenID{}, errs.Invalid("created_at", "is only taken with credential_id")
+		}
+		return chosenID{}, nil
+	}
+	if !ids.Valid("cred", id) {
+		return chosenID{}, errs.Invalid("credential_id", "must be a credential id (cred_ and 26 characters)")
+	}
+	if created == nil {
+		return chosenID{id: id}, nil
+	}
+	if err := created.CheckValid(); err != nil {
+		return chosenID{}, errs.Invalid("created_at", "is not a valid time")
+	}
+	if d := created.AsTime().Sub(s.cfg.Now()); d > chosenSkew || d < -chosenSkew {
+		return chosenID{}, errs.Invalid("created_at", "must be within a minute of the credential service's clock")
+	}
+	return chosenID{id: id, created: created}, nil
+}
+
+// issueAs is issue with the id and creation time a caller chose, if any.
+// A chosen id that is taken fails with errCredentialIDTaken.
+func (s *Service) issueAs(tx store.WriteTx, subj *credentialv1.Subject, kind credentialv1.CredentialKind, raw, label string, c chosenID) (*credentialstorev1.CredentialRecord, error) {
+	id, created := c.id, c.created
+	if id == "" {
+		id = newCredentialID()
+	} else if _, taken, err := getCredential(tx, id); err != nil {
+		return nil, err
+	} else if taken {
+		return nil, errCredentialIDTaken
+	}
+	if created == nil {
+		created = timestamppb.New(s.cfg.Now())
+	}
 	rec := &credentialstorev1.CredentialRecord{
-		Id: newCredentialID(), Kind: kind, SubjectId: subj.Id, WorkspaceId: subj.WorkspaceId,
-		Label: label, Hash: s.hash(raw), CreatedAt: timestamppb.New(s.cfg.Now()),
+		Id: id, Kind: kind, SubjectId: subj.Id, WorkspaceId: subj.WorkspaceId,
+		Label: label, Hash: s.hash(raw), CreatedAt: created,
 	}
 	if err := putCredential(tx, rec); err != nil {
 		return nil, err

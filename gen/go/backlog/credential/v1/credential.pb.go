@@ -1640,7 +1640,14 @@ type IssueCredentialRequest struct {
 	Label   string                 `protobuf:"bytes,3,opt,name=label,proto3" json:"label,omitempty"`
 	// When set, one credential of each of these kinds is issued in the same
 	// transaction (kind is then ignored), e.g. an agent's key and rotation secret.
-	Kinds         []CredentialKind `protobuf:"varint,4,rep,packed,name=kinds,proto3,enum=backlog.credential.v1.CredentialKind" json:"kinds,omitempty"`
+	Kinds []CredentialKind `protobuf:"varint,4,rep,packed,name=kinds,proto3,enum=backlog.credential.v1.CredentialKind" json:"kinds,omitempty"`
+	// When set (with kind, not kinds), the new credential takes this id: a
+	// "cred_" id made by the caller, which can then write its own record of the
+	// credential while it is being issued. AlreadyExists when the id is taken.
+	CredentialId string `protobuf:"bytes,5,opt,name=credential_id,json=credentialId,proto3" json:"credential_id,omitempty"`
+	// With credential_id: the credential's creation time as the caller
+	// recorded it (within a minute of this service's clock); default now.
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1699,6 +1706,20 @@ func (x *IssueCredentialRequest) GetLabel() string {
 func (x *IssueCredentialRequest) GetKinds() []CredentialKind {
 	if x != nil {
 		return x.Kinds
+	}
+	return nil
+}
+
+func (x *IssueCredentialRequest) GetCredentialId() string {
+	if x != nil {
+		return x.CredentialId
+	}
+	return ""
+}
+
+func (x *IssueCredentialRequest) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
 	}
 	return nil
 }
@@ -1941,11 +1962,15 @@ func (x *RotateCredentialsResponse) GetCredentials() []*IssuedCredential {
 }
 
 type RotateCredentialRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	WorkspaceId   string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
-	SubjectId     string                 `protobuf:"bytes,2,opt,name=subject_id,json=subjectId,proto3" json:"subject_id,omitempty"`
-	Kind          CredentialKind         `protobuf:"varint,3,opt,name=kind,proto3,enum=backlog.credential.v1.CredentialKind" json:"kind,omitempty"`
-	Label         string                 `protobuf:"bytes,4,opt,name=label,proto3" json:"label,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	SubjectId   string                 `protobuf:"bytes,2,opt,name=subject_id,json=subjectId,proto3" json:"subject_id,omitempty"`
+	Kind        CredentialKind         `protobuf:"varint,3,opt,name=kind,proto3,enum=backlog.credential.v1.CredentialKind" json:"kind,omitempty"`
+	Label       string                 `protobuf:"bytes,4,opt,name=label,proto3" json:"label,omitempty"`
+	// As in IssueCredentialRequest: the new credential's id, chosen by the
+	// caller, and its creation time.
+	CredentialId  string                 `protobuf:"bytes,5,opt,name=credential_id,json=credentialId,proto3" json:"credential_id,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2006,6 +2031,20 @@ func (x *RotateCredentialRequest) GetLabel() string {
 		return x.Label
 	}
 	return ""
+}
+
+func (x *RotateCredentialRequest) GetCredentialId() string {
+	if x != nil {
+		return x.CredentialId
+	}
+	return ""
+}
+
+func (x *RotateCredentialRequest) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
 }
 
 type RotateCredentialResponse struct {
@@ -2452,6 +2491,122 @@ func (x *ListSubjectsResponse) GetNextPageToken() string {
 	return ""
 }
 
+type GetSubjectRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	WorkspaceId string                 `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	SubjectId   string                 `protobuf:"bytes,2,opt,name=subject_id,json=subjectId,proto3" json:"subject_id,omitempty"`
+	// When set, the response says whether this credential was issued to the
+	// subject (live or revoked since).
+	CredentialId  string `protobuf:"bytes,3,opt,name=credential_id,json=credentialId,proto3" json:"credential_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSubjectRequest) Reset() {
+	*x = GetSubjectRequest{}
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSubjectRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSubjectRequest) ProtoMessage() {}
+
+func (x *GetSubjectRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSubjectRequest.ProtoReflect.Descriptor instead.
+func (*GetSubjectRequest) Descriptor() ([]byte, []int) {
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *GetSubjectRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *GetSubjectRequest) GetSubjectId() string {
+	if x != nil {
+		return x.SubjectId
+	}
+	return ""
+}
+
+func (x *GetSubjectRequest) GetCredentialId() string {
+	if x != nil {
+		return x.CredentialId
+	}
+	return ""
+}
+
+type GetSubjectResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Subject *SubjectSummary        `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
+	// The credential named by credential_id, when it was issued to the
+	// subject; unset otherwise.
+	Credential    *CredentialInfo `protobuf:"bytes,2,opt,name=credential,proto3" json:"credential,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSubjectResponse) Reset() {
+	*x = GetSubjectResponse{}
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSubjectResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSubjectResponse) ProtoMessage() {}
+
+func (x *GetSubjectResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSubjectResponse.ProtoReflect.Descriptor instead.
+func (*GetSubjectResponse) Descriptor() ([]byte, []int) {
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *GetSubjectResponse) GetSubject() *SubjectSummary {
+	if x != nil {
+		return x.Subject
+	}
+	return nil
+}
+
+func (x *GetSubjectResponse) GetCredential() *CredentialInfo {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
 // SubjectSummary identifies a live subject.
 type SubjectSummary struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -2468,7 +2623,7 @@ type SubjectSummary struct {
 
 func (x *SubjectSummary) Reset() {
 	*x = SubjectSummary{}
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[38]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2480,7 +2635,7 @@ func (x *SubjectSummary) String() string {
 func (*SubjectSummary) ProtoMessage() {}
 
 func (x *SubjectSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[38]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2493,7 +2648,7 @@ func (x *SubjectSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubjectSummary.ProtoReflect.Descriptor instead.
 func (*SubjectSummary) Descriptor() ([]byte, []int) {
-	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{38}
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SubjectSummary) GetId() string {
@@ -2534,7 +2689,7 @@ type WatchRevocationsRequest struct {
 
 func (x *WatchRevocationsRequest) Reset() {
 	*x = WatchRevocationsRequest{}
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[39]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2546,7 +2701,7 @@ func (x *WatchRevocationsRequest) String() string {
 func (*WatchRevocationsRequest) ProtoMessage() {}
 
 func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[39]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2559,7 +2714,7 @@ func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRevocationsRequest.ProtoReflect.Descriptor instead.
 func (*WatchRevocationsRequest) Descriptor() ([]byte, []int) {
-	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{39}
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *WatchRevocationsRequest) GetAckSequence() uint64 {
@@ -2583,7 +2738,7 @@ type WatchRevocationsResponse struct {
 
 func (x *WatchRevocationsResponse) Reset() {
 	*x = WatchRevocationsResponse{}
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[40]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2595,7 +2750,7 @@ func (x *WatchRevocationsResponse) String() string {
 func (*WatchRevocationsResponse) ProtoMessage() {}
 
 func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backlog_credential_v1_credential_proto_msgTypes[40]
+	mi := &file_backlog_credential_v1_credential_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2608,7 +2763,7 @@ func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRevocationsResponse.ProtoReflect.Descriptor instead.
 func (*WatchRevocationsResponse) Descriptor() ([]byte, []int) {
-	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{40}
+	return file_backlog_credential_v1_credential_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *WatchRevocationsResponse) GetSubjectIds() []string {
@@ -2759,12 +2914,15 @@ const file_backlog_credential_v1_credential_proto_rawDesc = "" +
 	"credential\x18\x01 \x01(\tR\n" +
 	"credential\"V\n" +
 	"\x14AuthenticateResponse\x12>\n" +
-	"\tprincipal\x18\x01 \x01(\v2 .backlog.credential.v1.PrincipalR\tprincipal\"\xe0\x01\n" +
+	"\tprincipal\x18\x01 \x01(\v2 .backlog.credential.v1.PrincipalR\tprincipal\"\xc0\x02\n" +
 	"\x16IssueCredentialRequest\x128\n" +
 	"\asubject\x18\x01 \x01(\v2\x1e.backlog.credential.v1.SubjectR\asubject\x129\n" +
 	"\x04kind\x18\x02 \x01(\x0e2%.backlog.credential.v1.CredentialKindR\x04kind\x12\x14\n" +
 	"\x05label\x18\x03 \x01(\tR\x05label\x12;\n" +
-	"\x05kinds\x18\x04 \x03(\x0e2%.backlog.credential.v1.CredentialKindR\x05kinds\"\xbf\x01\n" +
+	"\x05kinds\x18\x04 \x03(\x0e2%.backlog.credential.v1.CredentialKindR\x05kinds\x12#\n" +
+	"\rcredential_id\x18\x05 \x01(\tR\fcredentialId\x129\n" +
+	"\n" +
+	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xbf\x01\n" +
 	"\x17IssueCredentialResponse\x12\x1e\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\tR\n" +
@@ -2784,13 +2942,16 @@ const file_backlog_credential_v1_credential_proto_rawDesc = "" +
 	"\x12expect_credentials\x18\x04 \x03(\tR\x11expectCredentials\x12\x14\n" +
 	"\x05label\x18\x05 \x01(\tR\x05label\"f\n" +
 	"\x19RotateCredentialsResponse\x12I\n" +
-	"\vcredentials\x18\x01 \x03(\v2'.backlog.credential.v1.IssuedCredentialR\vcredentials\"\xac\x01\n" +
+	"\vcredentials\x18\x01 \x03(\v2'.backlog.credential.v1.IssuedCredentialR\vcredentials\"\x8c\x02\n" +
 	"\x17RotateCredentialRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x1d\n" +
 	"\n" +
 	"subject_id\x18\x02 \x01(\tR\tsubjectId\x129\n" +
 	"\x04kind\x18\x03 \x01(\x0e2%.backlog.credential.v1.CredentialKindR\x04kind\x12\x14\n" +
-	"\x05label\x18\x04 \x01(\tR\x05label\"u\n" +
+	"\x05label\x18\x04 \x01(\tR\x05label\x12#\n" +
+	"\rcredential_id\x18\x05 \x01(\tR\fcredentialId\x129\n" +
+	"\n" +
+	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"u\n" +
 	"\x18RotateCredentialResponse\x12\x1e\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\tR\n" +
@@ -2821,7 +2982,17 @@ const file_backlog_credential_v1_credential_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\"\x81\x01\n" +
 	"\x14ListSubjectsResponse\x12A\n" +
 	"\bsubjects\x18\x01 \x03(\v2%.backlog.credential.v1.SubjectSummaryR\bsubjects\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd0\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"z\n" +
+	"\x11GetSubjectRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x1d\n" +
+	"\n" +
+	"subject_id\x18\x02 \x01(\tR\tsubjectId\x12#\n" +
+	"\rcredential_id\x18\x03 \x01(\tR\fcredentialId\"\x9c\x01\n" +
+	"\x12GetSubjectResponse\x12?\n" +
+	"\asubject\x18\x01 \x01(\v2%.backlog.credential.v1.SubjectSummaryR\asubject\x12E\n" +
+	"\n" +
+	"credential\x18\x02 \x01(\v2%.backlog.credential.v1.CredentialInfoR\n" +
+	"credential\"\xd0\x01\n" +
 	"\x0eSubjectSummary\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fworkspace_id\x18\x02 \x01(\tR\vworkspaceId\x129\n" +
@@ -2857,7 +3028,7 @@ const file_backlog_credential_v1_credential_proto_rawDesc = "" +
 	"\fUpdateMember\x12*.backlog.credential.v1.UpdateMemberRequest\x1a+.backlog.credential.v1.UpdateMemberResponse\"A\x82\xd3\xe4\x93\x02;:\x06member21/v1/workspaces/{workspace_id}/members/{member_id}\x12\xa2\x01\n" +
 	"\fDeleteMember\x12*.backlog.credential.v1.DeleteMemberRequest\x1a+.backlog.credential.v1.DeleteMemberResponse\"9\x82\xd3\xe4\x93\x023*1/v1/workspaces/{workspace_id}/members/{member_id}\x12y\n" +
 	"\bExchange\x12&.backlog.credential.v1.ExchangeRequest\x1a'.backlog.credential.v1.ExchangeResponse\"\x1c\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/v1/auth/exchange\x12n\n" +
-	"\x06WhoAmI\x12$.backlog.credential.v1.WhoAmIRequest\x1a%.backlog.credential.v1.WhoAmIResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/auth/whoami2\x92\b\n" +
+	"\x06WhoAmI\x12$.backlog.credential.v1.WhoAmIRequest\x1a%.backlog.credential.v1.WhoAmIResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/auth/whoami2\xf5\b\n" +
 	"\x19CredentialInternalService\x12g\n" +
 	"\fAuthenticate\x12*.backlog.credential.v1.AuthenticateRequest\x1a+.backlog.credential.v1.AuthenticateResponse\x12p\n" +
 	"\x0fIssueCredential\x12-.backlog.credential.v1.IssueCredentialRequest\x1a..backlog.credential.v1.IssueCredentialResponse\x12s\n" +
@@ -2866,7 +3037,9 @@ const file_backlog_credential_v1_credential_proto_rawDesc = "" +
 	"\rUpdateSubject\x12+.backlog.credential.v1.UpdateSubjectRequest\x1a,.backlog.credential.v1.UpdateSubjectResponse\x12j\n" +
 	"\rRevokeSubject\x12+.backlog.credential.v1.RevokeSubjectRequest\x1a,.backlog.credential.v1.RevokeSubjectResponse\x12s\n" +
 	"\x10VerifyCredential\x12..backlog.credential.v1.VerifyCredentialRequest\x1a/.backlog.credential.v1.VerifyCredentialResponse\x12g\n" +
-	"\fListSubjects\x12*.backlog.credential.v1.ListSubjectsRequest\x1a+.backlog.credential.v1.ListSubjectsResponse\x12w\n" +
+	"\fListSubjects\x12*.backlog.credential.v1.ListSubjectsRequest\x1a+.backlog.credential.v1.ListSubjectsResponse\x12a\n" +
+	"\n" +
+	"GetSubject\x12(.backlog.credential.v1.GetSubjectRequest\x1a).backlog.credential.v1.GetSubjectResponse\x12w\n" +
 	"\x10WatchRevocations\x12..backlog.credential.v1.WatchRevocationsRequest\x1a/.backlog.credential.v1.WatchRevocationsResponse(\x010\x01BKZIgithub.com/backlog/controlplane/gen/go/backlog/credential/v1;credentialv1b\x06proto3"
 
 var (
@@ -2882,7 +3055,7 @@ func file_backlog_credential_v1_credential_proto_rawDescGZIP() []byte {
 }
 
 var file_backlog_credential_v1_credential_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_backlog_credential_v1_credential_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_backlog_credential_v1_credential_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_backlog_credential_v1_credential_proto_goTypes = []any{
 	(CredentialKind)(0),               // 0: backlog.credential.v1.CredentialKind
 	(SubjectKind)(0),                  // 1: backlog.credential.v1.SubjectKind
@@ -2924,22 +3097,24 @@ var file_backlog_credential_v1_credential_proto_goTypes = []any{
 	(*VerifyCredentialResponse)(nil),  // 37: backlog.credential.v1.VerifyCredentialResponse
 	(*ListSubjectsRequest)(nil),       // 38: backlog.credential.v1.ListSubjectsRequest
 	(*ListSubjectsResponse)(nil),      // 39: backlog.credential.v1.ListSubjectsResponse
-	(*SubjectSummary)(nil),            // 40: backlog.credential.v1.SubjectSummary
-	(*WatchRevocationsRequest)(nil),   // 41: backlog.credential.v1.WatchRevocationsRequest
-	(*WatchRevocationsResponse)(nil),  // 42: backlog.credential.v1.WatchRevocationsResponse
-	(*timestamppb.Timestamp)(nil),     // 43: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),     // 44: google.protobuf.FieldMask
+	(*GetSubjectRequest)(nil),         // 40: backlog.credential.v1.GetSubjectRequest
+	(*GetSubjectResponse)(nil),        // 41: backlog.credential.v1.GetSubjectResponse
+	(*SubjectSummary)(nil),            // 42: backlog.credential.v1.SubjectSummary
+	(*WatchRevocationsRequest)(nil),   // 43: backlog.credential.v1.WatchRevocationsRequest
+	(*WatchRevocationsResponse)(nil),  // 44: backlog.credential.v1.WatchRevocationsResponse
+	(*timestamppb.Timestamp)(nil),     // 45: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),     // 46: google.protobuf.FieldMask
 }
 var file_backlog_credential_v1_credential_proto_depIdxs = []int32{
-	43, // 0: backlog.credential.v1.Workspace.created_at:type_name -> google.protobuf.Timestamp
-	43, // 1: backlog.credential.v1.Member.created_at:type_name -> google.protobuf.Timestamp
-	43, // 2: backlog.credential.v1.Member.updated_at:type_name -> google.protobuf.Timestamp
+	45, // 0: backlog.credential.v1.Workspace.created_at:type_name -> google.protobuf.Timestamp
+	45, // 1: backlog.credential.v1.Member.created_at:type_name -> google.protobuf.Timestamp
+	45, // 2: backlog.credential.v1.Member.updated_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: backlog.credential.v1.CredentialInfo.kind:type_name -> backlog.credential.v1.CredentialKind
-	43, // 4: backlog.credential.v1.CredentialInfo.created_at:type_name -> google.protobuf.Timestamp
-	43, // 5: backlog.credential.v1.CredentialInfo.last_used_at:type_name -> google.protobuf.Timestamp
+	45, // 4: backlog.credential.v1.CredentialInfo.created_at:type_name -> google.protobuf.Timestamp
+	45, // 5: backlog.credential.v1.CredentialInfo.last_used_at:type_name -> google.protobuf.Timestamp
 	0,  // 6: backlog.credential.v1.Principal.credential_kind:type_name -> backlog.credential.v1.CredentialKind
 	1,  // 7: backlog.credential.v1.Principal.subject_kind:type_name -> backlog.credential.v1.SubjectKind
-	43, // 8: backlog.credential.v1.Principal.expires_at:type_name -> google.protobuf.Timestamp
+	45, // 8: backlog.credential.v1.Principal.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 9: backlog.credential.v1.Subject.kind:type_name -> backlog.credential.v1.SubjectKind
 	2,  // 10: backlog.credential.v1.CreateWorkspaceResponse.workspace:type_name -> backlog.credential.v1.Workspace
 	3,  // 11: backlog.credential.v1.CreateWorkspaceResponse.owner:type_name -> backlog.credential.v1.Member
@@ -2947,67 +3122,73 @@ var file_backlog_credential_v1_credential_proto_depIdxs = []int32{
 	3,  // 13: backlog.credential.v1.ListMembersResponse.members:type_name -> backlog.credential.v1.Member
 	3,  // 14: backlog.credential.v1.CreateMemberResponse.member:type_name -> backlog.credential.v1.Member
 	3,  // 15: backlog.credential.v1.UpdateMemberRequest.member:type_name -> backlog.credential.v1.Member
-	44, // 16: backlog.credential.v1.UpdateMemberRequest.update_mask:type_name -> google.protobuf.FieldMask
+	46, // 16: backlog.credential.v1.UpdateMemberRequest.update_mask:type_name -> google.protobuf.FieldMask
 	3,  // 17: backlog.credential.v1.UpdateMemberResponse.member:type_name -> backlog.credential.v1.Member
-	43, // 18: backlog.credential.v1.ExchangeResponse.expires_at:type_name -> google.protobuf.Timestamp
-	43, // 19: backlog.credential.v1.WhoAmIResponse.expires_at:type_name -> google.protobuf.Timestamp
+	45, // 18: backlog.credential.v1.ExchangeResponse.expires_at:type_name -> google.protobuf.Timestamp
+	45, // 19: backlog.credential.v1.WhoAmIResponse.expires_at:type_name -> google.protobuf.Timestamp
 	5,  // 20: backlog.credential.v1.AuthenticateResponse.principal:type_name -> backlog.credential.v1.Principal
 	6,  // 21: backlog.credential.v1.IssueCredentialRequest.subject:type_name -> backlog.credential.v1.Subject
 	0,  // 22: backlog.credential.v1.IssueCredentialRequest.kind:type_name -> backlog.credential.v1.CredentialKind
 	0,  // 23: backlog.credential.v1.IssueCredentialRequest.kinds:type_name -> backlog.credential.v1.CredentialKind
-	4,  // 24: backlog.credential.v1.IssueCredentialResponse.info:type_name -> backlog.credential.v1.CredentialInfo
-	27, // 25: backlog.credential.v1.IssueCredentialResponse.credentials:type_name -> backlog.credential.v1.IssuedCredential
-	4,  // 26: backlog.credential.v1.IssuedCredential.info:type_name -> backlog.credential.v1.CredentialInfo
-	0,  // 27: backlog.credential.v1.RotateCredentialsRequest.kinds:type_name -> backlog.credential.v1.CredentialKind
-	27, // 28: backlog.credential.v1.RotateCredentialsResponse.credentials:type_name -> backlog.credential.v1.IssuedCredential
-	0,  // 29: backlog.credential.v1.RotateCredentialRequest.kind:type_name -> backlog.credential.v1.CredentialKind
-	4,  // 30: backlog.credential.v1.RotateCredentialResponse.info:type_name -> backlog.credential.v1.CredentialInfo
-	6,  // 31: backlog.credential.v1.UpdateSubjectRequest.subject:type_name -> backlog.credential.v1.Subject
-	0,  // 32: backlog.credential.v1.VerifyCredentialRequest.kind:type_name -> backlog.credential.v1.CredentialKind
-	4,  // 33: backlog.credential.v1.VerifyCredentialResponse.info:type_name -> backlog.credential.v1.CredentialInfo
-	1,  // 34: backlog.credential.v1.ListSubjectsRequest.kind:type_name -> backlog.credential.v1.SubjectKind
-	40, // 35: backlog.credential.v1.ListSubjectsResponse.subjects:type_name -> backlog.credential.v1.SubjectSummary
-	43, // 36: backlog.credential.v1.SubjectSummary.created_at:type_name -> google.protobuf.Timestamp
-	4,  // 37: backlog.credential.v1.SubjectSummary.live_credentials:type_name -> backlog.credential.v1.CredentialInfo
-	7,  // 38: backlog.credential.v1.CredentialService.CreateWorkspace:input_type -> backlog.credential.v1.CreateWorkspaceRequest
-	9,  // 39: backlog.credential.v1.CredentialService.GetWorkspace:input_type -> backlog.credential.v1.GetWorkspaceRequest
-	11, // 40: backlog.credential.v1.CredentialService.ListMembers:input_type -> backlog.credential.v1.ListMembersRequest
-	13, // 41: backlog.credential.v1.CredentialService.CreateMember:input_type -> backlog.credential.v1.CreateMemberRequest
-	15, // 42: backlog.credential.v1.CredentialService.UpdateMember:input_type -> backlog.credential.v1.UpdateMemberRequest
-	17, // 43: backlog.credential.v1.CredentialService.DeleteMember:input_type -> backlog.credential.v1.DeleteMemberRequest
-	19, // 44: backlog.credential.v1.CredentialService.Exchange:input_type -> backlog.credential.v1.ExchangeRequest
-	21, // 45: backlog.credential.v1.CredentialService.WhoAmI:input_type -> backlog.credential.v1.WhoAmIRequest
-	23, // 46: backlog.credential.v1.CredentialInternalService.Authenticate:input_type -> backlog.credential.v1.AuthenticateRequest
-	25, // 47: backlog.credential.v1.CredentialInternalService.IssueCredential:input_type -> backlog.credential.v1.IssueCredentialRequest
-	30, // 48: backlog.credential.v1.CredentialInternalService.RotateCredential:input_type -> backlog.credential.v1.RotateCredentialRequest
-	28, // 49: backlog.credential.v1.CredentialInternalService.RotateCredentials:input_type -> backlog.credential.v1.RotateCredentialsRequest
-	32, // 50: backlog.credential.v1.CredentialInternalService.UpdateSubject:input_type -> backlog.credential.v1.UpdateSubjectRequest
-	34, // 51: backlog.credential.v1.CredentialInternalService.RevokeSubject:input_type -> backlog.credential.v1.RevokeSubjectRequest
-	36, // 52: backlog.credential.v1.CredentialInternalService.VerifyCredential:input_type -> backlog.credential.v1.VerifyCredentialRequest
-	38, // 53: backlog.credential.v1.CredentialInternalService.ListSubjects:input_type -> backlog.credential.v1.ListSubjectsRequest
-	41, // 54: backlog.credential.v1.CredentialInternalService.WatchRevocations:input_type -> backlog.credential.v1.WatchRevocationsRequest
-	8,  // 55: backlog.credential.v1.CredentialService.CreateWorkspace:output_type -> backlog.credential.v1.CreateWorkspaceResponse
-	10, // 56: backlog.credential.v1.CredentialService.GetWorkspace:output_type -> backlog.credential.v1.GetWorkspaceResponse
-	12, // 57: backlog.credential.v1.CredentialService.ListMembers:output_type -> backlog.credential.v1.ListMembersResponse
-	14, // 58: backlog.credential.v1.CredentialService.CreateMember:output_type -> backlog.credential.v1.CreateMemberResponse
-	16, // 59: backlog.credential.v1.CredentialService.UpdateMember:output_type -> backlog.credential.v1.UpdateMemberResponse
-	18, // 60: backlog.credential.v1.CredentialService.DeleteMember:output_type -> backlog.credential.v1.DeleteMemberResponse
-	20, // 61: backlog.credential.v1.CredentialService.Exchange:output_type -> backlog.credential.v1.ExchangeResponse
-	22, // 62: backlog.credential.v1.CredentialService.WhoAmI:output_type -> backlog.credential.v1.WhoAmIResponse
-	24, // 63: backlog.credential.v1.CredentialInternalService.Authenticate:output_type -> backlog.credential.v1.AuthenticateResponse
-	26, // 64: backlog.credential.v1.CredentialInternalService.IssueCredential:output_type -> backlog.credential.v1.IssueCredentialResponse
-	31, // 65: backlog.credential.v1.CredentialInternalService.RotateCredential:output_type -> backlog.credential.v1.RotateCredentialResponse
-	29, // 66: backlog.credential.v1.CredentialInternalService.RotateCredentials:output_type -> backlog.credential.v1.RotateCredentialsResponse
-	33, // 67: backlog.credential.v1.CredentialInternalService.UpdateSubject:output_type -> backlog.credential.v1.UpdateSubjectResponse
-	35, // 68: backlog.credential.v1.CredentialInternalService.RevokeSubject:output_type -> backlog.credential.v1.RevokeSubjectResponse
-	37, // 69: backlog.credential.v1.CredentialInternalService.VerifyCredential:output_type -> backlog.credential.v1.VerifyCredentialResponse
-	39, // 70: backlog.credential.v1.CredentialInternalService.ListSubjects:output_type -> backlog.credential.v1.ListSubjectsResponse
-	42, // 71: backlog.credential.v1.CredentialInternalService.WatchRevocations:output_type -> backlog.credential.v1.WatchRevocationsResponse
-	55, // [55:72] is the sub-list for method output_type
-	38, // [38:55] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	45, // 24: backlog.credential.v1.IssueCredentialRequest.created_at:type_name -> google.protobuf.Timestamp
+	4,  // 25: backlog.credential.v1.IssueCredentialResponse.info:type_name -> backlog.credential.v1.CredentialInfo
+	27, // 26: backlog.credential.v1.IssueCredentialResponse.credentials:type_name -> backlog.credential.v1.IssuedCredential
+	4,  // 27: backlog.credential.v1.IssuedCredential.info:type_name -> backlog.credential.v1.CredentialInfo
+	0,  // 28: backlog.credential.v1.RotateCredentialsRequest.kinds:type_name -> backlog.credential.v1.CredentialKind
+	27, // 29: backlog.credential.v1.RotateCredentialsResponse.credentials:type_name -> backlog.credential.v1.IssuedCredential
+	0,  // 30: backlog.credential.v1.RotateCredentialRequest.kind:type_name -> backlog.credential.v1.CredentialKind
+	45, // 31: backlog.credential.v1.RotateCredentialRequest.created_at:type_name -> google.protobuf.Timestamp
+	4,  // 32: backlog.credential.v1.RotateCredentialResponse.info:type_name -> backlog.credential.v1.CredentialInfo
+	6,  // 33: backlog.credential.v1.UpdateSubjectRequest.subject:type_name -> backlog.credential.v1.Subject
+	0,  // 34: backlog.credential.v1.VerifyCredentialRequest.kind:type_name -> backlog.credential.v1.CredentialKind
+	4,  // 35: backlog.credential.v1.VerifyCredentialResponse.info:type_name -> backlog.credential.v1.CredentialInfo
+	1,  // 36: backlog.credential.v1.ListSubjectsRequest.kind:type_name -> backlog.credential.v1.SubjectKind
+	42, // 37: backlog.credential.v1.ListSubjectsResponse.subjects:type_name -> backlog.credential.v1.SubjectSummary
+	42, // 38: backlog.credential.v1.GetSubjectResponse.subject:type_name -> backlog.credential.v1.SubjectSummary
+	4,  // 39: backlog.credential.v1.GetSubjectResponse.credential:type_name -> backlog.credential.v1.CredentialInfo
+	45, // 40: backlog.credential.v1.SubjectSummary.created_at:type_name -> google.protobuf.Timestamp
+	4,  // 41: backlog.credential.v1.SubjectSummary.live_credentials:type_name -> backlog.credential.v1.CredentialInfo
+	7,  // 42: backlog.credential.v1.CredentialService.CreateWorkspace:input_type -> backlog.credential.v1.CreateWorkspaceRequest
+	9,  // 43: backlog.credential.v1.CredentialService.GetWorkspace:input_type -> backlog.credential.v1.GetWorkspaceRequest
+	11, // 44: backlog.credential.v1.CredentialService.ListMembers:input_type -> backlog.credential.v1.ListMembersRequest
+	13, // 45: backlog.credential.v1.CredentialService.CreateMember:input_type -> backlog.credential.v1.CreateMemberRequest
+	15, // 46: backlog.credential.v1.CredentialService.UpdateMember:input_type -> backlog.credential.v1.UpdateMemberRequest
+	17, // 47: backlog.credential.v1.CredentialService.DeleteMember:input_type -> backlog.credential.v1.DeleteMemberRequest
+	19, // 48: backlog.credential.v1.CredentialService.Exchange:input_type -> backlog.credential.v1.ExchangeRequest
+	21, // 49: backlog.credential.v1.CredentialService.WhoAmI:input_type -> backlog.credential.v1.WhoAmIRequest
+	23, // 50: backlog.credential.v1.CredentialInternalService.Authenticate:input_type -> backlog.credential.v1.AuthenticateRequest
+	25, // 51: backlog.credential.v1.CredentialInternalService.IssueCredential:input_type -> backlog.credential.v1.IssueCredentialRequest
+	30, // 52: backlog.credential.v1.CredentialInternalService.RotateCredential:input_type -> backlog.credential.v1.RotateCredentialRequest
+	28, // 53: backlog.credential.v1.CredentialInternalService.RotateCredentials:input_type -> backlog.credential.v1.RotateCredentialsRequest
+	32, // 54: backlog.credential.v1.CredentialInternalService.UpdateSubject:input_type -> backlog.credential.v1.UpdateSubjectRequest
+	34, // 55: backlog.credential.v1.CredentialInternalService.RevokeSubject:input_type -> backlog.credential.v1.RevokeSubjectRequest
+	36, // 56: backlog.credential.v1.CredentialInternalService.VerifyCredential:input_type -> backlog.credential.v1.VerifyCredentialRequest
+	38, // 57: backlog.credential.v1.CredentialInternalService.ListSubjects:input_type -> backlog.credential.v1.ListSubjectsRequest
+	40, // 58: backlog.credential.v1.CredentialInternalService.GetSubject:input_type -> backlog.credential.v1.GetSubjectRequest
+	43, // 59: backlog.credential.v1.CredentialInternalService.WatchRevocations:input_type -> backlog.credential.v1.WatchRevocationsRequest
+	8,  // 60: backlog.credential.v1.CredentialService.CreateWorkspace:output_type -> backlog.credential.v1.CreateWorkspaceResponse
+	10, // 61: backlog.credential.v1.CredentialService.GetWorkspace:output_type -> backlog.credential.v1.GetWorkspaceResponse
+	12, // 62: backlog.credential.v1.CredentialService.ListMembers:output_type -> backlog.credential.v1.ListMembersResponse
+	14, // 63: backlog.credential.v1.CredentialService.CreateMember:output_type -> backlog.credential.v1.CreateMemberResponse
+	16, // 64: backlog.credential.v1.CredentialService.UpdateMember:output_type -> backlog.credential.v1.UpdateMemberResponse
+	18, // 65: backlog.credential.v1.CredentialService.DeleteMember:output_type -> backlog.credential.v1.DeleteMemberResponse
+	20, // 66: backlog.credential.v1.CredentialService.Exchange:output_type -> backlog.credential.v1.ExchangeResponse
+	22, // 67: backlog.credential.v1.CredentialService.WhoAmI:output_type -> backlog.credential.v1.WhoAmIResponse
+	24, // 68: backlog.credential.v1.CredentialInternalService.Authenticate:output_type -> backlog.credential.v1.AuthenticateResponse
+	26, // 69: backlog.credential.v1.CredentialInternalService.IssueCredential:output_type -> backlog.credential.v1.IssueCredentialResponse
+	31, // 70: backlog.credential.v1.CredentialInternalService.RotateCredential:output_type -> backlog.credential.v1.RotateCredentialResponse
+	29, // 71: backlog.credential.v1.CredentialInternalService.RotateCredentials:output_type -> backlog.credential.v1.RotateCredentialsResponse
+	33, // 72: backlog.credential.v1.CredentialInternalService.UpdateSubject:output_type -> backlog.credential.v1.UpdateSubjectResponse
+	35, // 73: backlog.credential.v1.CredentialInternalService.RevokeSubject:output_type -> backlog.credential.v1.RevokeSubjectResponse
+	37, // 74: backlog.credential.v1.CredentialInternalService.VerifyCredential:output_type -> backlog.credential.v1.VerifyCredentialResponse
+	39, // 75: backlog.credential.v1.CredentialInternalService.ListSubjects:output_type -> backlog.credential.v1.ListSubjectsResponse
+	41, // 76: backlog.credential.v1.CredentialInternalService.GetSubject:output_type -> backlog.credential.v1.GetSubjectResponse
+	44, // 77: backlog.credential.v1.CredentialInternalService.WatchRevocations:output_type -> backlog.credential.v1.WatchRevocationsResponse
+	60, // [60:78] is the sub-list for method output_type
+	42, // [42:60] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_backlog_credential_v1_credential_proto_init() }
@@ -3021,7 +3202,7 @@ func file_backlog_credential_v1_credential_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_backlog_credential_v1_credential_proto_rawDesc), len(file_backlog_credential_v1_credential_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   41,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -419,6 +419,7 @@ const (
 	CredentialInternalService_RevokeSubject_FullMethodName     = "/backlog.credential.v1.CredentialInternalService/RevokeSubject"
 	CredentialInternalService_VerifyCredential_FullMethodName  = "/backlog.credential.v1.CredentialInternalService/VerifyCredential"
 	CredentialInternalService_ListSubjects_FullMethodName      = "/backlog.credential.v1.CredentialInternalService/ListSubjects"
+	CredentialInternalService_GetSubject_FullMethodName        = "/backlog.credential.v1.CredentialInternalService/GetSubject"
 	CredentialInternalService_WatchRevocations_FullMethodName  = "/backlog.credential.v1.CredentialInternalService/WatchRevocations"
 )
 
@@ -455,6 +456,11 @@ type CredentialInternalServiceClient interface {
 	// so that a service can find subjects it holds no record of (a create that
 	// died between issuing the credential and writing the record) and revoke them.
 	ListSubjects(ctx context.Context, in *ListSubjectsRequest, opts ...grpc.CallOption) (*ListSubjectsResponse, error)
+	// GetSubject returns one live subject with its live credentials' metadata,
+	// or NotFound when there is none (never issued, or revoked). A service that
+	// wrote its record while a credential was being issued asks it whether that
+	// credential was issued (credential_id).
+	GetSubject(ctx context.Context, in *GetSubjectRequest, opts ...grpc.CallOption) (*GetSubjectResponse, error)
 	// WatchRevocations streams invalidation events so that every service can drop
 	// cached principals the moment a credential dies. The watcher acknowledges
 	// each event on its half of the stream; a revoking call returns only once
@@ -550,6 +556,16 @@ func (c *credentialInternalServiceClient) ListSubjects(ctx context.Context, in *
 	return out, nil
 }
 
+func (c *credentialInternalServiceClient) GetSubject(ctx context.Context, in *GetSubjectRequest, opts ...grpc.CallOption) (*GetSubjectResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetSubjectResponse)
+	err := c.cc.Invoke(ctx, CredentialInternalService_GetSubject_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *credentialInternalServiceClient) WatchRevocations(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchRevocationsRequest, WatchRevocationsResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &CredentialInternalService_ServiceDesc.Streams[0], CredentialInternalService_WatchRevocations_FullMethodName, cOpts...)
@@ -596,6 +612,11 @@ type CredentialInternalServiceServer interface {
 	// so that a service can find subjects it holds no record of (a create that
 	// died between issuing the credential and writing the record) and revoke them.
 	ListSubjects(context.Context, *ListSubjectsRequest) (*ListSubjectsResponse, error)
+	// GetSubject returns one live subject with its live credentials' metadata,
+	// or NotFound when there is none (never issued, or revoked). A service that
+	// wrote its record while a credential was being issued asks it whether that
+	// credential was issued (credential_id).
+	GetSubject(context.Context, *GetSubjectRequest) (*GetSubjectResponse, error)
 	// WatchRevocations streams invalidation events so that every service can drop
 	// cached principals the moment a credential dies. The watcher acknowledges
 	// each event on its half of the stream; a revoking call returns only once
@@ -634,6 +655,9 @@ func (UnimplementedCredentialInternalServiceServer) VerifyCredential(context.Con
 }
 func (UnimplementedCredentialInternalServiceServer) ListSubjects(context.Context, *ListSubjectsRequest) (*ListSubjectsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListSubjects not implemented")
+}
+func (UnimplementedCredentialInternalServiceServer) GetSubject(context.Context, *GetSubjectRequest) (*GetSubjectResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSubject not implemented")
 }
 func (UnimplementedCredentialInternalServiceServer) WatchRevocations(grpc.BidiStreamingServer[WatchRevocationsRequest, WatchRevocationsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchRevocations not implemented")
@@ -804,6 +828,24 @@ func _CredentialInternalService_ListSubjects_Handler(srv interface{}, ctx contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CredentialInternalService_GetSubject_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSubjectRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CredentialInternalServiceServer).GetSubject(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CredentialInternalService_GetSubject_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CredentialInternalServiceServer).GetSubject(ctx, req.(*GetSubjectRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _CredentialInternalService_WatchRevocations_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(CredentialInternalServiceServer).WatchRevocations(&grpc.GenericServerStream[WatchRevocationsRequest, WatchRevocationsResponse]{ServerStream: stream})
 }
@@ -849,6 +891,10 @@ var CredentialInternalService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListSubjects",
 			Handler:    _CredentialInternalService_ListSubjects_Handler,
+		},
+		{
+			MethodName: "GetSubject",
+			Handler:    _CredentialInternalService_GetSubject_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
