@@ -13,6 +13,7 @@ import (
 
 	auditv1 "github.com/backlog/controlplane/gen/go/backlog/audit/v1"
 	automationv1 "github.com/backlog/controlplane/gen/go/backlog/automation/v1"
+	automationstorev1 "github.com/backlog/controlplane/gen/go/backlog/automationstore/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	"github.com/backlog/controlplane/services/kit/audit"
 	"github.com/backlog/controlplane/services/kit/auth"
@@ -57,16 +58,51 @@ func (s *Service) ListAutomations(ctx context.Context, req *automationv1.ListAut
 		return nil, err
 	}
 	resp := &automationv1.ListAutomationsResponse{}
+	var marks map[string]*automationstorev1.PendingSecret
 	err = s.db.View(ctx, func(tx store.ReadTx) error {
-		resp.Automations = nil
+		resp.Automations, marks = nil, nil
 		next, err := listAutomations(tx, ws, after, size, func(a *automationv1.Automation) {
 			resp.Automations = append(resp.Automations, a)
 		})
 		resp.NextPageToken = page.Encode(ctx, ws, next)
-		return err
+		if err != nil {
+			return err
+		}
+		if any, err := anyPending(tx, ws); err != nil || !any {
+			return err
+		}
+		for _, a := range resp.Automations {
+			m, err := getPending(tx, ws, a.GetId())
+			if err != nil {
+				return err
+			}
+			if m != nil {
+				if marks == nil {
+					marks = map[string]*automationstorev1.PendingSecret{}
+				}
+				marks[a.GetId()] = m
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	if len(marks) > 0 {
+		// Records whose credential is being issued show what they count
+		// as; a create not yet done is left out of the page.
+		shown := resp.Automations[:0]
+		for _, a := range resp.Automations {
+			a, err := s.settle(ctx, a, marks[a.GetId()])
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			shown = append(shown, a)
+		}
+		resp.Automations = shown
 	}
 	return resp, nil
 }
@@ -177,6 +213,9 @@ func (s *Service) CreateAutomation(ctx context.Context, req *automationv1.Create
 		Scopes:      scopes,
 		CreatedAt:   now,
 		UpdatedAt:   now,
+	}
+	if r == nil {
+		return s.createConcurrently(ctx, a, label)
 	}
 	issued, err := s.cred.IssueCredential(ctx, &credentialv1.IssueCredentialRequest{Subject: subjectOf(a), Kind: secretKind, Label: label})
 	if err != nil {
@@ -321,7 +360,8 @@ func (s *Service) UpdateAutomation(ctx context.Context, req *automationv1.Update
 	events := s.updateEvents(ctx, ws, old, next, ch)
 	write := func() error {
 		return s.db.Update(ctx, func(tx store.WriteTx) error {
-			if _, err := getAutomation(tx, ws, id); err != nil {
+			cur, err := getAutomation(tx, ws, id)
+			if err != nil {
 				return err
 			}
 			if renamed {
@@ -332,7 +372,11 @@ func (s *Service) UpdateAutomation(ctx context.Context, req *automationv1.Update
 			if err := names.Claim(tx, ws, next.Name, id); err != nil {
 				return err
 			}
-			if err := putAutomation(tx, next); err != nil {
+			// The stored credential stays as it is (it may be pending,
+			// see settle); only the fields of the mask change.
+			rec := proto.CloneOf(next)
+			rec.Credential = cur.GetCredential()
+			if err := putAutomation(tx, rec); err != nil {
 				return err
 			}
 			for _, ev := range events {
@@ -543,6 +587,9 @@ func (s *Service) RotateAutomationSecret(ctx context.Context, req *automationv1.
 	if label == "" {
 		label = a.GetCredential().GetLabel() // keep the current label unless a new one is sent
 	}
+	if r == nil {
+		return s.rotateConcurrently(ctx, a, label)
+	}
 	rotated, err := s.cred.RotateCredential(ctx, &credentialv1.RotateCredentialRequest{WorkspaceId: ws, SubjectId: id, Kind: secretKind, Label: label})
 	if err != nil {
 		err = s.credErr(ctx, "rotate", err)
@@ -566,6 +613,9 @@ func (s *Service) RotateAutomationSecret(ctx context.Context, req *automationv1.
 			cur.Credential = si
 			cur.UpdatedAt = timestamppb.New(s.now())
 			if err := putAutomation(tx, cur); err != nil {
+				return err
+			}
+			if err := clearPending(tx, ws, id); err != nil {
 				return err
 			}
 		}
@@ -607,17 +657,14 @@ func (s *Service) RotateAutomationSecret(ctx context.Context, req *automationv1.
 }
 
 // load reads one automation of workspace ws.
+// A record written while its credential was being issued shows what it
+// counts as (see settle).
 func (s *Service) load(ctx context.Context, ws, id string) (*automationv1.Automation, error) {
-	var a *automationv1.Automation
-	err := s.db.View(ctx, func(tx store.ReadTx) error {
-		var err error
-		a, err = getAutomation(tx, ws, id)
-		return err
-	})
+	a, m, err := s.loadRaw(ctx, ws, id)
 	if err != nil {
 		return nil, err
 	}
-	return a, nil
+	return s.settle(ctx, a, m)
 }
 
 // withinCaller keeps a caller that is not a person — an access token or an

@@ -202,6 +202,9 @@ func (s *Service) rotateRaced(ctx context.Context, ws, id string, r *idem.Reques
 		if err := putAutomation(tx, cur); err != nil {
 			return err
 		}
+		if err := clearPending(tx, ws, id); err != nil {
+			return err
+		}
 		return audit.Put(tx, ev)
 	})
 	if errors.Is(err, ErrNotFound) {

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	automationv1 "github.com/backlog/controlplane/gen/go/backlog/automation/v1"
+	automationstorev1 "github.com/backlog/controlplane/gen/go/backlog/automationstore/v1"
 	"github.com/backlog/controlplane/services/kit/audit"
 	"github.com/backlog/controlplane/services/kit/store"
 )
@@ -40,8 +41,13 @@ var (
 	// replica's to end (and then finds its replay) instead of rotating too.
 	leasesBucket = store.Bucket("automation_rotation_leases")
 
+	// pendingBucket marks the records written while the credential they
+	// name was being issued: key workspace/automation-id, value an
+	// automationstorev1.PendingSecret (see pending.go).
+	pendingBucket = store.Bucket("automation_pending_secrets")
+
 	// buckets is every bucket the store is opened with.
-	buckets = []store.Bucket{automationsBucket, namesBucket, replaysBucket, leasesBucket, audit.Bucket, audit.ChainBucket}
+	buckets = []store.Bucket{automationsBucket, namesBucket, replaysBucket, leasesBucket, pendingBucket, audit.Bucket, audit.ChainBucket}
 )
 
 func automationKey(ws, id string) []byte { return store.Key(ws, id) }
@@ -76,10 +82,46 @@ func putAutomation(tx store.WriteTx, a *automationv1.Automation) error {
 	return store.Put(tx, automationsBucket, automationKey(a.GetWorkspaceId(), a.GetId()), a)
 }
 
-// deleteAutomation removes the record of automation id of workspace ws (its
-// name is released separately, see names.Release).
+// deleteAutomation removes the record of automation id of workspace ws and
+// its pending marker (its name is released separately, see names.Release).
 func deleteAutomation(tx store.WriteTx, ws, id string) error {
-	return tx.Delete(automationsBucket, automationKey(ws, id))
+	if err := tx.Delete(automationsBucket, automationKey(ws, id)); err != nil {
+		return err
+	}
+	return clearPending(tx, ws, id)
+}
+
+// getPending reads the pending marker of automation id; nil when none.
+func getPending(tx store.ReadTx, ws, id string) (*automationstorev1.PendingSecret, error) {
+	m := &automationstorev1.PendingSecret{}
+	ok, err := store.Get(tx, pendingBucket, automationKey(ws, id), m)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return m, nil
+}
+
+// putPending marks the record of automation id as naming a credential
+// being issued.
+func putPending(tx store.WriteTx, ws, id string, m *automationstorev1.PendingSecret) error {
+	return store.Put(tx, pendingBucket, automationKey(ws, id), m)
+}
+
+// clearPending removes the pending marker of automation id, if any: the
+// record's credential is the one to show.
+func clearPending(tx store.WriteTx, ws, id string) error {
+	return tx.Delete(pendingBucket, automationKey(ws, id))
+}
+
+// anyPending reports whether some record of workspace ws has a pending
+// marker (a list then settles its page; see Service.settle).
+func anyPending(tx store.ReadTx, ws string) (bool, error) {
+	found := false
+	_, err := store.Scan(tx, pendingBucket, workspacePrefix(ws), nil, 1, func(k, v []byte) (bool, error) {
+		found = true
+		return true, nil
+	})
+	return found, err
 }
 
 // listAutomations passes up to limit automations of workspace ws to fn,

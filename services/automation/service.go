@@ -77,10 +77,15 @@ type Service struct {
 	errs  *errs.Table
 	audit *audit.Server
 	locks *keylock.Locks
+	// pending tracks the writes this process makes while their
+	// credentials are being issued (see pending.go).
+	pending *pendingWrites
 
 	stopSweep context.CancelFunc
 	sweepDone chan struct{} // closed after the first orphan sweep
 	keepDone  chan struct{} // closed when the sweeping goroutine ended
+	// promoteDone is closed when promoteLoop ended.
+	promoteDone chan struct{}
 }
 
 // New opens the store and returns the service.
@@ -125,6 +130,8 @@ func New(cfg Config) (*Service, error) {
 		errs:  newErrorTable(),
 		audit: &audit.Server{DB: db},
 		locks: keylock.New(),
+
+		pending: newPendingWrites(),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	svc.stopSweep, svc.sweepDone = cancel, make(chan struct{})
@@ -132,8 +139,13 @@ func New(cfg Config) (*Service, error) {
 		Client: cfg.Credential, Logger: lg, Kind: subjectKind, KindName: serviceName,
 		Store: db.Info(), Before: svc.now(),
 		Recorded: func(sub *credentialv1.SubjectSummary) (bool, error) { return svc.recorded(ctx, sub) },
+		Settle:   svc.settlePending,
 	}
-	svc.keepDone = make(chan struct{})
+	svc.keepDone, svc.promoteDone = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(svc.promoteDone)
+		svc.promoteLoop(ctx)
+	}()
 	go func() {
 		defer close(svc.keepDone)
 		var once sync.Once
@@ -183,7 +195,10 @@ func (s *Service) recorded(ctx context.Context, sub *credentialv1.SubjectSummary
 		}
 		cur.Credential = si
 		repaired = true
-		return putAutomation(tx, cur)
+		if err := putAutomation(tx, cur); err != nil {
+			return err
+		}
+		return clearPending(tx, ws, id)
 	})
 	if err != nil {
 		return true, err
@@ -215,6 +230,17 @@ func (s *Service) DB() store.Backend { return s.db }
 func (s *Service) Close() error {
 	s.stopSweep()
 	<-s.keepDone
+	<-s.promoteDone
+	// Remove the markers of writes known live now rather than ask the
+	// credential service about them after the restart.
+	ctx, cancel := context.WithTimeout(context.Background(), compensateTimeout)
+	defer cancel()
+	for todo := s.pending.lives(s.promoteBatch()); len(todo) > 0; todo = s.pending.lives(s.promoteBatch()) {
+		if err := s.promote(ctx, todo); err != nil {
+			s.lg.Debug("could not remove pending markers at close; they are settled after the restart", zap.Error(err))
+			break
+		}
+	}
 	return s.db.Close()
 }
 
@@ -246,18 +272,24 @@ func (s *Service) recordRefusal(ctx context.Context, ws, action, id string, caus
 // recordFailure writes a failure audit event in a transaction of its own.
 // Best effort: the request has already failed and the caller learns that.
 func (s *Service) recordFailure(ctx context.Context, ws, action, id string, cause error) {
-	detail := "failed"
-	if st, ok := status.FromError(cause); ok {
-		detail = "failed: " + st.Code().String()
-	} else if errors.Is(cause, store.ErrUnavailable) {
-		detail = "failed: store unavailable"
-	} else if errors.Is(cause, ErrCredentialUnavailable) {
-		detail = "failed: credential service unavailable"
-	}
-	ev := s.rec.Event(ctx, ws, action, "automation", id, audit.Failure, detail)
+	ev := s.rec.Event(ctx, ws, action, "automation", id, audit.Failure, failureDetail(cause))
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), compensateTimeout)
 	defer cancel()
 	if err := audit.Record(ctx, s.db, ev); err != nil {
 		s.lg.Warn("could not record a failure audit event", zap.String("action", action), zap.String("automation-id", id), zap.Error(err))
 	}
+}
+
+// failureDetail describes a failure for an audit event by its kind (never
+// its message): "failed: Unavailable", "failed: store unavailable", ….
+func failureDetail(cause error) string {
+	switch st, ok := status.FromError(cause); {
+	case ok:
+		return "failed: " + st.Code().String()
+	case errors.Is(cause, store.ErrUnavailable):
+		return "failed: store unavailable"
+	case errors.Is(cause, ErrCredentialUnavailable):
+		return "failed: credential service unavailable"
+	}
+	return "failed"
 }

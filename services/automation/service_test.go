@@ -92,6 +92,41 @@ type harness struct {
 	dataDir string
 	addr    string // the automation server's
 	stop    func() // stops the automation server and closes its store (idempotent)
+	// faults makes the automation service's next call of a credential
+	// service method fail (see credFaults).
+	faults *credFaults
+}
+
+// Faults injected into the automation service's calls to the (real)
+// credential service.
+const (
+	faultNone       = iota
+	faultRefuse     // the call fails without reaching the credential service
+	faultLoseAnswer // the call is made, then its answer is lost
+)
+
+// credFaults holds one fault per credential service method, used once.
+type credFaults struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+// set makes the next call of method (e.g. "IssueCredential") fail with mode.
+func (f *credFaults) set(method string, mode int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.m == nil {
+		f.m = map[string]int{}
+	}
+	f.m["/backlog.credential.v1.CredentialInternalService/"+method] = mode
+}
+
+func (f *credFaults) take(fullMethod string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	mode := f.m[fullMethod]
+	delete(f.m, fullMethod)
+	return mode
 }
 
 func newHarness(t *testing.T) *harness {
@@ -108,8 +143,22 @@ func newHarness(t *testing.T) *harness {
 	// The automation service's own connection to the credential service,
 	// recording every raw credential it receives (so that the test knows
 	// even secrets the service never returned to anyone).
+	faults := &credFaults{}
 	capture := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		mode := faults.take(method)
+		if mode == faultRefuse {
+			return status.Error(codes.Unavailable, "injected: the call did not reach the credential service")
+		}
 		err := invoker(ctx, method, req, reply, cc, opts...)
+		if mode == faultLoseAnswer {
+			switch r := reply.(type) {
+			case *credentialv1.IssueCredentialResponse:
+				seen.add(r.GetCredential())
+			case *credentialv1.RotateCredentialResponse:
+				seen.add(r.GetCredential())
+			}
+			return status.Error(codes.Unavailable, "injected: the credential service's answer was lost")
+		}
 		switch r := reply.(type) {
 		case *credentialv1.IssueCredentialResponse:
 			seen.add(r.GetCredential())
@@ -160,7 +209,7 @@ func newHarness(t *testing.T) *harness {
 	}
 	t.Cleanup(stop)
 	return &harness{
-		env: env, svc: svc, logs: logs, seen: seen, dataDir: dir, addr: lis.Addr().String(), stop: stop,
+		env: env, svc: svc, logs: logs, seen: seen, dataDir: dir, addr: lis.Addr().String(), stop: stop, faults: faults,
 		client: automationv1.NewAutomationServiceClient(conn),
 		audit:  auditv1.NewAuditServiceClient(conn),
 	}

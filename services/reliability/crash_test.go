@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 )
 
@@ -52,15 +54,21 @@ type crashFigures struct {
 	lostRotatesCommitted        int
 	orphans                     int
 	staleRecords                int
+	// undoneCreates: records of creates lost in flight whose secret never
+	// became live (marked pending; they count as no automation).
+	undoneCreates []string
+	// pendingMarkers: records still marked pending in the files.
+	pendingMarkers int
 	boltFiles, boltKeys, boltOK int
 	restart                     time.Duration
 }
 
 func (f crashFigures) String() string {
 	return fmt.Sprintf("round %d: ran %s; acknowledged %d creates, %d rotations; in flight at SIGKILL: %d creates, %d rotations (%d of those rotations had committed); "+
-		"bbolt check: %d/%d files clean, %d keys; orphan subjects with a live secret: %d; records naming a dead credential after a lost rotation: %d; restart to ready: %s",
+		"bbolt check: %d/%d files clean, %d keys; orphan subjects with a live secret: %d; records naming a dead credential after a lost rotation: %d; "+
+		"records marked pending: %d, of which creates whose secret never became live: %d; restart to ready: %s",
 		f.round, f.ran.Round(time.Millisecond), f.ackedCreates, f.ackedRotates, f.lostCreates, f.lostRotates, f.lostRotatesCommitted,
-		f.boltOK, f.boltFiles, f.boltKeys, f.orphans, f.staleRecords, f.restart.Round(time.Millisecond))
+		f.boltOK, f.boltFiles, f.boltKeys, f.orphans, f.staleRecords, f.pendingMarkers, len(f.undoneCreates), f.restart.Round(time.Millisecond))
 }
 
 func TestCrashDurability(t *testing.T) {
@@ -213,6 +221,9 @@ func runCrash(t *testing.T, cfg crashConfig) {
 	if final.staleRecords != 0 {
 		t.Errorf("after the sweep, %d automation records still name a dead secret", final.staleRecords)
 	}
+	if final.pendingMarkers != 0 {
+		t.Errorf("after the sweep and a clean stop, %d automation records are still marked pending (%d of them creates never done)", final.pendingMarkers, len(final.undoneCreates))
+	}
 	var sum crashFigures
 	for _, f := range all {
 		sum.ackedCreates += f.ackedCreates
@@ -230,19 +241,50 @@ func runCrash(t *testing.T, cfg crashConfig) {
 // checkCrashStores reads the stores of the killed cluster and checks what
 // must hold whatever the moment of the crash. It returns the id of the one
 // live secret credential of every automation.
+//
+// A record written while its secret was being issued carries a pending
+// marker, and counts only once that secret was issued: a marked create
+// whose secret never was is no automation (it must not be one a client was
+// told about), a marked rotation whose new secret never was shows the
+// previous secret.
 func checkCrashStores(t *testing.T, c *cluster, round int, autos []*crashAuto, f *crashFigures) map[string]string {
 	t.Helper()
 	records := readAutomations(t, c.dbFile("automation"))
+	pending := readPendingSecrets(t, c.dbFile("automation"))
 	subjects := readCredentialStore(t, c.dbFile("credential"))
 	live := map[string]string{}
+	acked := map[string]bool{}
 
 	for _, a := range autos {
+		acked[a.id] = true
 		if _, ok := records[a.id]; !ok {
 			t.Errorf("round %d: automation %s was acknowledged but is not in automation.db after the crash", round, a.id)
 		}
 	}
+	f.pendingMarkers = len(pending)
+	for id := range pending {
+		if _, ok := records[id]; !ok {
+			t.Errorf("round %d: a pending marker names automation %s, which has no record", round, id)
+		}
+	}
 	for id, rec := range records {
 		s, ok := subjects[id]
+		if m := pending[id]; m != nil {
+			if rec.GetCredential().GetId() != m.GetCredentialId() {
+				t.Errorf("round %d: automation %s is marked pending for credential %s but its record names %s", round, id, m.GetCredentialId(), rec.GetCredential().GetId())
+			}
+			if !ok || s.revoked || !s.issued[m.GetCredentialId()] {
+				if m.GetPrevious() == nil {
+					if acked[id] {
+						t.Errorf("round %d: automation %s was acknowledged but the secret its record names (%s) was never issued", round, id, m.GetCredentialId())
+					}
+					f.undoneCreates = append(f.undoneCreates, id)
+					continue
+				}
+				rec = proto.CloneOf(rec)
+				rec.Credential = m.GetPrevious()
+			}
+		}
 		switch {
 		case !ok:
 			t.Errorf("round %d: automation %s is recorded but the credential service has no subject for it", round, id)
@@ -301,6 +343,14 @@ func verifyAfterRestart(t *testing.T, rc *restClient, ws workspace, round int, a
 			return 0
 		}
 		return r.Status
+	}
+	// A create lost in flight whose secret never became live is no
+	// automation, whether or not the sweep has removed its record yet.
+	for _, id := range f.undoneCreates {
+		r, err := rc.do(context.Background(), http.MethodGet, "/v1/workspaces/"+ws.ID+"/automations/"+id, ws.OwnerToken, nil)
+		if err != nil || r.Status != http.StatusNotFound {
+			fail("round %d: automation %s, a create lost in flight whose secret was never issued, answers %v %v after restart, want 404", round, id, r, err)
+		}
 	}
 	work := make(chan *crashAuto)
 	var wg sync.WaitGroup

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	automationv1 "github.com/backlog/controlplane/gen/go/backlog/automation/v1"
+	automationstorev1 "github.com/backlog/controlplane/gen/go/backlog/automationstore/v1"
 	credentialv1 "github.com/backlog/controlplane/gen/go/backlog/credential/v1"
 	credentialstorev1 "github.com/backlog/controlplane/gen/go/backlog/credentialstore/v1"
 	"github.com/backlog/controlplane/services/kit/store"
@@ -22,6 +23,7 @@ var (
 	bucketCredentials = store.Bucket("credentials")
 	bucketSubjects    = store.Bucket("subjects")
 	bucketAutomations = store.Bucket("automations")
+	bucketPending     = store.Bucket("automation_pending_secrets")
 )
 
 // boltCheck runs bbolt's consistency check on the file at path (its process
@@ -74,6 +76,8 @@ type subjectState struct {
 	suspended bool
 	// live are the ids of its credentials not revoked, by kind.
 	live map[credentialv1.CredentialKind][]string
+	// issued are the ids of every credential issued to it, live or not.
+	issued map[string]bool
 }
 
 // readCredentialStore reads every subject and credential of credential.db.
@@ -85,7 +89,7 @@ func readCredentialStore(t testing.TB, path string) map[string]*subjectState {
 	get := func(id string) *subjectState {
 		s, ok := out[id]
 		if !ok {
-			s = &subjectState{live: map[credentialv1.CredentialKind][]string{}}
+			s = &subjectState{live: map[credentialv1.CredentialKind][]string{}, issued: map[string]bool{}}
 			out[id] = s
 		}
 		return s
@@ -108,8 +112,9 @@ func readCredentialStore(t testing.TB, path string) map[string]*subjectState {
 			if err := proto.Unmarshal(v, rec); err != nil {
 				return err
 			}
+			s := get(rec.GetSubjectId())
+			s.issued[rec.GetId()] = true
 			if rec.GetRevokedAt() == nil {
-				s := get(rec.GetSubjectId())
 				s.live[rec.GetKind()] = append(s.live[rec.GetKind()], rec.GetId())
 			}
 			return nil
@@ -134,6 +139,29 @@ func readAutomations(t testing.TB, path string) map[string]*automationv1.Automat
 				return err
 			}
 			out[a.GetId()] = a
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatalf("read %s: %v", path, err)
+	}
+	return out
+}
+
+// readPendingSecrets reads the automation records' pending markers (records
+// written while the secret they name was being issued), by automation id.
+func readPendingSecrets(t testing.TB, path string) map[string]*automationstorev1.PendingSecret {
+	t.Helper()
+	db := openReader(t, path)
+	defer db.Close()
+	out := map[string]*automationstorev1.PendingSecret{}
+	err := db.View(func(tx store.ReadTx) error {
+		return each(tx, bucketPending, func(k, v []byte) error {
+			m := &automationstorev1.PendingSecret{}
+			if err := proto.Unmarshal(v, m); err != nil {
+				return err
+			}
+			out[string(k[strings.LastIndexByte(string(k), '/')+1:])] = m
 			return nil
 		})
 	})

@@ -91,6 +91,10 @@ type Sweeper struct {
 	Store    store.Info
 	Before   time.Time
 	Recorded func(*credentialv1.SubjectSummary) (bool, error)
+	// Settle (optional) runs first in every sweep, with Before: the service
+	// decides the records it wrote while their credentials were being
+	// issued, by writes that began before it and are no longer running.
+	Settle func(ctx context.Context, before time.Time) error
 	// After is the retry timer (default time.After): the injected clock.
 	After func(time.Duration) <-chan time.Time
 }
@@ -134,6 +138,11 @@ func (s Sweeper) judged(sub *credentialv1.SubjectSummary) bool {
 }
 
 func (s Sweeper) once(ctx context.Context) (int, error) {
+	if s.Settle != nil {
+		if err := s.Settle(ctx, s.Before); err != nil {
+			return 0, err
+		}
+	}
 	revoked, token := 0, ""
 	for {
 		resp, err := s.Client.ListSubjects(ctx, &credentialv1.ListSubjectsRequest{Kind: s.Kind, PageSize: 1000, PageToken: token})
