@@ -77,6 +77,11 @@ type Service struct {
 
 	refusals refusalLog // coalesces audit records of refused credentials
 
+	// events holds workspace events waiting for their burst (events.go);
+	// eventsDone is closed when publishLoop ended.
+	events     chan pendingEvent
+	eventsDone chan struct{}
+
 	usedMu sync.Mutex
 	used   map[string]time.Time // credential id → last use, flushed periodically
 	stop   chan struct{}
@@ -150,6 +155,8 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	go s.flushLoop()
+	s.events, s.eventsDone = make(chan pendingEvent, eventQueue), make(chan struct{})
+	go s.publishLoop(s.stop, s.eventsDone)
 	return s, nil
 }
 
@@ -256,6 +263,7 @@ func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		<-s.done
+		<-s.eventsDone
 		s.hub.close()
 		s.closeErr = s.db.Close()
 	})
