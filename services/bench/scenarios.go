@@ -34,7 +34,7 @@ var Scenarios = []Scenario{
 	{Name: "baseline", About: "grpc.health.v1.Health/Check on the credential port: the empty-call ceiling", Rounds: true, Run: runBaseline},
 	{Name: "exchange", About: "automation secret → access token, gRPC CredentialService/Exchange and REST POST /v1/auth/exchange", Rounds: true, Run: runExchange},
 	{Name: "read", About: "authenticated read with an access token: gRPC AutomationService/GetAutomation and REST GET /v1/workspaces/{ws}/automations/{id}", Rounds: true, Run: runRead},
-	{Name: "disk", About: "the durable-write floor on this disk, now: a kit store commit (bbolt, 2 fdatasyncs) with 1 and 64 writers, no server", Run: runDisk},
+	{Name: "disk", About: "the durable-write floor on this disk, now: a kit store commit (bbolt, 2 fdatasyncs) with 1 and 64 writers, and two stores committing at once, no server", Run: runDisk},
 	{Name: "create", About: "durable write: gRPC CreateAutomation (issues a secret at the credential service, then records the automation)", Run: runCreate},
 	{Name: "rotate", About: "durable write: gRPC RotateAutomationSecret, each worker rotating its own automation", Run: runRotate},
 	{Name: "rotate-history", About: "one client rotating an automation with a long rotation history vs a fresh one (no target: should be alike)", Run: runRotateHistory},
