@@ -152,8 +152,11 @@ func (p *pendingWrites) lives(n int) map[string]pendEntry {
 	return out
 }
 
-// promoteEvery is how long marker removals wait to share a commit.
-const promoteEvery = 20 * time.Millisecond
+// promoteEvery is how long marker removals wait to share a commit: the
+// longer, the fewer commits (each a write on the disk the next create
+// waits for); a marked record this process knows live costs a read nothing
+// more, and other replicas one question to the credential service.
+const promoteEvery = 200 * time.Millisecond
 
 // promoteLoop removes the markers of writes known live, many per commit,
 // until ctx ends. A removal that fails is retried; until it succeeds the
