@@ -415,6 +415,18 @@ type issueResult struct {
 	err    error
 }
 
+// answerErr is what the credential service's answer to op on credential
+// cred means for our caller: nil when it issued cred as asked.
+func (s *Service) answerErr(ctx context.Context, op string, res issueResult, cred string) error {
+	if res.err != nil {
+		return s.credErr(ctx, op, res.err)
+	}
+	if err := checkIssued(res.secret, res.info); err != nil || res.info.GetId() != cred {
+		return errMalformedCredential
+	}
+	return nil
+}
+
 // createConcurrently finishes CreateAutomation without an Idempotency-Key:
 // the credential service issues the secret while the record (marked
 // pending), its name and its audit event are written here.
@@ -448,14 +460,7 @@ func (s *Service) createConcurrently(ctx context.Context, a *automationv1.Automa
 		return audit.Put(tx, ev)
 	})
 	res := <-issued
-	ierr := res.err
-	if ierr == nil {
-		if err := checkIssued(res.secret, res.info); err != nil || res.info.GetId() != cred {
-			ierr = errMalformedCredential
-		}
-	} else {
-		ierr = s.credErr(ctx, "issue", ierr)
-	}
+	ierr := s.answerErr(ctx, "issue", res, cred)
 	if ierr == nil && werr == nil {
 		s.pending.set(a.Id, cred, pendLive)
 		s.lg.Info("automation created", zap.String("automation-id", a.Id), zap.String("workspace-id", ws), zap.String("credential-id", cred),
@@ -529,14 +534,7 @@ func (s *Service) rotateConcurrently(ctx context.Context, a *automationv1.Automa
 		return audit.Put(tx, ev)
 	})
 	res := <-rotated
-	rerr := res.err
-	if rerr == nil {
-		if err := checkIssued(res.secret, res.info); err != nil || res.info.GetId() != cred {
-			rerr = errMalformedCredential
-		}
-	} else {
-		rerr = s.credErr(ctx, "rotate", rerr)
-	}
+	rerr := s.answerErr(ctx, "rotate", res, cred)
 	switch {
 	case rerr == nil && werr == nil:
 		s.pending.set(id, cred, pendLive)
