@@ -69,6 +69,9 @@ type Server struct {
 	name   string
 	lg     *zap.Logger
 	cdc    *requestCodec
+	// unary and stream are the interceptor chains GRPC runs (Interceptors).
+	unary  grpc.UnaryServerInterceptor
+	stream grpc.StreamServerInterceptor
 
 	checks    []func(context.Context) error
 	stopCheck chan struct{}
@@ -166,76 +169,120 @@ func New(cfg Config) *Server {
 		}
 		return out
 	}
+	unary := []grpc.UnaryServerInterceptor{
+		metrics.RPC.UnaryServerInterceptor(),
+		func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			ctx = withCall(ctx)
+			start := time.Now()
+			resp, err := h(ctx, req)
+			logCall(lg, ctx, info.FullMethod, start, err)
+			return resp, err
+		},
+		func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if err := cdc.take(req); err != nil {
+				return nil, err // did not decode: see requestCodec
+			}
+			return h(ctx, req)
+		},
+		recovery.UnaryServerInterceptor(recov),
+		func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			resp, err := h(ctx, req)
+			if err != nil {
+				return nil, mapErr(ctx, info.FullMethod, err)
+			}
+			return resp, nil
+		},
+		func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if internal(info.FullMethod) {
+				if err := auth.CheckService(ctx, cfg.ServiceToken); err != nil {
+					return nil, err
+				}
+			}
+			return h(ctx, req)
+		},
+		unaryAuth,
+	}
+	stream := []grpc.StreamServerInterceptor{
+		metrics.RPC.StreamServerInterceptor(),
+		func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			ctx := withCall(ss.Context())
+			start := time.Now()
+			err := h(srv, &ctxStream{ss, ctx, cdc})
+			logCall(lg, ctx, info.FullMethod, start, err)
+			return err
+		},
+		recovery.StreamServerInterceptor(recov),
+		func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			if err := h(srv, ss); err != nil {
+				return mapErr(ss.Context(), info.FullMethod, err)
+			}
+			return nil
+		},
+		func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			if internal(info.FullMethod) {
+				if err := auth.CheckService(ss.Context(), cfg.ServiceToken); err != nil {
+					return err
+				}
+			}
+			return h(srv, ss)
+		},
+		streamAuth,
+	}
 	g := grpc.NewServer(append([]grpc.ServerOption{
 		// A fixed pool of stream workers instead of a goroutine per call:
 		// fewer stack growths on the hot path.
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 		cdc.serverOption(),
-		grpc.ChainUnaryInterceptor(
-			metrics.RPC.UnaryServerInterceptor(),
-			func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-				ctx = withCall(ctx)
-				start := time.Now()
-				resp, err := h(ctx, req)
-				logCall(lg, ctx, info.FullMethod, start, err)
-				return resp, err
-			},
-			func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-				if err := cdc.take(req); err != nil {
-					return nil, err // did not decode: see requestCodec
-				}
-				return h(ctx, req)
-			},
-			recovery.UnaryServerInterceptor(recov),
-			func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-				resp, err := h(ctx, req)
-				if err != nil {
-					return nil, mapErr(ctx, info.FullMethod, err)
-				}
-				return resp, nil
-			},
-			func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-				if internal(info.FullMethod) {
-					if err := auth.CheckService(ctx, cfg.ServiceToken); err != nil {
-						return nil, err
-					}
-				}
-				return h(ctx, req)
-			},
-			unaryAuth,
-		),
-		grpc.ChainStreamInterceptor(
-			metrics.RPC.StreamServerInterceptor(),
-			func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-				ctx := withCall(ss.Context())
-				start := time.Now()
-				err := h(srv, &ctxStream{ss, ctx, cdc})
-				logCall(lg, ctx, info.FullMethod, start, err)
-				return err
-			},
-			recovery.StreamServerInterceptor(recov),
-			func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-				if err := h(srv, ss); err != nil {
-					return mapErr(ss.Context(), info.FullMethod, err)
-				}
-				return nil
-			},
-			func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-				if internal(info.FullMethod) {
-					if err := auth.CheckService(ss.Context(), cfg.ServiceToken); err != nil {
-						return err
-					}
-				}
-				return h(srv, ss)
-			},
-			streamAuth,
-		),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 	}, cfg.Options...)...)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
 	metrics.RPC.InitializeMetrics(g)
-	return &Server{GRPC: g, Health: hs, name: cfg.Name, lg: lg, cdc: cdc, stopCheck: make(chan struct{})}
+	return &Server{GRPC: g, Health: hs, name: cfg.Name, lg: lg, cdc: cdc, stopCheck: make(chan struct{}),
+		unary: chainUnary(unary), stream: chainStream(stream)}
+}
+
+// Interceptors returns the interceptor chains every call through GRPC
+// passes (metrics, request ids and client IPs, logging, panic recovery, the
+// error table, the service-credential check, authentication), so that the
+// same services can be called in process (backlogd's in-process channel)
+// exactly as over the network. The handler of a call given to them must see
+// the caller's metadata as incoming metadata and the caller's address as
+// its peer, as a network call would.
+func (s *Server) Interceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+	return s.unary, s.stream
+}
+
+// chainUnary runs ints in order around the handler, as
+// grpc.ChainUnaryInterceptor does.
+func chainUnary(ints []grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		var next func(i int) grpc.UnaryHandler
+		next = func(i int) grpc.UnaryHandler {
+			if i == len(ints) {
+				return h
+			}
+			return func(ctx context.Context, req any) (any, error) { return ints[i](ctx, req, info, next(i+1)) }
+		}
+		return next(0)(ctx, req)
+	}
+}
+
+// chainStream runs ints in order around the handler, as
+// grpc.ChainStreamInterceptor does.
+func chainStream(ints []grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		var next func(i int) grpc.StreamHandler
+		next = func(i int) grpc.StreamHandler {
+			if i == len(ints) {
+				return h
+			}
+			return func(srv any, ss grpc.ServerStream) error { return ints[i](srv, ss, info, next(i+1)) }
+		}
+		return next(0)(srv, ss)
+	}
 }
 
 // Serve marks the server SERVING and serves lis until Stop.
