@@ -88,6 +88,14 @@ type Config struct {
 	// TCP (backlogd -target=all: in memory to the services of its own
 	// process); it is given each service address.
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+	// Channels, when set, carry the gateway's API calls to a service — keyed
+	// by its name: "credential", "automation", "agent", "vault" — instead of
+	// its connection (backlogd -target=all: as function calls to the
+	// services of its own process). The gateway treats a channel as it does
+	// a connection: only the metadata it forwards leaves it, and the
+	// ForwardingToken is presented. The service is still dialled: /readyz
+	// checks its health over the connection.
+	Channels map[string]grpc.ClientConnInterface
 
 	// Limits of the HTTP server (Server) and the handler; zero means the
 	// Default… constant of the same name.
@@ -138,6 +146,9 @@ type backend struct {
 	name string
 	addr string
 	conn *grpc.ClientConn
+	// api carries the API calls: conn, or the service's channel
+	// (Config.Channels).
+	api grpc.ClientConnInterface
 }
 
 // forwardedMetadata is every gRPC metadata key the gateway sends to a
@@ -192,12 +203,16 @@ func New(cfg Config) (*Gateway, error) {
 			byAddr[a.addr] = conn
 			g.conns = append(g.conns, conn)
 		}
-		g.backends = append(g.backends, backend{name: a.name, addr: a.addr, conn: conn})
+		var api grpc.ClientConnInterface = conn
+		if ch := cfg.Channels[a.name]; ch != nil {
+			api = channel{cc: ch, forwardingToken: cfg.ForwardingToken}
+		}
+		g.backends = append(g.backends, backend{name: a.name, addr: a.addr, conn: conn, api: api})
 	}
-	conn := func(name string) *grpc.ClientConn {
+	conn := func(name string) grpc.ClientConnInterface {
 		for _, b := range g.backends {
 			if b.name == name {
-				return b.conn
+				return b.api
 			}
 		}
 		panic("unknown backend " + name)
@@ -312,11 +327,41 @@ func filterOutgoing(ctx context.Context) context.Context {
 	if !ok {
 		return ctx
 	}
+	return metadata.NewOutgoingContext(ctx, forwarded(md))
+}
+
+// forwarded is the part of md the gateway sends: forwardedMetadata.
+func forwarded(md metadata.MD) metadata.MD {
 	out := metadata.MD{}
 	for _, k := range forwardedMetadata {
 		if v := md.Get(k); len(v) > 0 {
 			out[k] = v
 		}
+	}
+	return out
+}
+
+// channel is a service reached over a channel of Config.Channels: what the
+// connections' interceptors and per-call credentials do (allowMetadata,
+// auth.ForwarderCredentials), it does before handing the call on.
+type channel struct {
+	cc              grpc.ClientConnInterface
+	forwardingToken string
+}
+
+func (c channel) Invoke(ctx context.Context, method string, req, reply any, opts ...grpc.CallOption) error {
+	return c.cc.Invoke(c.outgoing(ctx), method, req, reply, opts...)
+}
+
+func (c channel) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	return c.cc.NewStream(c.outgoing(ctx), desc, method, opts...)
+}
+
+func (c channel) outgoing(ctx context.Context) context.Context {
+	md, _ := metadata.FromOutgoingContext(ctx)
+	out := forwarded(md)
+	if c.forwardingToken != "" {
+		out[auth.ForwarderKey] = append(out[auth.ForwarderKey], c.forwardingToken)
 	}
 	return metadata.NewOutgoingContext(ctx, out)
 }
