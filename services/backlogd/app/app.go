@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,7 +48,10 @@ type App struct {
 	serverTLS grpc.ServerOption
 	// local carries the gateway's calls to the services of this process
 	// in memory (nil: over TCP). See localHop.
-	local     *localHop
+	local *localHop
+	// inproc carries the calls between the parts of this process as
+	// function calls (nil: over their connections). See inProcess.
+	inproc    *inProcess
 	clientTLS credentials.TransportCredentials
 	// httpCert is the REST listener's certificate, when it serves TLS.
 	httpCert *certReloader
@@ -72,6 +76,9 @@ func Start(cfg Config, lg *zap.Logger) (*App, error) {
 	}
 	if a.serverTLS == nil && a.clientTLS == nil && len(cfg.Targets) > 1 && slices.Contains(cfg.Targets, TargetGateway) {
 		a.local = newLocalHop()
+	}
+	if a.serverTLS == nil && a.clientTLS == nil && len(cfg.Targets) > 1 {
+		a.inproc = newInProcess()
 	}
 	if !(len(cfg.Targets) == 1 && cfg.Targets[0] == TargetGateway) { // the gateway never holds it
 		tok, err := auth.LoadOrCreateServiceToken(cfg.ServiceTokenFile, true)
@@ -143,6 +150,16 @@ func (a *App) dial(addr string) (*grpc.ClientConn, error) {
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
 			BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second,
 		}, MinConnectTimeout: 5 * time.Second}))...)
+}
+
+// sibling is the channel to the sibling service at addr: in process when
+// this process serves it (see inProcess), else conn (a.dial's connection),
+// which also carries what is not served in process.
+func (a *App) sibling(addr string, conn *grpc.ClientConn) grpc.ClientConnInterface {
+	if a.inproc == nil {
+		return conn
+	}
+	return a.inproc.conn(addr, conn, auth.ServiceCredentials{Token: a.svcToken})
 }
 
 // stores opens each service's store: a bbolt file in the data dir, or
@@ -232,7 +249,16 @@ func (a *App) serve(name, addr string, svc mount.Service, authn auth.Authenticat
 			}
 		}()
 	}
-	a.onClose(func() { srv.Stop(shutdownGrace) })
+	stopLocal := func(time.Duration) {}
+	if a.inproc != nil {
+		stopLocal = a.inproc.serve(srv, svc.Register, addr, a.cfg.serviceAddr(name))
+	}
+	a.onClose(func() {
+		var wg sync.WaitGroup
+		wg.Go(func() { stopLocal(shutdownGrace) })
+		srv.Stop(shutdownGrace)
+		wg.Wait()
+	})
 	return nil
 }
 
@@ -245,9 +271,10 @@ func (a *App) startCredential() error {
 			return err
 		}
 		a.onClose(func() { conn.Close() })
-		peers[name] = auditv1.NewAuditServiceClient(conn)
+		peer := a.sibling(addr, conn)
+		peers[name] = auditv1.NewAuditServiceClient(peer)
 		if name == TargetVault {
-			events = vaultv1.NewVaultInternalServiceClient(conn)
+			events = vaultv1.NewVaultInternalServiceClient(peer)
 		}
 	}
 	opener, err := a.stores()
@@ -276,7 +303,7 @@ func (a *App) remoteAuth(ctx context.Context) (auth.Authenticator, credentialv1.
 		return nil, nil, err
 	}
 	a.onClose(func() { conn.Close() })
-	client := credentialv1.NewCredentialInternalServiceClient(conn)
+	client := credentialv1.NewCredentialInternalServiceClient(a.sibling(a.cfg.CredentialAddr, conn))
 	remote := auth.NewRemote(client, a.lg)
 	// The credential service audits refused credentials with the end
 	// client's address and request id, not this service's.
@@ -293,7 +320,7 @@ func (a *App) remoteAuth(ctx context.Context) (auth.Authenticator, credentialv1.
 				return nil, nil, err
 			}
 			a.onClose(func() { c.Close() })
-			watched = append(watched, credentialv1.NewCredentialInternalServiceClient(c))
+			watched = append(watched, credentialv1.NewCredentialInternalServiceClient(a.sibling(addr, c)))
 		}
 		remote.WatchReplicas(watched...)
 	}
@@ -372,7 +399,7 @@ func (a *App) startGateway() error {
 		TrustedProxies: a.cfg.TrustedProxies, Logger: a.lg, TransportCredentials: a.clientTLS,
 		MaxBodyBytes: a.cfg.HTTPMaxBodyBytes, MaxHeaderBytes: a.cfg.HTTPMaxHeaderBytes,
 		ReadHeaderTimeout: a.cfg.HTTPReadHeaderTimeout, BodyTimeout: a.cfg.HTTPBodyTimeout, IdleTimeout: a.cfg.HTTPIdleTimeout,
-		ForwardingToken: fwd, Dialer: a.local.dialer(),
+		ForwardingToken: fwd, Dialer: a.local.dialer(), Channels: a.gatewayChannels(),
 	})
 	if err != nil {
 		return err
@@ -410,6 +437,23 @@ func (a *App) startGateway() error {
 		gw.Close()
 	})
 	return nil
+}
+
+// gatewayChannels are the gateway's channels to the services of this
+// process (nil: it calls every service over its connection).
+func (a *App) gatewayChannels() map[string]grpc.ClientConnInterface {
+	if a.inproc == nil {
+		return nil
+	}
+	chans := map[string]grpc.ClientConnInterface{}
+	for _, t := range a.cfg.Targets {
+		// A list of replicas stays balanced over the connection.
+		if addr := a.cfg.serviceAddr(t); addr != "" && !strings.Contains(addr, ",") {
+			// The gateway adds its own credential (the forwarding one).
+			chans[t] = a.inproc.conn(addr, nil, nil)
+		}
+	}
+	return chans
 }
 
 // startMetrics serves the process's Prometheus registry on -metrics-addr.

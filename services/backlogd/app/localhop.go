@@ -9,14 +9,14 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 )
 
-// localHop carries the gateway's calls to the services of its own process
-// (-target=all) over in-memory connections instead of loopback TCP: each
+// localHop carries the gateway's connections to the services of its own
+// process (-target=all) in memory instead of over loopback TCP: each
 // service is served on an in-memory listener as well as on its port, and
-// the gateway dials through it. It skips the kernel (socket writes, reads
-// and wake-ups) on both sides of every REST call; everything above the
-// connection (HTTP/2, the services' interceptors: authentication, request
-// ids, forwarded client IPs) is unchanged. Not used with TLS to the
-// services (mTLS stays the whole way) or when the gateway runs alone.
+// the gateway dials through it. The gateway's API calls to those services
+// skip the connection altogether (inProcess); what still uses it — the
+// /readyz health checks — skips the kernel (socket writes, reads and
+// wake-ups) on both sides. Not used with TLS to the services (mTLS stays
+// the whole way) or when the gateway runs alone.
 type localHop struct {
 	mu  sync.Mutex
 	lis map[string]*bufconn.Listener // service address → its in-memory listener
