@@ -25,31 +25,29 @@ func (s *Service) dataKeyForWrite(tx store.WriteTx, ws string) (*dataKey, error)
 	if err != nil {
 		return nil, err
 	}
-	var key []byte
-	if ver == 0 {
-		// Wrap with the key the store records as current (see kekha.go),
-		// read in this transaction: never with one a rotation is retiring.
-		if err := s.followKEKFor(tx, true); err != nil {
-			return nil, err
-		}
-		k := s.keys.activeKEK()
-		ver = 1
-		key = make([]byte, keyLen)
-		if _, err := rand.Read(key); err != nil {
-			return nil, err
-		}
-		wrapped, err := wrapDataKey(k, ws, ver, key)
-		if err != nil {
-			return nil, err
-		}
-		if err := putDataKey(tx, ws, ver, wrapped); err != nil {
-			return nil, err
-		}
-	} else if key, err = s.unwrapIn(tx, ws, ver, blob); err != nil {
-		return nil, s.dataKeyErr(ws, err)
+	if ver != 0 {
+		return s.openDataKey(tx, ws, ver, blob)
+	}
+	// Wrap with the key the store records as current (see kekha.go), read
+	// in this transaction: never with one a rotation is retiring.
+	if err := s.followKEKFor(tx, true); err != nil {
+		return nil, err
+	}
+	k := s.keys.activeKEK()
+	ver = 1
+	key := make([]byte, keyLen)
+	defer clear(key)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	wrapped, err := wrapDataKey(k, ws, ver, key)
+	if err != nil {
+		return nil, err
+	}
+	if err := putDataKey(tx, ws, ver, wrapped); err != nil {
+		return nil, err
 	}
 	aead, err := newGCM(key)
-	clear(key)
 	if err != nil {
 		return nil, err
 	}
@@ -68,6 +66,16 @@ func (s *Service) dataKeyFor(tx store.ReadTx, ws string, ver uint32) (*dataKey, 
 	if blob == nil {
 		return nil, fmt.Errorf("workspace %s has no data key version %d", ws, ver)
 	}
+	return s.openDataKey(tx, ws, ver, blob)
+}
+
+// openDataKey unwraps blob, version ver of ws's data key as read in tx, or
+// takes it from the cache when the cache holds that very blob unwrapped.
+func (s *Service) openDataKey(tx store.ReadTx, ws string, ver uint32, blob []byte) (*dataKey, error) {
+	gen := s.keys.generation()
+	if dk := s.dks.get(ws, ver, blob, gen); dk != nil {
+		return dk, nil
+	}
 	key, err := s.unwrapIn(tx, ws, ver, blob)
 	if err != nil {
 		return nil, s.dataKeyErr(ws, err)
@@ -77,7 +85,9 @@ func (s *Service) dataKeyFor(tx store.ReadTx, ws string, ver uint32) (*dataKey, 
 	if err != nil {
 		return nil, err
 	}
-	return &dataKey{version: ver, aead: aead}, nil
+	dk := &dataKey{version: ver, aead: aead}
+	s.dks.put(ws, ver, blob, gen, dk)
+	return dk, nil
 }
 
 // dataKeyErr passes on ErrKeyMissing (the caller's to act on) and turns any

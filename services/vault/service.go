@@ -132,6 +132,7 @@ type Service struct {
 	errs         *errs.Table
 	audit        *audit.Server
 	keys         *keyring
+	dks          dekCache // data keys unwrapped (see dekcache.go)
 	rotateMu     sync.Mutex
 	ha           kekHA
 	egress       *http.Client
