@@ -4,6 +4,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestSecretsUseNameKeyUnchangedForASCII(t *testing.T) {
@@ -31,6 +32,25 @@ func TestSecretsUseNameKeyUnchangedForASCII(t *testing.T) {
 	}
 	if checkExistingName(strings.Repeat("x", 128)) != nil || checkName(strings.Repeat("é", 100)) != nil {
 		t.Error("a legacy 128-character or a 100-character name refused")
+	}
+}
+
+// TestNameKeyASCIIFastPath checks that the ASCII shortcut of nameKey gives
+// what the full Unicode mapping gives, for every ASCII character and for
+// names mixing ASCII with other characters.
+func TestNameKeyASCIIFastPath(t *testing.T) {
+	var all strings.Builder
+	for c := 0; c < utf8.RuneSelf; c++ {
+		all.WriteByte(byte(c))
+		s := "Name-" + string(rune(c)) + "-X"
+		if got, want := nameKey(s), nameKeyUnicode(s); got != want {
+			t.Fatalf("nameKey(%q) = %q, want %q", s, got, want)
+		}
+	}
+	for _, s := range []string{all.String(), "ſecret KEY", "Café API", "cafe\u0301 X"} {
+		if got, want := nameKey(s), nameKeyUnicode(s); got != want {
+			t.Errorf("nameKey(%q) = %q, want %q", s, got, want)
+		}
 	}
 }
 

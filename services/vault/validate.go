@@ -143,6 +143,17 @@ func validName(s string) (string, error) {
 // for the ASCII names of earlier versions this is strings.ToLower, so keys
 // (and the AAD sealed values are bound to) are unchanged for them.
 func nameKey(s string) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return nameKeyUnicode(s)
+		}
+	}
+	// ASCII: already in normal form C, and upper-then-lower case is
+	// lower case (the common case, on every secret lookup).
+	return strings.ToLower(s)
+}
+
+func nameKeyUnicode(s string) string {
 	return strings.Map(func(r rune) rune { return unicode.ToLower(unicode.ToUpper(r)) }, norm.NFC.String(s))
 }
 
