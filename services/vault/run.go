@@ -78,25 +78,27 @@ func (s *Service) RunHttpRequest(ctx context.Context, req *vaultv1.RunHttpReques
 	if err != nil {
 		return nil, err
 	}
-	values := map[string]string{} // name key → value
-	byName := map[string]string{} // stored name → value, for redaction
 	var used []string
 	for _, r := range secrets {
-		values[nameKey(r.name)] = r.value
-		byName[r.name] = r.value
 		used = append(used, r.name)
 	}
-	red := newRedactor(byName)
 
 	sent = true
 	// The use is recorded durably while the request is on its way, not
 	// after it: the commit and the round trip overlap, and no response is
-	// returned before its use is in the audit trail.
+	// returned before its use is in the audit trail. The commit starts
+	// first; what the request still needs is built while it is under way.
 	var recorded <-chan error
 	if len(used) > 0 {
 		recorded = s.startUses(ctx, ws, used, st.method, host)
 	}
-	resp, err = s.send(ctx, st, values, red)
+	values := make(map[string]string, len(secrets)) // name key → value
+	byName := make(map[string]string, len(secrets)) // stored name → value, for redaction
+	for _, r := range secrets {
+		values[nameKey(r.name)] = r.value
+		byName[r.name] = r.value
+	}
+	resp, err = s.send(ctx, st, values, newRedactor(byName))
 	var recErr error
 	if recorded != nil {
 		recErr = <-recorded
@@ -111,8 +113,10 @@ func (s *Service) RunHttpRequest(ctx context.Context, req *vaultv1.RunHttpReques
 		return nil, fail(store.ErrUnavailable, "the request to %s was sent, but the vault could not record that it used the step's secrets, so the response is withheld; retry when the vault's store is available", host)
 	}
 	resp.SecretsUsed = used
-	s.lg.Info("http request step sent", zap.String("workspace-id", ws), zap.String("method", st.method),
-		zap.String("host", host), zap.Int32("status", resp.StatusCode), zap.Strings("secrets", used))
+	if ce := s.lg.Check(zap.InfoLevel, "http request step sent"); ce != nil {
+		ce.Write(zap.String("workspace-id", ws), zap.String("method", st.method),
+			zap.String("host", host), zap.Int32("status", resp.StatusCode), zap.Strings("secrets", used))
+	}
 	return resp, nil
 }
 
@@ -300,8 +304,10 @@ func (s *Service) send(ctx context.Context, st *httpStep, values map[string]stri
 			out.Body, out.BodyEncoding = base64.StdEncoding.EncodeToString(b), "base64"
 		}
 	}
-	s.lg.Debug("http request step response", zap.String("host", host), zap.Int("status", hresp.StatusCode),
-		zap.Int("body-bytes", len(data)), zap.Bool("truncated", out.BodyTruncated), zap.Duration("duration", time.Since(start)))
+	if ce := s.lg.Check(zap.DebugLevel, "http request step response"); ce != nil {
+		ce.Write(zap.String("host", host), zap.Int("status", hresp.StatusCode),
+			zap.Int("body-bytes", len(data)), zap.Bool("truncated", out.BodyTruncated), zap.Duration("duration", time.Since(start)))
+	}
 	return out, nil
 }
 
@@ -380,7 +386,7 @@ func (s *Service) recordUses(ctx context.Context, ws string, refs, used []string
 // answer (or the failure to get one: then a failure event follows) is the
 // response's and the log's.
 func (s *Service) startUses(ctx context.Context, ws string, names []string, method, host string) <-chan error {
-	detail := fmt.Sprintf("http-request method=%s host=%s", method, host)
+	detail := "http-request method=" + method + " host=" + host
 	evs := make([]*auditEvent, 0, len(names))
 	for _, name := range names {
 		evs = append(evs, s.rec.Event(ctx, ws, actionUse, "secret", name, audit.Success, detail))
