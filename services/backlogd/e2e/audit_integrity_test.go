@@ -214,9 +214,18 @@ func TestAuditIntegrityExportMatchesAPIAndVerifies(t *testing.T) {
 		}
 		return ids
 	}
-	lines, _ := auditIntegrityExport(t, exportPath)
-	for deadline := time.Now().Add(15 * time.Second); len(deliveredIDs()) < len(lines) && time.Now().Before(deadline); {
-		time.Sleep(50 * time.Millisecond)
+	// Wait until every exported event was delivered and no new one has
+	// been exported for a while (workspace events reach the vault in
+	// bursts, each leaving an audit event of its own).
+	settled, seen := time.Now(), -1
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		lines, _ := auditIntegrityExport(t, exportPath)
+		if len(lines) != seen {
+			seen, settled = len(lines), time.Now()
+		}
+		if len(deliveredIDs()) >= len(lines) && time.Since(settled) > 500*time.Millisecond {
+			break
+		}
 	}
 	c.stop(t)
 
@@ -238,7 +247,7 @@ func TestAuditIntegrityExportMatchesAPIAndVerifies(t *testing.T) {
 	}
 	mu.Unlock()
 	delivered := deliveredIDs()
-	lines, _ = auditIntegrityExport(t, exportPath)
+	lines, _ := auditIntegrityExport(t, exportPath)
 	for _, l := range lines {
 		if !delivered[l["id"].(string)] {
 			t.Fatalf("event %s is in the file export but was not delivered over HTTPS", l["id"])
