@@ -113,6 +113,20 @@ func TestRunCountsErrorsApart(t *testing.T) {
 	}
 }
 
+// TestRunRecordsPastASlowWarmup: a warm-up request that outlasts the whole
+// window still leaves the load one recorded request, not none.
+func TestRunRecordsPastASlowWarmup(t *testing.T) {
+	st := Run(context.Background(), Load{Concurrency: 1, Warmup: 10 * time.Millisecond, Duration: 20 * time.Millisecond, Op: func(_ context.Context, w, seq int) error {
+		if seq == 0 {
+			time.Sleep(100 * time.Millisecond) // the first request: past warm-up and window
+		}
+		return nil
+	}})
+	if st.Requests != 1 || st.Throughput <= 0 {
+		t.Fatalf("stats: %+v, want one recorded request", st)
+	}
+}
+
 type testErr struct{}
 
 func (testErr) Error() string { return "test error" }
