@@ -38,9 +38,16 @@ func TestForwardingCredentialVouchesForAddressesOnly(t *testing.T) {
 		if got := auth.Vouched(tc.ctx, svc); got != tc.want {
 			t.Errorf("%s: vouched = %v, want %v", tc.name, got, tc.want)
 		}
+		// A Voucher (the forwarding credential derived once) answers the same.
+		if got := auth.NewVoucher(svc).Vouched(tc.ctx); got != tc.want {
+			t.Errorf("%s: Voucher.Vouched = %v, want %v", tc.name, got, tc.want)
+		}
 	}
-	if auth.Vouched(incoming(auth.ForwarderKey, fwd), "") {
+	if auth.Vouched(incoming(auth.ForwarderKey, fwd), "") || auth.NewVoucher("").Vouched(incoming(auth.ForwarderKey, fwd)) {
 		t.Error("a service without a service token believed a forwarder")
+	}
+	if auth.NewVoucher("").Vouched(incoming(auth.ForwarderKey, "", auth.ServiceTokenKey, "")) {
+		t.Error("a service without a service token believed empty credentials")
 	}
 	// It opens no internal method.
 	if err := auth.CheckService(incoming(auth.ForwarderKey, fwd, auth.ServiceTokenKey, fwd), svc); err == nil {

@@ -45,8 +45,7 @@ func CheckService(ctx context.Context, want string) error {
 	if want == "" {
 		return errs.Forbidden("internal RPC disabled: this service has no service token configured")
 	}
-	got := metadata.ValueFromIncomingContext(ctx, ServiceTokenKey) // no copy of the whole metadata
-	if len(got) != 1 || subtle.ConstantTimeCompare([]byte(got[0]), []byte(want)) != 1 {
+	if !presents(ctx, ServiceTokenKey, []byte(want)) {
 		return errs.Unauthenticated("internal RPC: a valid service credential is required")
 	}
 	return nil
@@ -89,16 +88,38 @@ func (c ForwarderCredentials) RequireTransportSecurity() bool { return c.Secure 
 
 // Vouched reports whether the call may speak for its client's address: it
 // presents the service credential, or the forwarding credential derived
-// from it (compared in constant time).
+// from it (compared in constant time). A server that asks at every call
+// keeps a Voucher instead: it derives the forwarding credential once.
 func Vouched(ctx context.Context, serviceToken string) bool {
+	return NewVoucher(serviceToken).Vouched(ctx)
+}
+
+// Voucher answers Vouched for one service credential.
+type Voucher struct {
+	service, forwarding []byte // nil: no service credential, no one is believed
+}
+
+// NewVoucher returns the Voucher of serviceToken ("" believes no one).
+func NewVoucher(serviceToken string) Voucher {
 	if serviceToken == "" {
+		return Voucher{}
+	}
+	return Voucher{service: []byte(serviceToken), forwarding: []byte(ForwardingToken(serviceToken))}
+}
+
+// Vouched is Vouched(ctx, serviceToken) for the Voucher's service token.
+func (v Voucher) Vouched(ctx context.Context) bool {
+	if v.service == nil {
 		return false
 	}
-	if CheckService(ctx, serviceToken) == nil {
-		return true
-	}
-	got := metadata.ValueFromIncomingContext(ctx, ForwarderKey)
-	return len(got) == 1 && subtle.ConstantTimeCompare([]byte(got[0]), []byte(ForwardingToken(serviceToken))) == 1
+	return presents(ctx, ServiceTokenKey, v.service) || presents(ctx, ForwarderKey, v.forwarding)
+}
+
+// presents reports whether the call's metadata holds key exactly once, with
+// the value want (compared in constant time).
+func presents(ctx context.Context, key string, want []byte) bool {
+	got := metadata.ValueFromIncomingContext(ctx, key) // no copy of the whole metadata
+	return len(got) == 1 && subtle.ConstantTimeCompare([]byte(got[0]), want) == 1
 }
 
 // LoadForwardingToken reads a forwarding credential from path.

@@ -136,9 +136,7 @@ func New(cfg Config) *Server {
 	}
 	lg := cfg.Logger.With(zap.String("service", cfg.Name))
 	pageKey := page.NewKey(cfg.ServiceToken)
-	vouched := func(ctx context.Context) bool {
-		return auth.Vouched(ctx, cfg.ServiceToken)
-	}
+	vouched := auth.NewVoucher(cfg.ServiceToken).Vouched
 	withCall := func(ctx context.Context) context.Context {
 		return page.WithKey(withCallInfo(ctx, vouched(ctx)), pageKey)
 	}
