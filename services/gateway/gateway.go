@@ -358,10 +358,16 @@ func (c channel) NewStream(ctx context.Context, desc *grpc.StreamDesc, method st
 }
 
 func (c channel) outgoing(ctx context.Context) context.Context {
-	md, _ := metadata.FromOutgoingContext(ctx)
-	out := forwarded(md)
+	// forwarded(md), reading the few keys one by one instead of copying
+	// the whole outgoing metadata first.
+	out := make(metadata.MD, len(forwardedMetadata)+1)
+	for _, k := range forwardedMetadata {
+		if v := metadata.ValueFromOutgoingContext(ctx, k); len(v) > 0 {
+			out[k] = v
+		}
+	}
 	if c.forwardingToken != "" {
-		out[auth.ForwarderKey] = append(out[auth.ForwarderKey], c.forwardingToken)
+		out[auth.ForwarderKey] = []string{c.forwardingToken}
 	}
 	return metadata.NewOutgoingContext(ctx, out)
 }
@@ -385,12 +391,12 @@ func (g *Gateway) annotate(ctx context.Context, _ *http.Request) metadata.MD {
 		return nil
 	}
 	if pattern, ok := runtime.HTTPPathPattern(ctx); ok { // for the access log
-		route := routeTemplate(pattern)
-		ri.route.Store(&route)
+		ri.route.Store(routeOf(pattern))
 	}
-	md := metadata.Pairs(server.RequestIDKey, ri.requestID)
+	// The keys are lower case already: no metadata.Pairs.
+	md := metadata.MD{server.RequestIDKey: {ri.requestID}}
 	if ri.clientIP != "" {
-		md.Set(clientip.MetadataKey, ri.clientIP)
+		md[clientip.MetadataKey] = []string{ri.clientIP}
 	}
 	return md
 }

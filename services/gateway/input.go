@@ -29,6 +29,9 @@ func checkRequest(r *http.Request) string {
 	if !utf8.ValidString(r.URL.Path) {
 		return "the request path is not valid UTF-8 (after percent-decoding)"
 	}
+	if r.URL.RawQuery == "" {
+		return ""
+	}
 	// A pair that does not parse is left out here and refused by the
 	// route's own form parsing, as before.
 	q, _ := url.ParseQuery(r.URL.RawQuery)

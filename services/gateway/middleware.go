@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -63,6 +64,20 @@ func routeTemplate(pattern string) string {
 		b = append(b, c)
 	}
 	return string(b)
+}
+
+// routes holds the route template of each path pattern the mux has matched
+// (a fixed set: the registered routes), computed once.
+var routes sync.Map // pattern → *string
+
+// routeOf is routeTemplate(pattern), shared.
+func routeOf(pattern string) *string {
+	if r, ok := routes.Load(pattern); ok {
+		return r.(*string)
+	}
+	route := routeTemplate(pattern)
+	r, _ := routes.LoadOrStore(pattern, &route)
+	return r.(*string)
 }
 
 // fixedRoutes are served by the gateway itself; their path is their route.
