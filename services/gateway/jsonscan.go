@@ -78,11 +78,15 @@ func scanValue(b []byte, i int) (int, error) {
 
 // objectMembers splits a JSON object into its members, in order.
 func objectMembers(b []byte) ([]member, error) {
+	return appendObjectMembers(make([]member, 0, 8), b)
+}
+
+// appendObjectMembers appends the members of the JSON object b to out.
+func appendObjectMembers(out []member, b []byte) ([]member, error) {
 	i := skipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return nil, fmt.Errorf("not a JSON object")
 	}
-	out := make([]member, 0, 8)
 	i = skipSpace(b, i+1)
 	if i < len(b) && b[i] == '}' {
 		return out, trailing(b, i+1)

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,13 +33,15 @@ func newJSONMarshaler(maxBody int64) runtime.Marshaler {
 // (EmitDefaultValues) or null messages (EmitUnpopulated), so the one place
 // every REST response passes through fills them in.
 func (m jsonMarshaler) Marshal(v any) ([]byte, error) {
-	b, err := m.JSONPb.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
 	msg, ok := v.(proto.Message)
 	if !ok {
-		return b, nil
+		return m.JSONPb.Marshal(v)
+	}
+	// What JSONPb.Marshal does with a message, without its copy into a
+	// buffer of its own.
+	b, err := m.MarshalOptions.Marshal(msg)
+	if err != nil {
+		return nil, err
 	}
 	if out, err := withEmptyLists(b, msg.ProtoReflect()); err == nil {
 		return out, nil
@@ -115,70 +116,84 @@ func (m jsonMarshaler) bodyError(err error) error {
 // and unset messages stay out. Well-known types (Timestamp, Duration, Any,
 // Struct, …) have their own JSON forms and are left as they are.
 func withEmptyLists(b []byte, m protoreflect.Message) ([]byte, error) {
+	return appendWithEmptyLists(make([]byte, 0, len(b)+64), b, m)
+}
+
+// appendWithEmptyLists appends withEmptyLists(b, m) to out: the messages
+// inside m are written into the same buffer, not into buffers of their own.
+func appendWithEmptyLists(out, b []byte, m protoreflect.Message) ([]byte, error) {
 	md := m.Descriptor()
 	if md.ParentFile() != nil && md.ParentFile().Package() == "google.protobuf" {
-		return b, nil
+		return append(out, b...), nil
 	}
-	members, err := objectMembers(b)
+	var membersBuf [16]member
+	members, err := appendObjectMembers(membersBuf[:0], b)
 	if err != nil {
 		return nil, err
 	}
 	// A message has a handful of members: a linear search beats a map.
-	find := func(name string) (int, bool) {
-		for j := range members {
-			if members[j].name == name {
-				return j, true
-			}
-		}
-		return 0, false
+	var usedBuf [16]bool
+	used := usedBuf[:0]
+	if len(members) > len(usedBuf) {
+		used = make([]bool, len(members))
+	} else {
+		used = usedBuf[:len(members)]
 	}
-	used := make([]bool, len(members))
-	out := make([]byte, 0, len(b)+64)
+	start := len(out)
 	out = append(out, '{')
-	write := func(name string, raw []byte) {
-		if len(out) > 1 {
-			out = append(out, ',')
-		}
-		out = appendName(out, name)
-		out = append(out, ':')
-		out = append(out, raw...)
-	}
 	fields := md.Fields()
 	for i := 0; i < fields.Len(); i++ {
 		fd := fields.Get(i)
 		name := fd.JSONName()
-		j, present := find(name)
+		j := -1
+		for k := range members {
+			if members[k].name == name {
+				j = k
+				break
+			}
+		}
+		if j < 0 && !fd.IsList() && !fd.IsMap() {
+			continue
+		}
+		if len(out) > start+1 {
+			out = append(out, ',')
+		}
+		out = appendName(out, name)
+		out = append(out, ':')
 		switch {
-		case present:
+		case j >= 0:
 			used[j] = true
-			raw, err := fieldWithEmptyLists(fd, m.Get(fd), members[j].raw)
-			if err != nil {
+			if out, err = appendFieldWithEmptyLists(out, fd, m.Get(fd), members[j].raw); err != nil {
 				return nil, err
 			}
-			write(name, raw)
 		case fd.IsList():
-			write(name, []byte("[]"))
-		case fd.IsMap():
-			write(name, []byte("{}"))
+			out = append(out, "[]"...)
+		default:
+			out = append(out, "{}"...)
 		}
 	}
 	// Anything protojson wrote that is not a declared field (extensions)
 	// follows, as it did.
 	for j, mem := range members {
 		if !used[j] {
-			write(mem.name, mem.raw)
+			if len(out) > start+1 {
+				out = append(out, ',')
+			}
+			out = appendName(out, mem.name)
+			out = append(out, ':')
+			out = append(out, mem.raw...)
 		}
 	}
 	return append(out, '}'), nil
 }
 
-// fieldWithEmptyLists applies withEmptyLists to the messages inside a
-// present field's JSON value.
-func fieldWithEmptyLists(fd protoreflect.FieldDescriptor, v protoreflect.Value, raw json.RawMessage) ([]byte, error) {
+// appendFieldWithEmptyLists appends a present field's JSON value raw, with
+// appendWithEmptyLists applied to the messages inside it.
+func appendFieldWithEmptyLists(out []byte, fd protoreflect.FieldDescriptor, v protoreflect.Value, raw json.RawMessage) ([]byte, error) {
 	switch {
 	case fd.IsList():
 		if fd.Message() == nil {
-			return raw, nil
+			return append(out, raw...), nil
 		}
 		elems, err := arrayElems(raw)
 		if err != nil {
@@ -188,23 +203,19 @@ func fieldWithEmptyLists(fd protoreflect.FieldDescriptor, v protoreflect.Value, 
 		if len(elems) != l.Len() {
 			return nil, fmt.Errorf("%s: %d JSON elements for %d values", fd.FullName(), len(elems), l.Len())
 		}
-		var out bytes.Buffer
-		out.WriteByte('[')
+		out = append(out, '[')
 		for i, e := range elems {
 			if i > 0 {
-				out.WriteByte(',')
+				out = append(out, ',')
 			}
-			eb, err := withEmptyLists(e, l.Get(i).Message())
-			if err != nil {
+			if out, err = appendWithEmptyLists(out, e, l.Get(i).Message()); err != nil {
 				return nil, err
 			}
-			out.Write(eb)
 		}
-		out.WriteByte(']')
-		return out.Bytes(), nil
+		return append(out, ']'), nil
 	case fd.IsMap():
 		if fd.MapValue().Message() == nil {
-			return raw, nil
+			return append(out, raw...), nil
 		}
 		// protojson writes a map key as the key's text (MapKey.String).
 		vals := map[string]protoreflect.Value{}
@@ -216,31 +227,27 @@ func fieldWithEmptyLists(fd protoreflect.FieldDescriptor, v protoreflect.Value, 
 		if err != nil {
 			return nil, err
 		}
-		var out bytes.Buffer
-		out.WriteByte('{')
+		out = append(out, '{')
 		for i, mem := range members {
 			mv, ok := vals[mem.name]
 			if !ok {
 				return nil, fmt.Errorf("%s: no value for key %q", fd.FullName(), mem.name)
 			}
-			eb, err := withEmptyLists(mem.raw, mv.Message())
-			if err != nil {
-				return nil, err
-			}
 			if i > 0 {
-				out.WriteByte(',')
+				out = append(out, ',')
 			}
 			k, _ := json.Marshal(mem.name)
-			out.Write(k)
-			out.WriteByte(':')
-			out.Write(eb)
+			out = append(out, k...)
+			out = append(out, ':')
+			if out, err = appendWithEmptyLists(out, mem.raw, mv.Message()); err != nil {
+				return nil, err
+			}
 		}
-		out.WriteByte('}')
-		return out.Bytes(), nil
+		return append(out, '}'), nil
 	case fd.Message() != nil:
-		return withEmptyLists(raw, v.Message())
+		return appendWithEmptyLists(out, raw, v.Message())
 	}
-	return raw, nil
+	return append(out, raw...), nil
 }
 
 type member struct {
