@@ -122,7 +122,9 @@ func TestCreateRefusedByCredentialServiceLeavesNothing(t *testing.T) {
 	if m, err := automation.PendingMarkers(h.svc); err != nil || len(m) != 0 {
 		t.Fatalf("markers after a failed create: %v %v", m, err)
 	}
-	if d := h.auditDetails(t, ws, owner, "automation.create"); !slices.ContainsFunc(d, func(s string) bool { return strings.HasPrefix(s, "failure undone (failed: credential service unavailable)") }) {
+	if d := h.auditDetails(t, ws, owner, "automation.create"); !slices.ContainsFunc(d, func(s string) bool {
+		return strings.HasPrefix(s, "failure undone (failed: credential service unavailable)")
+	}) {
 		t.Fatalf("audit of the failed create: %q", d)
 	}
 	// The name is free again.
@@ -175,7 +177,9 @@ func TestRotationRefusedKeepsThePreviousSecret(t *testing.T) {
 	if err != nil || rec.GetCredential().GetId() != c.GetAutomation().GetCredential().GetId() {
 		t.Fatalf("stored record after the undo: %v %v", rec, err)
 	}
-	if d := h.auditDetails(t, ws, owner, "automation.rotate_secret"); !slices.ContainsFunc(d, func(s string) bool { return strings.HasPrefix(s, "failure undone (failed: credential service unavailable)") }) {
+	if d := h.auditDetails(t, ws, owner, "automation.rotate_secret"); !slices.ContainsFunc(d, func(s string) bool {
+		return strings.HasPrefix(s, "failure undone (failed: credential service unavailable)")
+	}) {
 		t.Fatalf("audit of the failed rotation: %q", d)
 	}
 }

@@ -47,18 +47,18 @@ func (a *crashAuto) last() string { return a.acked[len(a.acked)-1] }
 
 // crashFigures are a round's numbers, for the report.
 type crashFigures struct {
-	round                       int
-	ran                         time.Duration
-	ackedCreates, ackedRotates  int64
-	lostCreates, lostRotates    int64
-	lostRotatesCommitted        int
-	orphans                     int
-	staleRecords                int
+	round                      int
+	ran                        time.Duration
+	ackedCreates, ackedRotates int64
+	lostCreates, lostRotates   int64
+	lostRotatesCommitted       int
+	orphans                    int
+	staleRecords               int
 	// undoneCreates: records of creates lost in flight whose secret never
 	// became live (marked pending; they count as no automation).
 	undoneCreates []string
 	// pendingMarkers: records still marked pending in the files.
-	pendingMarkers int
+	pendingMarkers              int
 	boltFiles, boltKeys, boltOK int
 	restart                     time.Duration
 }
