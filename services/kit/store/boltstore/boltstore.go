@@ -55,6 +55,9 @@ type Options struct {
 	SweepEvery time.Duration
 	// WatchHistory is how many commits a watch can resume from (default 4096).
 	WatchHistory int
+	// WatchHistoryBytes bounds the memory those commits' keys and values
+	// take (default 8 MiB); the oldest are compacted first.
+	WatchHistoryBytes int
 }
 
 // DB is one service's bbolt store. It implements store.Backend and store.Faults.
@@ -130,6 +133,9 @@ func Open(path string, buckets []store.Bucket, opts Options) (*DB, error) {
 	if opts.WatchHistory <= 0 {
 		opts.WatchHistory = 4096
 	}
+	if opts.WatchHistoryBytes <= 0 {
+		opts.WatchHistoryBytes = 8 << 20
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
@@ -174,7 +180,7 @@ func Open(path string, buckets []store.Bucket, opts Options) (*DB, error) {
 		bdb.Close()
 		return nil, err
 	}
-	d.hist.init(opts.WatchHistory, d.revision())
+	d.hist.init(opts.WatchHistory, opts.WatchHistoryBytes, d.revision())
 	go d.committer()
 	go d.sweeper(opts.SweepEvery)
 	return d, nil

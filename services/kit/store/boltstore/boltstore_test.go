@@ -230,3 +230,53 @@ func TestReservedBucketsRefused(t *testing.T) {
 		t.Fatal("a write to the engine's own bucket was accepted")
 	}
 }
+
+// TestWatchHistoryBoundedByBytes: the commits a watch can resume from are
+// bounded by the memory their values take, not only by their number: large
+// commits push the oldest out (a watch from before them is told so), and
+// the newest is always kept.
+func TestWatchHistoryBoundedByBytes(t *testing.T) {
+	db, err := open(t, filepath.Join(t.TempDir(), "hist.db"), boltstore.Options{WatchHistoryBytes: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var start int64
+	if err := db.View(ctx, func(tx store.ReadTx) error { start = tx.Revision(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, 16<<10)
+	for i := range 20 { // 320 KiB of values, 5x the budget
+		if err := db.Update(ctx, func(tx store.WriteTx) error { return tx.Put(things, []byte{byte(i)}, big) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if r := <-db.Watch(wctx, start); r.Err != store.ErrCompacted {
+		t.Fatalf("a watch from before 320 KiB of commits: %+v, want ErrCompacted", r.Err)
+	}
+	var last int64
+	if err := db.View(ctx, func(tx store.ReadTx) error { last = tx.Revision(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	// The last three commits (48 KiB) are within the budget.
+	ch := db.Watch(wctx, last-3)
+	for want := last - 2; want <= last; want++ {
+		r := <-ch
+		if r.Err != nil || r.Revision != want || len(r.Changes) != 1 {
+			t.Fatalf("resumed watch: %+v, want revision %d", r, want)
+		}
+	}
+	// A commit larger than the whole budget is still kept, alone.
+	huge := make([]byte, 128<<10)
+	if err := db.Update(ctx, func(tx store.WriteTx) error { return tx.Put(things, []byte("huge"), huge) }); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-db.Watch(wctx, last); r.Err != nil || r.Revision != last+1 {
+		t.Fatalf("the newest commit, over budget: %+v", r)
+	}
+	if r := <-db.Watch(wctx, last-1); r.Err != store.ErrCompacted {
+		t.Fatalf("a watch from before the huge commit: %+v, want ErrCompacted", r.Err)
+	}
+}

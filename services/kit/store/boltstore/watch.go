@@ -9,35 +9,54 @@ import (
 
 // watchHistory keeps the most recent commits in memory, so that a watch can
 // resume from any of them; older ones (and all before this process opened
-// the file) are compacted.
+// the file) are compacted. It holds at most max commits and about maxBytes
+// of their keys and values (a group commit of many writes is large), never
+// less than the newest commit.
 type watchHistory struct {
-	mu      sync.Mutex
-	max     int
-	recs    []store.WatchResponse // ascending, contiguous revisions
-	last    int64                 // newest committed revision
-	changed chan struct{}         // closed and replaced on every commit
-	closed  bool
+	mu       sync.Mutex
+	max      int
+	maxBytes int
+	recs     []store.WatchResponse // recs[head:]: ascending, contiguous revisions
+	head     int                   // recs[:head] are compacted (dropped lazily)
+	sizes    []int                 // the size of each of recs, as counted in bytes
+	bytes    int                   // the size of recs[head:]
+	last     int64                 // newest committed revision
+	changed  chan struct{}         // closed and replaced on every commit
+	closed   bool
 }
 
-func (h *watchHistory) init(max int, rev int64) {
-	h.max, h.last, h.changed = max, rev, make(chan struct{})
+func (h *watchHistory) init(max, maxBytes int, rev int64) {
+	h.max, h.maxBytes, h.last, h.changed = max, maxBytes, rev, make(chan struct{})
 }
+
+// changeOverhead is what a change costs in memory beyond its key and value.
+const changeOverhead = 64
 
 func (h *watchHistory) add(rev int64, changes []store.Change) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.recs) == h.max {
-		copy(h.recs, h.recs[1:])
-		h.recs = h.recs[:h.max-1]
-	}
 	// Keep only the user's buckets' changes.
 	kept := make([]store.Change, 0, len(changes))
+	size := changeOverhead
 	for _, c := range changes {
 		if len(c.Bucket) > 0 && c.Bucket[0] != '_' {
 			kept = append(kept, c)
+			size += len(c.Bucket) + len(c.Key) + len(c.Value) + changeOverhead
 		}
 	}
 	h.recs = append(h.recs, store.WatchResponse{Revision: rev, Changes: kept})
+	h.sizes = append(h.sizes, size)
+	h.bytes += size
+	for n := len(h.recs) - h.head; n > 1 && (n > h.max || h.bytes > h.maxBytes); n-- {
+		h.bytes -= h.sizes[h.head]
+		h.recs[h.head] = store.WatchResponse{} // let its values go
+		h.head++
+	}
+	if h.head > len(h.recs)/2 { // move down now and then: amortized O(1) a commit
+		h.recs = append(h.recs[:0], h.recs[h.head:]...)
+		h.sizes = append(h.sizes[:0], h.sizes[h.head:]...)
+		h.head = 0
+	}
 	h.last = rev
 	close(h.changed)
 	h.changed = make(chan struct{})
@@ -59,11 +78,12 @@ func (h *watchHistory) since(rev int64) ([]store.WatchResponse, <-chan struct{},
 	if rev >= h.last {
 		return nil, h.changed, h.closed, nil
 	}
-	first := h.last - int64(len(h.recs)) + 1 // oldest revision held
+	held := h.recs[h.head:]
+	first := h.last - int64(len(held)) + 1 // oldest revision held
 	if rev+1 < first {
 		return nil, nil, h.closed, store.ErrCompacted
 	}
-	out := append([]store.WatchResponse(nil), h.recs[rev+1-first:]...)
+	out := append([]store.WatchResponse(nil), held[rev+1-first:]...)
 	return out, h.changed, h.closed, nil
 }
 
