@@ -56,7 +56,7 @@ type Options struct {
 	// WatchHistory is how many commits a watch can resume from (default 4096).
 	WatchHistory int
 	// WatchHistoryBytes bounds the memory those commits' keys and values
-	// take (default 8 MiB); the oldest are compacted first.
+	// take (default 2 MiB); the oldest are compacted first.
 	WatchHistoryBytes int
 }
 
@@ -134,7 +134,7 @@ func Open(path string, buckets []store.Bucket, opts Options) (*DB, error) {
 		opts.WatchHistory = 4096
 	}
 	if opts.WatchHistoryBytes <= 0 {
-		opts.WatchHistoryBytes = 8 << 20
+		opts.WatchHistoryBytes = 2 << 20
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)

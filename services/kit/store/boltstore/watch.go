@@ -30,7 +30,7 @@ func (h *watchHistory) init(max, maxBytes int, rev int64) {
 }
 
 // changeOverhead is what a change costs in memory beyond its key and value.
-const changeOverhead = 64
+const changeOverhead = 96
 
 func (h *watchHistory) add(rev int64, changes []store.Change) {
 	h.mu.Lock()
