@@ -37,19 +37,21 @@ const credentialIDPrefix = "cred"
 // both have committed.
 //
 // The marker decides what a record shows until it is known whether the
-// credential became live: a marked create is no automation at all, a marked
+// credential was issued: a marked create is no automation at all, a marked
 // rotation shows the previous secret. It is known
 //
 //   - here, in memory, for the writes this process makes (pendingWrites):
-//     in flight (not yet live), live (both commits done; the marker is then
-//     removed in the background, many in one commit), or failed;
+//     in flight (not yet issued), live (both commits done; the marker is
+//     then removed in the background, many in one commit), or failed;
 //   - otherwise (after a crash, or for another replica's write) by asking
-//     the credential service (GetSubject) whether the credential is live.
+//     the credential service (GetSubject) whether the credential was issued
+//     to the automation — live, or revoked since by a later rotation whose
+//     record was not written: the write happened either way.
 //
 // So a record counts from the moment both commits are durable, never
 // before, and no acknowledged write depends on the marker's removal. A
-// crash between the commits leaves a marked record whose credential never
-// became live (invisible, undone by the sweep: settlePending), or a live
+// crash between the commits leaves a marked record whose credential was
+// never issued (invisible, undone by the sweep: settlePending), or a live
 // credential whose record was never written (an orphan, revoked by the
 // orphan sweep as before). Writes made with an Idempotency-Key keep the
 // response with the record and so still issue first, then write.
@@ -229,7 +231,7 @@ func (s *Service) promote(ctx context.Context, todo map[string]pendEntry) error 
 }
 
 // settle returns what record a shows given its pending marker m (nil: a as
-// it is): a itself once its credential is live, else the previous secret
+// it is): a itself once its credential was issued, else the previous secret
 // (rotation) or ErrNotFound (create). It asks the credential service only
 // about writes this process does not know.
 func (s *Service) settle(ctx context.Context, a *automationv1.Automation, m *automationstorev1.PendingSecret) (*automationv1.Automation, error) {
@@ -239,11 +241,11 @@ func (s *Service) settle(ctx context.Context, a *automationv1.Automation, m *aut
 	cred := m.GetCredentialId()
 	st, known := s.pending.state(a.GetId(), cred)
 	if !known {
-		live, err := s.credentialIssued(ctx, a.GetWorkspaceId(), a.GetId(), cred)
+		issued, err := s.credentialIssued(ctx, a.GetWorkspaceId(), a.GetId(), cred)
 		if err != nil {
 			return nil, err
 		}
-		if live {
+		if issued {
 			s.pending.live(a.GetWorkspaceId(), a.GetId(), cred)
 			st = pendLive
 		} else {
@@ -298,8 +300,8 @@ func (s *Service) newPending(cred string, prev *automationv1.SecretInfo) *automa
 }
 
 // settlePending decides the marked records no write of this process is
-// making that began before before: a record whose credential is live keeps
-// it (the marker goes), one whose credential never became live is undone
+// making that began before before: a record whose credential was issued
+// keeps it (the marker goes), one whose credential never was is undone
 // (a create removed with its name, a rotation back to its previous secret),
 // with an audit event. Called by the sweep, which repeats it until it
 // succeeds.
@@ -333,11 +335,11 @@ func (s *Service) settlePending(ctx context.Context, before time.Time) error {
 	}
 	undone := 0
 	for _, t := range todo {
-		live, err := s.credentialIssued(ctx, t.ws, t.id, t.m.GetCredentialId())
+		issued, err := s.credentialIssued(ctx, t.ws, t.id, t.m.GetCredentialId())
 		if err != nil {
 			return err
 		}
-		did, err := s.resolveMarker(ctx, t.ws, t.id, t.m, live, "interrupted")
+		did, err := s.resolveMarker(ctx, t.ws, t.id, t.m, issued, "interrupted")
 		if err != nil {
 			return err
 		}
@@ -353,9 +355,9 @@ func (s *Service) settlePending(ctx context.Context, before time.Time) error {
 }
 
 // resolveMarker removes marker m of automation id, undoing the write when
-// its credential is not live. It reports whether it undid a write.
+// its credential was not issued. It reports whether it undid a write.
 // why says what interrupted the write, for the audit event.
-func (s *Service) resolveMarker(ctx context.Context, ws, id string, m *automationstorev1.PendingSecret, live bool, why string) (bool, error) {
+func (s *Service) resolveMarker(ctx context.Context, ws, id string, m *automationstorev1.PendingSecret, issued bool, why string) (bool, error) {
 	var ev *auditv1.AuditEvent
 	undone := false
 	err := s.db.Update(ctx, func(tx store.WriteTx) error {
@@ -364,7 +366,7 @@ func (s *Service) resolveMarker(ctx context.Context, ws, id string, m *automatio
 		if err != nil || cur == nil || cur.GetCredentialId() != m.GetCredentialId() {
 			return err // settled meanwhile
 		}
-		if live {
+		if issued {
 			return clearPending(tx, ws, id)
 		}
 		a, err := getAutomation(tx, ws, id)
@@ -563,12 +565,12 @@ func (s *Service) rotateConcurrently(ctx context.Context, a *automationv1.Automa
 		return nil, rerr
 	}
 	// The record names a secret the credential service may not have
-	// issued: keep it only if it is live after all, else go back.
+	// issued: keep it only if it was issued after all, else go back.
 	dctx, cancel := detached(ctx)
 	defer cancel()
-	live, lerr := s.credentialIssued(dctx, ws, id, cred)
+	issued, lerr := s.credentialIssued(dctx, ws, id, cred)
 	if lerr == nil {
-		_, lerr = s.resolveMarker(dctx, ws, id, mark, live, failureDetail(rerr))
+		_, lerr = s.resolveMarker(dctx, ws, id, mark, issued, failureDetail(rerr))
 	}
 	if lerr != nil {
 		s.lg.Warn("could not settle the record of a failed rotation; the sweep will", zap.String("automation-id", id), zap.Error(lerr))
