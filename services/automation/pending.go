@@ -475,9 +475,7 @@ func (s *Service) createConcurrently(ctx context.Context, a *automationv1.Automa
 	s.pending.set(a.Id, cred, pendFailed)
 	dctx, cancel := detached(ctx)
 	defer cancel()
-	if ierr != nil || werr != nil {
-		s.revokeSubject(dctx, ws, a.Id, "record or secret not written")
-	}
+	s.revokeSubject(dctx, ws, a.Id, "record or secret not written")
 	err := werr
 	if ierr != nil {
 		err = ierr
